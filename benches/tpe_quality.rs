@@ -1,0 +1,144 @@
+//! TPE search quality against Optuna 5.0's TPE (acceptance: on the built-in test functions,
+//! 2 to 6 dimensions, 10 seeds of 100 trials each, our median best value must not be worse
+//! than Optuna's on most functions).
+//!
+//! Run the reference first, then this bench, which prints both medians side by side:
+//!
+//! ```text
+//! .venv/bin/python scripts/tpe_quality.py          # writes target/tpe_quality_optuna.json
+//! cargo bench --bench tpe_quality                  # or: -- --optuna FILE --seeds N --trials N
+//! ```
+//!
+//! Without the reference file it prints our column only. The functions, dimensions and domains
+//! are those of `scripts/tpe_quality.py`, evaluated by `tune::objective::functions`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tune::objective::functions::FunctionName;
+use tune::sampler::{TpeConfig, TpeSampler};
+use tune::{Direction, Study};
+
+/// The functions and dimensions compared (the same list as the Python script).
+const CASES: [(FunctionName, usize); 7] = [
+    (FunctionName::Sphere, 2),
+    (FunctionName::Sphere, 5),
+    (FunctionName::Rosenbrock, 2),
+    (FunctionName::Rastrigin, 3),
+    (FunctionName::Ackley, 4),
+    (FunctionName::Branin, 2),
+    (FunctionName::Hartmann6, 6),
+];
+
+struct Args {
+    optuna: PathBuf,
+    seeds: u64,
+    trials: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { optuna: PathBuf::from("target/tpe_quality_optuna.json"), seeds: 10, trials: 100 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        match a.as_str() {
+            "--optuna" => args.optuna = PathBuf::from(value("--optuna")),
+            "--seeds" => args.seeds = value("--seeds").parse().expect("--seeds takes an integer"),
+            "--trials" => args.trials = value("--trials").parse().expect("--trials takes an integer"),
+            // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
+            _ => {}
+        }
+    }
+    args
+}
+
+/// The best value of one TPE study on `name` in `dim` dimensions.
+fn best_value(name: FunctionName, dim: usize, seed: u64, n_trials: usize) -> f64 {
+    let bounds = name.bounds(dim);
+    let sampler = Arc::new(TpeSampler::new(TpeConfig::default(), seed));
+    let study = Study::in_memory("tpe-quality", Direction::Minimize, sampler).unwrap();
+    study
+        .optimize(n_trials, |trial| {
+            let x = bounds
+                .iter()
+                .enumerate()
+                .map(|(i, &(lo, hi))| trial.suggest_float(&format!("x.{i}"), lo, hi))
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            Ok(name.eval(&x))
+        })
+        .unwrap();
+    study.best_trial().unwrap().and_then(|t| t.value).expect("a trial completed")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Optuna's median best for `name`/`dim`, from the reference file.
+fn reference(optuna: &Option<Value>, name: FunctionName, dim: usize) -> Option<f64> {
+    optuna.as_ref()?["results"].as_array()?.iter().find(|r| r["function"] == name.as_str() && r["dim"] == dim)?
+        ["median_best"]
+        .as_f64()
+}
+
+fn main() {
+    let args = parse_args();
+    let optuna: Option<Value> = match std::fs::read_to_string(&args.optuna) {
+        Ok(text) => Some(serde_json::from_str(&text).expect("the reference file is JSON")),
+        Err(_) => {
+            eprintln!(
+                "no Optuna reference at {} (run `.venv/bin/python scripts/tpe_quality.py`); printing ours only",
+                args.optuna.display()
+            );
+            None
+        }
+    };
+    if let Some(o) = &optuna {
+        if o["n_trials"].as_u64() != Some(args.trials as u64)
+            || o["seeds"].as_array().map(Vec::len) != Some(args.seeds as usize)
+        {
+            eprintln!(
+                "warning: the reference used {} trials and seeds {}; comparing anyway",
+                o["n_trials"], o["seeds"]
+            );
+        }
+    }
+    println!(
+        "TPE search quality: median best value over {} seeds x {} trials (lower is better)",
+        args.seeds, args.trials
+    );
+    println!("{:<11} {:>4} {:>14} {:>14} {:>8} {:>12}", "function", "dims", "optuna", "tune", "better", "tune s/study");
+    let (mut ours_better_or_tied, mut compared) = (0, 0);
+    for (name, dim) in CASES {
+        let start = Instant::now();
+        let bests: Vec<f64> = (0..args.seeds).map(|seed| best_value(name, dim, seed, args.trials)).collect();
+        let secs = start.elapsed().as_secs_f64() / args.seeds as f64;
+        let ours = median(bests);
+        let theirs = reference(&optuna, name, dim);
+        let verdict = match theirs {
+            None => "-",
+            Some(t) if (ours - t).abs() <= 1e-12 * t.abs().max(1.0) => "tie",
+            Some(t) if ours < t => "tune",
+            Some(_) => "optuna",
+        };
+        if theirs.is_some() {
+            compared += 1;
+            if verdict != "optuna" {
+                ours_better_or_tied += 1;
+            }
+        }
+        let theirs = theirs.map_or("-".to_string(), |t| format!("{t:.6}"));
+        println!("{:<11} {:>4} {:>14} {:>14.6} {:>8} {:>12.3}", name.as_str(), dim, theirs, ours, verdict, secs);
+    }
+    if compared > 0 {
+        println!("tune is not worse on {ours_better_or_tied} of {compared} functions");
+    }
+}

@@ -1,0 +1,102 @@
+//! Command-line interface: clap types and one file per subcommand.
+
+use clap::{Parser, Subcommand};
+
+mod best;
+mod enqueue;
+mod export;
+mod ls;
+mod run;
+mod show;
+
+/// Storage used when neither the study file nor `--storage` names one (Optuna's URL form).
+pub const DEFAULT_STORAGE: &str = "sqlite:///tune.db";
+
+/// Hyperparameter search for value-based deep RL, with Optuna-compatible studies.
+#[derive(Debug, Parser)]
+#[command(name = "tune", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run (or resume) the study described by a YAML file.
+    Run(run::Args),
+    /// List the studies in a storage.
+    Ls(ls::Args),
+    /// Show a study's trials.
+    Show(show::Args),
+    /// Print the best trial of a study.
+    Best(best::Args),
+    /// Write the best trial's parameters into the objective's base config.
+    Export(export::Args),
+    /// Add trials with fixed parameters; they run before newly sampled ones.
+    Enqueue(enqueue::Args),
+}
+
+/// Parses the process arguments and runs the subcommand; returns the exit code.
+pub fn run() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Ls(a) => ls::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Best(a) => best::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Enqueue(a) => enqueue::run(a),
+    }
+}
+
+/// Study system attribute holding the objective's base config (for `tune export`).
+pub const BASE_CONFIG_ATTR: &str = "tune:base_config";
+/// Study system attribute holding the path of the study file that created the study.
+pub const STUDY_FILE_ATTR: &str = "tune:study_file";
+/// Study system attribute holding the study seed.
+pub const SEED_ATTR: &str = "tune:seed";
+
+/// Opens a storage for the read-only subcommands, refusing to create a new file.
+fn open_existing(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::storage::Storage>> {
+    let path = url.strip_prefix("sqlite:///").unwrap_or(url);
+    if url != "memory" && !std::path::Path::new(path).exists() {
+        return Err(crate::error::InputError::new(format!(
+            "storage file {path} does not exist; run a study first (`tune run FILE.yaml`) or pass --storage"
+        ))
+        .into());
+    }
+    Ok(crate::storage::open(url)?)
+}
+
+/// Loads a study for the read-only subcommands.
+fn load_study(storage: &str, name: &str) -> anyhow::Result<crate::study::Study> {
+    let st = open_existing(storage)?;
+    crate::study::Study::load(
+        st,
+        name,
+        std::sync::Arc::new(crate::sampler::RandomSampler::new(0)),
+        std::sync::Arc::new(crate::pruner::NopPruner),
+        0,
+    )
+}
+
+/// Formats a JSON value compactly for tables.
+fn fmt_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.6}").trim_end_matches('0').trim_end_matches('.').to_string(),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Formats a trial value for tables.
+fn fmt_f64(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.abs() >= 1e5 || (v != 0.0 && v.abs() < 1e-3) => format!("{v:.4e}"),
+        Some(v) => format!("{v:.6}"),
+        None => "-".into(),
+    }
+}

@@ -1,0 +1,316 @@
+//! Runs a study's trials: `jobs` workers on a rayon pool, a heartbeat thread that keeps this
+//! process's RUNNING trials alive and fails (then re-enqueues) trials of dead workers, a budget
+//! shared with every other process on the same storage, timeouts and Ctrl-C.
+
+use std::collections::{BTreeMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::error::Interrupted;
+use crate::frozen::{FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY, INTERRUPTED_KEY, RETRY_KEY};
+use crate::study::{outcome_of, Study, Trial};
+
+mod progress;
+
+pub use progress::{Progress, ProgressMode};
+
+/// How to run a study.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Total budget of finished trials in the study (across resumes and processes).
+    pub n_trials: Option<u64>,
+    /// Stop starting trials after this long.
+    pub timeout: Option<Duration>,
+    /// Trials evaluated at once in this process.
+    pub jobs: usize,
+    /// How often running trials record a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A RUNNING trial whose heartbeat is older than this belongs to a dead worker.
+    pub grace: Duration,
+    /// How many times the parameters of an interrupted trial are re-enqueued.
+    pub retries: u32,
+    /// Progress display.
+    pub progress: ProgressMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            n_trials: None,
+            timeout: None,
+            jobs: 1,
+            heartbeat_interval: Duration::from_secs(10),
+            grace: Duration::from_secs(60),
+            retries: 1,
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
+/// What one `run` did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Trials this process finished as COMPLETE.
+    pub complete: usize,
+    /// Trials this process finished as PRUNED.
+    pub pruned: usize,
+    /// Trials this process finished as FAIL (interruptions excluded).
+    pub failed: usize,
+    /// Trials that were running when the run was interrupted (marked FAIL and re-enqueued).
+    pub interrupted_trials: usize,
+    /// True when Ctrl-C stopped the run.
+    pub interrupted: bool,
+    /// Trials of dead workers that this run failed and re-enqueued.
+    pub recovered: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Shared state of one run.
+struct Run<'a> {
+    study: &'a Study,
+    opts: &'a RunOptions,
+    running: Mutex<HashSet<i64>>,
+    active: AtomicUsize,
+    summary: Mutex<RunSummary>,
+    done: (Mutex<bool>, Condvar),
+    progress: Progress,
+    start: Instant,
+}
+
+/// Runs trials of `study` with `evaluate` until the budget is met, the timeout passes, or the
+/// study's stop flag is set (Ctrl-C). `evaluate` returns the value, or `Err(TrialPruned)`.
+pub fn run_study<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Result<RunSummary>
+where
+    F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+{
+    let run = Run {
+        study,
+        opts,
+        running: Mutex::new(HashSet::new()),
+        active: AtomicUsize::new(opts.jobs.max(1)),
+        summary: Mutex::new(RunSummary::default()),
+        done: (Mutex::new(false), Condvar::new()),
+        progress: Progress::new(opts.progress, opts.n_trials, study.direction()),
+        start: Instant::now(),
+    };
+    run.recover_stale()?;
+    run.progress.refresh(&study.trials()?);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1) + 1)
+        .thread_name(|i| format!("tune-worker-{i}"))
+        .build()
+        .context("starting the worker pool")?;
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    pool.scope(|s| {
+        s.spawn(|_| run.heartbeat_loop());
+        for _ in 0..opts.jobs.max(1) {
+            s.spawn(|_| {
+                if let Err(e) = run.worker(&evaluate) {
+                    study.stop_flag().store(true, Ordering::SeqCst);
+                    errors.lock().unwrap().push(e);
+                }
+            });
+        }
+    });
+    let mut summary = run.summary.into_inner().unwrap();
+    summary.elapsed = run.start.elapsed();
+    summary.interrupted = summary.interrupted || (study.stop_flag().load(Ordering::SeqCst) && errors.lock().unwrap().is_empty());
+    run.progress.finish();
+    if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
+        return Err(e);
+    }
+    Ok(summary)
+}
+
+impl Run<'_> {
+    fn stopping(&self) -> bool {
+        self.study.stop_flag().load(Ordering::SeqCst)
+    }
+
+    fn timed_out(&self) -> bool {
+        self.opts.timeout.is_some_and(|t| self.start.elapsed() >= t)
+    }
+
+    /// One worker: start trials until the budget, the timeout or a stop.
+    fn worker<F>(&self, evaluate: &F) -> anyhow::Result<()>
+    where
+        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+    {
+        let budget = self.opts.n_trials;
+        let result = loop {
+            if self.stopping() || self.timed_out() {
+                break Ok(());
+            }
+            let trial = match self.study.ask_within(budget)? {
+                Some(t) => t,
+                None => {
+                    // The budget is taken. Trials still RUNNING elsewhere either finish or go
+                    // stale (their worker died) and come back as WAITING: wait for that.
+                    let foreign = self.foreign_running()?;
+                    if foreign == 0 {
+                        break Ok(());
+                    }
+                    self.progress.note(&format!("waiting for {foreign} trial(s) running in other processes"));
+                    self.sleep(self.opts.heartbeat_interval.min(Duration::from_secs(2)));
+                    self.recover_stale()?;
+                    continue;
+                }
+            };
+            self.run_trial(trial, evaluate)?;
+        };
+        self.finish_worker();
+        result
+    }
+
+    fn run_trial<F>(&self, mut trial: Trial, evaluate: &F) -> anyhow::Result<()>
+    where
+        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+    {
+        let id = trial.trial_id();
+        self.running.lock().unwrap().insert(id);
+        let result = catch_unwind(AssertUnwindSafe(|| evaluate(&mut trial)));
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(anyhow::anyhow!("the objective panicked: {msg}"))
+            }
+        };
+        let interrupted = match &result {
+            Err(e) => e.chain().any(|c| c.is::<Interrupted>()) || self.stopping(),
+            Ok(_) => false,
+        };
+        let frozen = if interrupted {
+            self.mark_interrupted(&trial, "interrupted by Ctrl-C")?;
+            self.requeue(trial.frozen(), false)?;
+            self.summary.lock().unwrap().interrupted_trials += 1;
+            None
+        } else {
+            let outcome = outcome_of(result);
+            Some(self.study.tell(trial, outcome)?)
+        };
+        self.running.lock().unwrap().remove(&id);
+        if let Some(t) = frozen {
+            {
+                let mut s = self.summary.lock().unwrap();
+                match t.state {
+                    TrialState::Complete => s.complete += 1,
+                    TrialState::Pruned => s.pruned += 1,
+                    _ => s.failed += 1,
+                }
+            }
+            self.progress.trial_finished(&t, &self.study.trials()?);
+        }
+        Ok(())
+    }
+
+    fn mark_interrupted(&self, trial: &Trial, reason: &str) -> anyhow::Result<()> {
+        let st = self.study.storage();
+        st.set_trial_system_attr(trial.trial_id(), INTERRUPTED_KEY, &Value::Bool(true))?;
+        st.set_trial_system_attr(trial.trial_id(), FAIL_REASON_KEY, &Value::from(reason))?;
+        st.set_trial_state_values(trial.trial_id(), TrialState::Fail, None)?;
+        Ok(())
+    }
+
+    /// Enqueues the parameters of an interrupted trial again. Retries after dead workers are
+    /// limited by `retries`; Ctrl-C interruptions are not the trial's fault and always re-run.
+    fn requeue(&self, t: &FrozenTrial, count_retry: bool) -> anyhow::Result<bool> {
+        let retry = t.system_attrs.get(RETRY_KEY).and_then(Value::as_u64).unwrap_or(0);
+        if count_retry && retry >= self.opts.retries as u64 {
+            return Ok(false);
+        }
+        let mut params: BTreeMap<String, Value> = match t.system_attrs.get(FIXED_PARAMS_KEY) {
+            Some(v) => serde_json::from_value(v.clone()).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
+        params.extend(t.external_params());
+        let new = self.study.enqueue(&params)?;
+        let next = if count_retry { retry + 1 } else { retry };
+        let st = self.study.storage();
+        st.set_trial_system_attr(new.trial_id, RETRY_KEY, &Value::from(next))?;
+        st.set_trial_system_attr(new.trial_id, "tune:retry_of", &Value::from(t.number))?;
+        Ok(true)
+    }
+
+    /// Fails RUNNING trials of dead workers and re-enqueues their parameters.
+    fn recover_stale(&self) -> anyhow::Result<()> {
+        let stale = self.study.storage().fail_stale_trials(self.study.study_id(), self.opts.grace)?;
+        for t in &stale {
+            let requeued = self.requeue(t, true)?;
+            self.progress.note(&format!(
+                "trial {} was RUNNING with no heartbeat for over {:?}: marked FAIL{}",
+                t.number,
+                self.opts.grace,
+                if requeued { " and its parameters re-enqueued" } else { " (retries used up)" }
+            ));
+        }
+        self.summary.lock().unwrap().recovered += stale.len();
+        Ok(())
+    }
+
+    fn foreign_running(&self) -> anyhow::Result<usize> {
+        let mine = self.running.lock().unwrap().clone();
+        let running = self.study.storage().get_all_trials(self.study.study_id(), Some(&[TrialState::Running]))?;
+        Ok(running.iter().filter(|t| !mine.contains(&t.trial_id)).count())
+    }
+
+    fn heartbeat_loop(&self) {
+        loop {
+            if self.sleep(self.opts.heartbeat_interval) {
+                return;
+            }
+            let ids: Vec<i64> = self.running.lock().unwrap().iter().copied().collect();
+            for id in ids {
+                if let Err(e) = self.study.storage().record_heartbeat(id) {
+                    self.progress.note(&format!("warning: could not record a heartbeat: {e}"));
+                }
+            }
+            if let Err(e) = self.recover_stale() {
+                self.progress.note(&format!("warning: could not check for stale trials: {e:#}"));
+            }
+        }
+    }
+
+    /// Sleeps up to `d`; returns true when the run is over.
+    fn sleep(&self, d: Duration) -> bool {
+        let (lock, cvar) = &self.done;
+        let guard = lock.lock().unwrap();
+        let (guard, _) = cvar.wait_timeout_while(guard, d, |done| !*done).unwrap();
+        *guard
+    }
+
+    /// The last worker to return ends the heartbeat loop.
+    fn finish_worker(&self) {
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let (lock, cvar) = &self.done;
+            *lock.lock().unwrap() = true;
+            cvar.notify_all();
+        }
+    }
+}
+
+/// Installs a Ctrl-C handler for the process: the first press sets `flag` (workers stop
+/// starting trials; running ones are told through `Trial::interrupted`), the second exits at once.
+pub fn install_ctrlc(flag: Arc<AtomicBool>) {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nSecond Ctrl-C: exiting now. Trials still RUNNING are recovered by the next `tune run` after the heartbeat grace period.");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing up (running trials are stopped and re-queued); press Ctrl-C again to exit at once.");
+    });
+}

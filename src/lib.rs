@@ -1,0 +1,23 @@
+//! `tune`: an Optuna-compatible hyperparameter-search engine for value-based deep RL.
+//!
+//! Studies, trials, samplers (random, grid, TPE), pruners (median/percentile, successive
+//! halving) and storages (in-memory, SQLite in Optuna's schema) are usable as a library; the
+//! `tune` binary drives them from YAML study files.
+
+pub mod distribution;
+pub mod error;
+pub mod frozen;
+pub mod pruner;
+pub mod sampler;
+pub mod spec;
+pub mod storage;
+
+pub use distribution::Distribution;
+pub use error::{InputError, TrialPruned};
+pub use frozen::{Direction, FrozenTrial, TrialState};
+pub mod objective;
+pub mod study;
+
+pub use study::{Outcome, Study, Trial};
+pub mod executor;
+pub mod cli;

@@ -1,0 +1,52 @@
+//! Objectives: what a trial evaluates. Built-ins need no RL: test functions (with a synthetic
+//! learning curve for pruning) and `command`, any external program.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::study::Trial;
+
+pub mod command;
+pub mod functions;
+
+/// Something a trial can evaluate from its resolved config.
+pub trait Objective: Send + Sync {
+    /// The base config that sampled parameters are written into; every dotted path of the
+    /// search space must exist in it.
+    fn base_config(&self) -> &Value;
+
+    /// Runs one trial with its resolved config and returns its value. Intermediate values go
+    /// through `trial.report`; return `Err(TrialPruned)` when `trial.should_prune()` says so.
+    fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64>;
+}
+
+/// Where an objective may read and write files.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Folder of the study file: relative paths in the objective resolve against it.
+    pub base_dir: PathBuf,
+    /// Folder for per-trial logs and files (`tune-logs/<study>/`).
+    pub log_dir: PathBuf,
+}
+
+/// The `objective:` section of a study file, tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ObjectiveSpec {
+    /// A built-in test function.
+    Function(functions::FunctionSpec),
+    /// An external program run once per trial.
+    Command(command::CommandSpec),
+}
+
+impl ObjectiveSpec {
+    /// Builds the objective.
+    pub fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Objective>> {
+        match self {
+            ObjectiveSpec::Function(s) => Ok(Box::new(functions::FunctionObjective::new(s)?)),
+            ObjectiveSpec::Command(s) => Ok(Box::new(command::CommandObjective::new(s, ctx)?)),
+        }
+    }
+}

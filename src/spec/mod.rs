@@ -1,0 +1,487 @@
+//! The study file (`tune run studies/x.yaml`): its types, defaults and validation, dotted-path
+//! config overrides and conditional parameters. A file that loads is runnable: every error a
+//! user can make in it is found here, before anything is written, and reported with the file,
+//! the YAML path, the line and what is allowed (exit code 2).
+//!
+//! ```yaml
+//! name: sphere-tpe            # required: the study's name in the storage
+//! direction: minimize         # required: minimize | maximize
+//! storage: sqlite:///tune.db  # optional; --storage overrides; default sqlite:///tune.db
+//! n_trials: 100               # finished trials to reach, across resumes
+//! timeout: 600                # seconds; at least one of n_trials / timeout
+//! seed: 42                    # optional
+//! sampler: {type: tpe, n_startup_trials: 10}   # tpe (default) | random | grid
+//! pruner: {type: median, n_warmup_steps: 5}    # median (default) | percentile | successive_halving | none
+//! parallelism: {jobs: 2, devices: [cuda:0], trials_per_device: 1}
+//! heartbeat: {interval: 10, grace: 60, retries: 1}
+//! objective: {type: function, name: sphere, dim: 3}
+//! search_space:               # dotted path into the objective's base config -> parameter
+//!   x.0: {type: float, low: -5, high: 5}
+//!   x.1: {type: float, low: 1e-5, high: 1, log: true}
+//!   x.2: {type: categorical, choices: [-1, 0, 1]}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_norway::Value as Yaml;
+
+use crate::frozen::Direction;
+use crate::objective::{BuildContext, ObjectiveSpec};
+use crate::pruner::{MedianConfig, NopPruner, PercentileConfig, Pruner, SuccessiveHalvingConfig};
+use crate::sampler::{GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
+
+pub mod path;
+pub mod search_space;
+pub mod yaml;
+
+pub use search_space::{grid_values, sample_config, search_space, Condition, ParamSpec};
+pub use yaml::{parse_yaml, Doc, YamlPath};
+
+/// Sampler types a study file may name.
+pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
+/// Pruner types a study file may name.
+pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving"];
+/// Longest study name Optuna's schema stores (`studies.study_name VARCHAR(512)`).
+pub const MAX_NAME_LEN: usize = 512;
+
+/// A validated study file.
+#[derive(Debug, Clone)]
+pub struct StudySpec {
+    /// The file it was loaded from; relative paths of the objective resolve against its folder.
+    pub path: PathBuf,
+    /// `name`: the study's name in the storage; runs of the same name resume one study.
+    pub name: String,
+    /// `direction`: `minimize` or `maximize` the objective's value.
+    pub direction: Direction,
+    /// `storage`: where trials are kept (`sqlite:///tune.db`); `None` lets the CLI decide.
+    pub storage: Option<String>,
+    /// `n_trials`: finished trials the study should have, counted across resumes.
+    pub n_trials: Option<u64>,
+    /// `timeout`: seconds after which this run starts no new trial.
+    pub timeout: Option<f64>,
+    /// `seed`: makes sampling reproducible; `None` picks one (stored with the study).
+    pub seed: Option<u64>,
+    /// `sampler`: how parameters are proposed.
+    pub sampler: SamplerSpec,
+    /// `pruner`: when running trials are stopped early.
+    pub pruner: PrunerSpec,
+    /// `parallelism`: how many trials run at once, and on which devices.
+    pub parallelism: Parallelism,
+    /// `heartbeat`: how trials of dead workers are detected and retried.
+    pub heartbeat: Heartbeat,
+    /// `objective`: what a trial evaluates (`{type: function, ...}`, `{type: command, ...}`).
+    pub objective: ObjectiveSpec,
+    /// `search_space`: the parameters, in file order.
+    pub params: Vec<ParamSpec>,
+}
+
+/// The `sampler:` section, tagged by `type`.
+#[derive(Debug, Clone)]
+pub enum SamplerSpec {
+    /// `{type: tpe, ...}`: the Tree-structured Parzen Estimator, settings as Optuna's.
+    Tpe(TpeConfig),
+    /// `{type: random}`: every parameter uniform over its range.
+    Random,
+    /// `{type: grid}`: every combination of the parameters' finite value sets, once each.
+    Grid,
+}
+
+impl Default for SamplerSpec {
+    fn default() -> Self {
+        SamplerSpec::Tpe(TpeConfig::default())
+    }
+}
+
+/// The `pruner:` section, tagged by `type`.
+#[derive(Debug, Clone)]
+pub enum PrunerSpec {
+    /// `{type: none}`: never prune.
+    None,
+    /// `{type: median, ...}`: stop trials worse than the median at the same step.
+    Median(MedianConfig),
+    /// `{type: percentile, ...}`: stop trials outside the best `percentile`% at the same step.
+    Percentile(PercentileConfig),
+    /// `{type: successive_halving, ...}`: keep the best `1/reduction_factor` at each rung.
+    SuccessiveHalving(SuccessiveHalvingConfig),
+}
+
+impl Default for PrunerSpec {
+    fn default() -> Self {
+        PrunerSpec::Median(MedianConfig::default())
+    }
+}
+
+/// The `parallelism:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Parallelism {
+    /// Trials evaluated at once by one `tune run` (at least 1; `--jobs` overrides).
+    pub jobs: usize,
+    /// Devices trials are spread over (`cpu`, `cuda`, `cuda:0`, `mps`); empty: no placement.
+    pub devices: Vec<String>,
+    /// Trials sharing one device at a time (at least 1).
+    pub trials_per_device: usize,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Parallelism { jobs: 1, devices: Vec::new(), trials_per_device: 1 }
+    }
+}
+
+/// The `heartbeat:` section: running trials record a heartbeat every `interval` seconds; one
+/// silent for `grace` seconds belongs to a dead worker and is failed, and its parameters are
+/// retried up to `retries` times.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Seconds between heartbeats of a running trial (> 0).
+    pub interval: f64,
+    /// Seconds without a heartbeat after which a RUNNING trial is taken as dead (> interval).
+    pub grace: f64,
+    /// How many times the parameters of a trial that died are tried again.
+    pub retries: u32,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { interval: 10.0, grace: 60.0, retries: 1 }
+    }
+}
+
+/// The file as written, before validation; sections with a `type` tag stay raw so that their
+/// errors keep full YAML paths.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStudy {
+    /// The study's name.
+    name: String,
+    /// minimize | maximize.
+    direction: Direction,
+    /// Storage URL.
+    #[serde(default)]
+    storage: Option<String>,
+    /// Finished-trial budget.
+    #[serde(default)]
+    n_trials: Option<u64>,
+    /// Seconds.
+    #[serde(default)]
+    timeout: Option<f64>,
+    /// Sampling seed.
+    #[serde(default)]
+    seed: Option<u64>,
+    /// `{type: ..., ...}` or a bare type.
+    #[serde(default)]
+    sampler: Option<Yaml>,
+    /// `{type: ..., ...}` or a bare type.
+    #[serde(default)]
+    pruner: Option<Yaml>,
+    /// Workers and devices.
+    #[serde(default)]
+    parallelism: Parallelism,
+    /// Dead-worker detection.
+    #[serde(default)]
+    heartbeat: Heartbeat,
+    /// `{type: ..., ...}`.
+    objective: Yaml,
+    /// Dotted path -> parameter.
+    #[serde(default)]
+    search_space: Yaml,
+}
+
+impl StudySpec {
+    /// Reads and validates a study file, building its objective once to check that every
+    /// search-space path exists in the base config. Every failure is an
+    /// [`InputError`](crate::InputError).
+    pub fn load(path: &Path) -> anyhow::Result<StudySpec> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::input_err!("cannot read study file {}: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates the text of a study file; `path` names it in messages and anchors the
+    /// objective's relative paths.
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<StudySpec> {
+        let doc = Doc::new(path, text);
+        let root = YamlPath::root();
+        let value = doc.value()?;
+        if value.is_null() {
+            return Err(doc.error(
+                &root,
+                "the file is empty; a study needs at least `name`, `direction`, `objective`, `search_space` and `n_trials` or `timeout`",
+            ));
+        }
+        let raw: RawStudy = doc.parse(value, &root)?;
+
+        if raw.name.trim().is_empty() {
+            return Err(doc.error(&root.key("name"), "the study name must not be empty"));
+        }
+        if raw.name.chars().count() > MAX_NAME_LEN {
+            return Err(
+                doc.error(&root.key("name"), format!("the study name is longer than {MAX_NAME_LEN} characters"))
+            );
+        }
+        if raw.storage.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(doc.error(
+                &root.key("storage"),
+                "the storage URL is empty; write e.g. `sqlite:///tune.db`, or leave `storage` out",
+            ));
+        }
+        if raw.n_trials == Some(0) {
+            return Err(doc.error(&root.key("n_trials"), "n_trials must be at least 1"));
+        }
+        if let Some(t) = raw.timeout {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(
+                    doc.error(&root.key("timeout"), format!("timeout must be a positive number of seconds (got {t})"))
+                );
+            }
+        }
+        if raw.n_trials.is_none() && raw.timeout.is_none() {
+            return Err(doc.error(
+                &root,
+                "the study has no budget: set `n_trials` (finished trials to reach), `timeout` (seconds) or both",
+            ));
+        }
+        let sampler = parse_sampler(&doc, raw.sampler)?;
+        let pruner = parse_pruner(&doc, raw.pruner)?;
+        check_parallelism(&doc, &raw.parallelism)?;
+        check_heartbeat(&doc, &raw.heartbeat)?;
+        let params = search_space::parse(&doc, raw.search_space, &root.key("search_space"))?;
+        let objective: ObjectiveSpec = doc.parse_tagged(raw.objective, &root.key("objective"), Some("objective"))?;
+
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // Building must not write anything; the log folder given here is never used.
+        let ctx = BuildContext { base_dir, log_dir: std::env::temp_dir().join("tune-logs").join(&raw.name) };
+        let built = objective.build(&ctx).map_err(|e| objective_error(&doc, e))?;
+        let base = built.base_config();
+        for p in &params {
+            if let Err(e) = path::lookup(base, &p.name) {
+                return Err(doc.error(
+                    &root.key("search_space").key(p.name.clone()),
+                    format!("`{}` does not exist in the objective's base config: {e}", p.name),
+                ));
+            }
+        }
+
+        let spec = StudySpec {
+            path: path.to_path_buf(),
+            name: raw.name,
+            direction: raw.direction,
+            storage: raw.storage,
+            n_trials: raw.n_trials,
+            timeout: raw.timeout,
+            seed: raw.seed,
+            sampler,
+            pruner,
+            parallelism: raw.parallelism,
+            heartbeat: raw.heartbeat,
+            objective,
+            params,
+        };
+        if matches!(spec.sampler, SamplerSpec::Grid) {
+            let values =
+                grid_values(&spec.params).map_err(|(name, msg)| doc.error(&root.key("search_space").key(name), msg))?;
+            GridSampler::new(search_space(&spec.params), values, 0).map_err(|e| doc.error(&root.key("sampler"), e))?;
+        }
+        Ok(spec)
+    }
+
+    /// The sampler of the study, seeded with `seed`.
+    pub fn build_sampler(&self, seed: u64) -> anyhow::Result<Arc<dyn Sampler>> {
+        Ok(match &self.sampler {
+            SamplerSpec::Tpe(c) => {
+                c.validate().map_err(|e| self.error("sampler", e))?;
+                Arc::new(TpeSampler::new(c.clone(), seed))
+            }
+            SamplerSpec::Random => Arc::new(RandomSampler::new(seed)),
+            SamplerSpec::Grid => {
+                let values = grid_values(&self.params)
+                    .map_err(|(name, msg)| self.error(&format!("search_space.{name}"), msg))?;
+                let grid =
+                    GridSampler::new(search_space(&self.params), values, seed).map_err(|e| self.error("sampler", e))?;
+                Arc::new(grid)
+            }
+        })
+    }
+
+    /// The pruner of the study.
+    pub fn build_pruner(&self) -> anyhow::Result<Arc<dyn Pruner>> {
+        let err = |e: String| self.error("pruner", e);
+        Ok(match &self.pruner {
+            PrunerSpec::None => Arc::new(NopPruner),
+            PrunerSpec::Median(c) => Arc::new(c.build().map_err(err)?),
+            PrunerSpec::Percentile(c) => Arc::new(c.build().map_err(err)?),
+            PrunerSpec::SuccessiveHalving(c) => Arc::new(c.build().map_err(err)?),
+        })
+    }
+
+    /// The folder of the study file, against which the objective's relative paths resolve.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// An input error about this (already loaded) file, without a line number.
+    fn error(&self, at: &str, msg: impl std::fmt::Display) -> anyhow::Error {
+        crate::input_err!("{}: {at}: {msg}", self.path.display())
+    }
+}
+
+/// Reads the `sampler:` section (default: TPE with Optuna's defaults).
+fn parse_sampler(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<SamplerSpec> {
+    let at = YamlPath::root().key("sampler");
+    let Some(value) = value else { return Ok(SamplerSpec::default()) };
+    let (ty, rest) = doc.tagged(value, &at, "sampler", SAMPLER_TYPES, true)?;
+    Ok(match ty.as_str() {
+        "tpe" => {
+            let c: TpeConfig = doc.parse(rest, &at)?;
+            c.validate().map_err(|e| doc.error(&at.join(&blame(&e)), e))?;
+            SamplerSpec::Tpe(c)
+        }
+        "random" => {
+            no_settings(doc, &rest, &at, "the random sampler")?;
+            SamplerSpec::Random
+        }
+        _ => {
+            no_settings(doc, &rest, &at, "the grid sampler (each parameter's values come from the search space)")?;
+            SamplerSpec::Grid
+        }
+    })
+}
+
+/// Reads the `pruner:` section (default: median with Optuna's defaults), checking its values.
+fn parse_pruner(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<PrunerSpec> {
+    let at = YamlPath::root().key("pruner");
+    let Some(value) = value else { return Ok(PrunerSpec::default()) };
+    let (ty, rest) = doc.tagged(value, &at, "pruner", PRUNER_TYPES, true)?;
+    let bad = |e: String| doc.error(&at.join(&blame(&e)), e);
+    Ok(match ty.as_str() {
+        "none" => {
+            no_settings(doc, &rest, &at, "`pruner: none`")?;
+            PrunerSpec::None
+        }
+        "median" => {
+            let c: MedianConfig = doc.parse(rest, &at)?;
+            c.build().map_err(bad)?;
+            PrunerSpec::Median(c)
+        }
+        "percentile" => {
+            let c: PercentileConfig = doc.parse(rest, &at)?;
+            c.build().map_err(bad)?;
+            PrunerSpec::Percentile(c)
+        }
+        _ => {
+            let c: SuccessiveHalvingConfig = doc.parse(rest, &at)?;
+            c.build().map_err(bad)?;
+            PrunerSpec::SuccessiveHalving(c)
+        }
+    })
+}
+
+/// The key a config's validation message is about: its first word if that is a
+/// `snake_case` name (the messages read "`n_warmup_steps` must be >= 0" or
+/// "prior_weight must be ..."), else the section itself.
+fn blame(msg: &str) -> YamlPath {
+    let word = msg.trim_start_matches('`').split(['`', ' ', ':']).next().unwrap_or("");
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        YamlPath::root().key(word)
+    } else {
+        YamlPath::root()
+    }
+}
+
+/// Refuses settings on a section type that takes none.
+fn no_settings(doc: &Doc, rest: &Yaml, at: &YamlPath, what: &str) -> anyhow::Result<()> {
+    if let Some((k, _)) = rest.as_mapping().and_then(|m| m.iter().next()) {
+        let key = k.as_str().map(str::to_string).unwrap_or_else(|| yaml::describe(k));
+        return Err(
+            doc.error(&at.key(key.clone()), format!("unknown key `{key}`; {what} takes no settings besides `type`"))
+        );
+    }
+    Ok(())
+}
+
+fn check_parallelism(doc: &Doc, p: &Parallelism) -> anyhow::Result<()> {
+    let at = YamlPath::root().key("parallelism");
+    if p.jobs < 1 {
+        return Err(doc.error(&at.key("jobs"), format!("jobs must be at least 1 (got {})", p.jobs)));
+    }
+    if p.trials_per_device < 1 {
+        return Err(doc.error(
+            &at.key("trials_per_device"),
+            format!("trials_per_device must be at least 1 (got {})", p.trials_per_device),
+        ));
+    }
+    for (i, d) in p.devices.iter().enumerate() {
+        let ok = match d.split_once(':') {
+            None => matches!(d.as_str(), "cpu" | "cuda" | "mps"),
+            Some((kind, n)) => kind == "cuda" && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+        };
+        if !ok {
+            return Err(doc.error(
+                &at.key("devices").index(i),
+                format!("unknown device `{d}`; expected cpu, cuda, cuda:<index> (e.g. cuda:0) or mps"),
+            ));
+        }
+        if p.devices[..i].contains(d) {
+            return Err(doc.error(
+                &at.key("devices").index(i),
+                format!("device `{d}` is listed twice; use trials_per_device to share a device"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_heartbeat(doc: &Doc, h: &Heartbeat) -> anyhow::Result<()> {
+    let at = YamlPath::root().key("heartbeat");
+    if !(h.interval > 0.0 && h.interval.is_finite()) {
+        return Err(doc.error(
+            &at.key("interval"),
+            format!("interval must be a positive number of seconds (got {})", h.interval),
+        ));
+    }
+    if !(h.grace > h.interval && h.grace.is_finite()) {
+        return Err(doc.error(
+            &at.key("grace"),
+            format!(
+                "grace ({}) must be longer than interval ({}): a live trial must get a chance to beat before it is taken as dead",
+                h.grace, h.interval
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An objective build failure as an error at its YAML path: objectives name the key at the
+/// start of their messages (`objective.dim: ...`).
+fn objective_error(doc: &Doc, e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if head.starts_with("objective") && !head.contains(char::is_whitespace) {
+            let mut at = YamlPath::root();
+            for part in head.split('.') {
+                let mut pieces = part.split('[');
+                at = at.key(pieces.next().unwrap_or_default());
+                for idx in pieces {
+                    if let Ok(i) = idx.trim_end_matches(']').parse() {
+                        at = at.index(i);
+                    }
+                }
+            }
+            return doc.error(&at, rest);
+        }
+    }
+    doc.error(&YamlPath::root().key("objective"), msg)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,416 @@
+//! `Study` (ask/tell, enqueue, optimize) and `Trial`, the handle an objective uses to suggest
+//! parameters and report intermediate values (Optuna's `Study` and `Trial`).
+//!
+//! The trial, not the sampler, writes to storage: `suggest` checks "already suggested? fixed by
+//! enqueue? relative value available?" before asking the sampler (Optuna's `Trial._suggest`).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tune::{Direction, Study};
+//! use tune::sampler::{TpeConfig, TpeSampler};
+//!
+//! let sampler = Arc::new(TpeSampler::new(TpeConfig::default(), 42));
+//! let study = Study::in_memory("quadratic", Direction::Minimize, sampler)?;
+//! study.optimize(30, |trial| {
+//!     let x = trial.suggest_float("x", -10.0, 10.0)?;
+//!     let n = trial.suggest_int("n", 1, 5)?;
+//!     Ok((x - 2.0).powi(2) + n as f64)
+//! })?;
+//! let best = study.best_trial()?.expect("a trial completed");
+//! assert!(best.value.unwrap() < 10.0);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::distribution::Distribution;
+use crate::error::{InputError, TrialPruned};
+use crate::frozen::{Direction, FrozenTrial, TrialState, FIXED_PARAMS_KEY, FAIL_REASON_KEY};
+use crate::pruner::{NopPruner, Pruner};
+use crate::sampler::{Sampler, SearchSpace, StudyView};
+use crate::storage::{InMemoryStorage, Storage};
+
+/// User attribute holding the trial's seed (derived from the study seed and its number).
+pub const SEED_ATTR: &str = "seed";
+
+/// How a trial ended, given to `Study::tell`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Finished with this value (NaN makes the trial FAIL, as in Optuna).
+    Complete(f64),
+    /// Stopped by the pruner; the value becomes the last finite intermediate value.
+    Pruned,
+    /// The objective failed, with the reason.
+    Fail(String),
+}
+
+/// What a study shares with its trials.
+struct Shared {
+    study_id: i64,
+    name: String,
+    direction: Direction,
+    seed: u64,
+    storage: Arc<dyn Storage>,
+    sampler: Arc<dyn Sampler>,
+    pruner: Arc<dyn Pruner>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A study: a named optimisation in a storage, with its sampler and pruner.
+#[derive(Clone)]
+pub struct Study {
+    shared: Arc<Shared>,
+}
+
+impl Study {
+    /// Loads the study `name` from `storage`, or creates it with `direction`. Loading a study
+    /// created with the other direction is an input error.
+    pub fn create_or_load(
+        storage: Arc<dyn Storage>,
+        name: &str,
+        direction: Direction,
+        sampler: Arc<dyn Sampler>,
+        pruner: Arc<dyn Pruner>,
+        seed: u64,
+    ) -> anyhow::Result<Study> {
+        let study_id = match storage.get_study_id_from_name(name)? {
+            Some(id) => {
+                let stored = storage.get_study_direction(id)?;
+                if stored != direction {
+                    return Err(InputError::new(format!(
+                        "study `{name}` exists with direction {}, but {} was asked; use another study name or the stored direction",
+                        stored.as_str().to_lowercase(),
+                        direction.as_str().to_lowercase()
+                    ))
+                    .into());
+                }
+                id
+            }
+            None => match storage.create_new_study(name, direction) {
+                Ok(id) => id,
+                // Another process created it between our lookup and our insert.
+                Err(crate::storage::StorageError::DuplicateStudy(_)) => {
+                    storage.get_study_id_from_name(name)?.context("study vanished while being created")?
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(Study {
+            shared: Arc::new(Shared {
+                study_id,
+                name: name.to_string(),
+                direction,
+                seed,
+                storage,
+                sampler,
+                pruner,
+                stop: Arc::new(AtomicBool::new(false)),
+            }),
+        })
+    }
+
+    /// Loads an existing study (for `show`, `best`, `export`): its direction comes from storage.
+    pub fn load(storage: Arc<dyn Storage>, name: &str, sampler: Arc<dyn Sampler>, pruner: Arc<dyn Pruner>, seed: u64) -> anyhow::Result<Study> {
+        let id = storage
+            .get_study_id_from_name(name)?
+            .ok_or_else(|| crate::storage::StorageError::StudyNotFound(name.to_string()))?;
+        let direction = storage.get_study_direction(id)?;
+        Study::create_or_load(storage, name, direction, sampler, pruner, seed)
+    }
+
+    /// A study in a fresh in-memory storage, without pruning.
+    pub fn in_memory(name: &str, direction: Direction, sampler: Arc<dyn Sampler>) -> anyhow::Result<Study> {
+        Study::create_or_load(Arc::new(InMemoryStorage::new()), name, direction, sampler, Arc::new(NopPruner), 0)
+    }
+
+    /// The study's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The study's id in its storage.
+    pub fn study_id(&self) -> i64 {
+        self.shared.study_id
+    }
+
+    /// Minimise or maximise.
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+
+    /// The storage the study lives in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.shared.storage
+    }
+
+    /// The flag that, once set, makes `Trial::should_prune` answer true and
+    /// `Trial::interrupted` report it (Ctrl-C).
+    pub fn stop_flag(&self) -> &Arc<AtomicBool> {
+        &self.shared.stop
+    }
+
+    /// All trials, ordered by number.
+    pub fn trials(&self) -> anyhow::Result<Vec<FrozenTrial>> {
+        Ok(self.shared.storage.get_all_trials(self.shared.study_id, None)?)
+    }
+
+    /// The best COMPLETE trial.
+    pub fn best_trial(&self) -> anyhow::Result<Option<FrozenTrial>> {
+        Ok(self.shared.storage.get_best_trial(self.shared.study_id)?)
+    }
+
+    /// Adds a WAITING trial whose parameters are fixed to `params` (user-facing values); it
+    /// runs before any newly sampled trial.
+    pub fn enqueue(&self, params: &BTreeMap<String, Value>) -> anyhow::Result<FrozenTrial> {
+        let mut attrs = BTreeMap::new();
+        attrs.insert(FIXED_PARAMS_KEY.to_string(), serde_json::to_value(params)?);
+        Ok(self.shared.storage.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs)?)
+    }
+
+    /// Starts a trial: the oldest WAITING one, else a new one.
+    pub fn ask(&self) -> anyhow::Result<Trial> {
+        Ok(self.ask_within(None)?.expect("no budget means a trial is always started"))
+    }
+
+    /// Starts a trial unless the study already has `budget` trials that are running or
+    /// finished (interrupted ones excluded); `None` then.
+    pub fn ask_within(&self, budget: Option<u64>) -> anyhow::Result<Option<Trial>> {
+        let s = &self.shared;
+        let Some(frozen) = s.storage.start_next_trial(s.study_id, budget)? else {
+            return Ok(None);
+        };
+        let seed = derive_seed(s.seed, frozen.number);
+        s.storage.set_trial_user_attr(frozen.trial_id, SEED_ATTR, &Value::from(seed))?;
+        let fixed: BTreeMap<String, Value> = match frozen.system_attrs.get(FIXED_PARAMS_KEY) {
+            Some(v) => serde_json::from_value(v.clone()).context("reading an enqueued trial's fixed_params")?,
+            None => BTreeMap::new(),
+        };
+        let snapshot = s.storage.get_all_trials(s.study_id, None)?;
+        let me = snapshot.iter().find(|t| t.trial_id == frozen.trial_id).cloned().unwrap_or(frozen);
+        let view = StudyView { direction: s.direction, trials: &snapshot };
+        let relative_space = s.sampler.infer_relative_search_space(&view, &me);
+        let relative = if relative_space.is_empty() {
+            BTreeMap::new()
+        } else {
+            s.sampler.sample_relative(&view, &me, &relative_space)
+        };
+        Ok(Some(Trial {
+            shared: self.shared.clone(),
+            frozen: me,
+            snapshot,
+            relative_space,
+            relative,
+            fixed,
+            seed,
+        }))
+    }
+
+    /// Finishes a trial. A `Complete` value that is NaN becomes FAIL; a pruned trial takes its
+    /// last finite intermediate value. Returns the trial as stored.
+    pub fn tell(&self, trial: Trial, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+        self.tell_id(trial.frozen.trial_id, outcome)
+    }
+
+    /// `tell` by trial id (for executors that no longer hold the `Trial`).
+    pub fn tell_id(&self, trial_id: i64, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+        let st = &self.shared.storage;
+        let (state, value) = match outcome {
+            Outcome::Complete(v) if v.is_nan() => {
+                st.set_trial_system_attr(trial_id, FAIL_REASON_KEY, &Value::from("the objective returned NaN"))?;
+                (TrialState::Fail, None)
+            }
+            Outcome::Complete(v) => (TrialState::Complete, Some(v)),
+            Outcome::Pruned => {
+                let t = st.get_trial(trial_id)?;
+                let last = t.intermediate_values.values().rev().find(|v| v.is_finite()).copied();
+                (TrialState::Pruned, last)
+            }
+            Outcome::Fail(reason) => {
+                st.set_trial_system_attr(trial_id, FAIL_REASON_KEY, &Value::from(reason))?;
+                (TrialState::Fail, None)
+            }
+        };
+        st.set_trial_state_values(trial_id, state, value)?;
+        Ok(st.get_trial(trial_id)?)
+    }
+
+    /// Runs `n_trials` trials one after another with `objective`, which returns the value or
+    /// `Err(TrialPruned)`. A failing objective makes its trial FAIL; the study goes on.
+    pub fn optimize<F>(&self, n_trials: usize, objective: F) -> anyhow::Result<()>
+    where
+        F: Fn(&mut Trial) -> anyhow::Result<f64>,
+    {
+        for _ in 0..n_trials {
+            let mut trial = self.ask()?;
+            let outcome = outcome_of(objective(&mut trial));
+            self.tell(trial, outcome)?;
+        }
+        Ok(())
+    }
+}
+
+/// Maps an objective's result to an `Outcome` (`TrialPruned` anywhere in the chain: pruned).
+pub fn outcome_of(result: anyhow::Result<f64>) -> Outcome {
+    match result {
+        Ok(v) => Outcome::Complete(v),
+        Err(e) if e.chain().any(|c| c.is::<TrialPruned>()) => Outcome::Pruned,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+/// The seed of trial `number` in a study seeded with `study_seed`.
+pub fn derive_seed(study_seed: u64, number: i64) -> u64 {
+    use rand::Rng;
+    crate::sampler::trial_rng(study_seed, number, "trial-seed").random::<u64>() >> 1
+}
+
+/// A running trial, handed to the objective.
+pub struct Trial {
+    shared: Arc<Shared>,
+    frozen: FrozenTrial,
+    snapshot: Vec<FrozenTrial>,
+    relative_space: SearchSpace,
+    relative: BTreeMap<String, f64>,
+    fixed: BTreeMap<String, Value>,
+    seed: u64,
+}
+
+impl Trial {
+    /// 0-based number in the study.
+    pub fn number(&self) -> i64 {
+        self.frozen.number
+    }
+
+    /// Storage-wide id.
+    pub fn trial_id(&self) -> i64 {
+        self.frozen.trial_id
+    }
+
+    /// This trial's seed: derived from the study seed and the trial number.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The name of the study this trial belongs to.
+    pub fn study_name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The trial as known so far (parameters suggested, values reported).
+    pub fn frozen(&self) -> &FrozenTrial {
+        &self.frozen
+    }
+
+    /// Suggests a value for `name` from `dist`, returned in its user-facing form. The same
+    /// name asked twice gives the same value.
+    pub fn suggest(&mut self, name: &str, dist: &Distribution) -> anyhow::Result<Value> {
+        if let Some(&x) = self.frozen.params.get(name) {
+            let old = &self.frozen.distributions[name];
+            if !old.compatible(dist) {
+                bail!("parameter `{name}` was suggested twice in trial {} with different distributions", self.number());
+            }
+            return Ok(old.to_external(x));
+        }
+        let internal = if let Some(v) = self.fixed.get(name) {
+            let x = dist
+                .to_internal(v)
+                .map_err(|e| InputError::new(format!("enqueued value for `{name}`: {e}")))?;
+            if !dist.contains(x) {
+                // Optuna keeps an out-of-range fixed value with a warning; we do the same.
+                eprintln!("warning: enqueued value {v} for `{name}` lies outside its distribution");
+            }
+            x
+        } else if dist.single() {
+            match dist {
+                Distribution::Float { low, .. } => *low,
+                Distribution::Int { low, .. } => *low as f64,
+                Distribution::Categorical { .. } => 0.0,
+            }
+        } else if let Some(x) = self.relative_value(name, dist) {
+            x
+        } else {
+            let view = StudyView { direction: self.shared.direction, trials: &self.snapshot };
+            self.shared.sampler.sample_independent(&view, &self.frozen, name, dist)
+        };
+        self.shared.storage.set_trial_param(self.frozen.trial_id, name, internal, dist)?;
+        self.frozen.params.insert(name.to_string(), internal);
+        self.frozen.distributions.insert(name.to_string(), dist.clone());
+        Ok(dist.to_external(internal))
+    }
+
+    /// The jointly sampled value for `name`, if the sampler gave one that fits `dist`.
+    fn relative_value(&self, name: &str, dist: &Distribution) -> Option<f64> {
+        let x = *self.relative.get(name)?;
+        let space = self.relative_space.get(name)?;
+        (space.compatible(dist) && dist.contains(x)).then_some(x)
+    }
+
+    /// A float in `[low, high]`.
+    pub fn suggest_float(&mut self, name: &str, low: f64, high: f64) -> anyhow::Result<f64> {
+        self.suggest_number(name, Distribution::float(low, high, false, None))
+    }
+
+    /// A float in `[low, high]` sampled in log space.
+    pub fn suggest_float_log(&mut self, name: &str, low: f64, high: f64) -> anyhow::Result<f64> {
+        self.suggest_number(name, Distribution::float(low, high, true, None))
+    }
+
+    /// An integer in `[low, high]`.
+    pub fn suggest_int(&mut self, name: &str, low: i64, high: i64) -> anyhow::Result<i64> {
+        let d = Distribution::int(low, high, false, 1).map_err(|e| InputError::new(format!("`{name}`: {e}")))?;
+        Ok(self.suggest(name, &d)?.as_i64().expect("int distribution gives ints"))
+    }
+
+    /// One of `choices`.
+    pub fn suggest_categorical(&mut self, name: &str, choices: &[Value]) -> anyhow::Result<Value> {
+        let d = Distribution::categorical(choices.to_vec()).map_err(|e| InputError::new(format!("`{name}`: {e}")))?;
+        self.suggest(name, &d)
+    }
+
+    fn suggest_number(&mut self, name: &str, d: Result<Distribution, String>) -> anyhow::Result<f64> {
+        let d = d.map_err(|e| InputError::new(format!("`{name}`: {e}")))?;
+        Ok(self.suggest(name, &d)?.as_f64().expect("float distribution gives floats"))
+    }
+
+    /// Reports an intermediate value at `step` (e.g. an evaluation's mean return).
+    pub fn report(&mut self, step: i64, value: f64) -> anyhow::Result<()> {
+        self.shared.storage.set_trial_intermediate_value(self.frozen.trial_id, step, value)?;
+        self.frozen.intermediate_values.insert(step, value);
+        Ok(())
+    }
+
+    /// True when the pruner says this trial should stop, or the run is being interrupted.
+    pub fn should_prune(&mut self) -> anyhow::Result<bool> {
+        if self.interrupted() {
+            return Ok(true);
+        }
+        let s = &self.shared;
+        let trials = s.storage.get_all_trials(s.study_id, None)?;
+        let view = StudyView { direction: s.direction, trials: &trials };
+        Ok(s.pruner.prune(&view, &self.frozen))
+    }
+
+    /// True once the run was asked to stop (Ctrl-C): the objective should return soon.
+    pub fn interrupted(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Stores a user attribute (JSON).
+    pub fn set_user_attr(&mut self, key: &str, value: Value) -> anyhow::Result<()> {
+        self.shared.storage.set_trial_user_attr(self.frozen.trial_id, key, &value)?;
+        self.frozen.user_attrs.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Stores a system attribute (JSON).
+    pub fn set_system_attr(&mut self, key: &str, value: Value) -> anyhow::Result<()> {
+        self.shared.storage.set_trial_system_attr(self.frozen.trial_id, key, &value)?;
+        self.frozen.system_attrs.insert(key.to_string(), value);
+        Ok(())
+    }
+}
