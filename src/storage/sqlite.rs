@@ -223,6 +223,8 @@ impl SqliteStorage {
         // WAL lets readers (optuna-dashboard, `tune show`) run while a worker writes; with it,
         // synchronous=NORMAL keeps every committed transaction through a process crash and
         // only skips the fsync per commit.
+        if tables.is_empty() { if let Ok(ps) = std::env::var("PROBE_PS") { conn.execute_batch(&format!("PRAGMA page_size={ps}"))?; } }
+        if let Ok(ck) = std::env::var("PROBE_CK") { conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={ck}"))?; }
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             eprintln!("warning: {path}: SQLite refused WAL mode (journal mode is {mode}); readers may block writers");
