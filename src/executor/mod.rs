@@ -77,6 +77,7 @@ struct Run<'a> {
     opts: &'a RunOptions,
     running: Mutex<HashSet<i64>>,
     active: AtomicUsize,
+    told_waiting: AtomicBool,
     summary: Mutex<RunSummary>,
     done: (Mutex<bool>, Condvar),
     progress: Progress,
@@ -94,6 +95,7 @@ where
         opts,
         running: Mutex::new(HashSet::new()),
         active: AtomicUsize::new(opts.jobs.max(1)),
+        told_waiting: AtomicBool::new(false),
         summary: Mutex::new(RunSummary::default()),
         done: (Mutex::new(false), Condvar::new()),
         progress: Progress::new(opts.progress, opts.n_trials, study.direction()),
@@ -156,7 +158,11 @@ impl Run<'_> {
                     if foreign == 0 {
                         break Ok(());
                     }
-                    self.progress.note(&format!("waiting for {foreign} trial(s) running in other processes"));
+                    if !self.told_waiting.swap(true, Ordering::SeqCst) {
+                        self.progress.note(&format!(
+                            "budget taken: waiting for {foreign} trial(s) running in other processes (or for them to go stale)"
+                        ));
+                    }
                     self.sleep(self.opts.heartbeat_interval.min(Duration::from_secs(2)));
                     self.recover_stale()?;
                     continue;
