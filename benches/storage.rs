@@ -1,31 +1,94 @@
-use std::time::Instant;
-use tune::storage::{SqliteStorage, Storage};
+//! Storage write throughput: 1000 trials, each started with `start_next_trial`, given 3
+//! parameters and 100 intermediate values, and completed, on a fresh SQLite file (one
+//! transaction per call, WAL, synchronous=NORMAL). Target: under 2 s per study. The in-memory
+//! storage runs the same workload as the floor.
+//!
+//! Also `get_all_trials` on a finished 1000-trial study with 10 parameters per trial, which
+//! `Study::ask` and `Trial::should_prune` call on every trial: the SQLite backend serves
+//! finished trials from its in-process cache, so both backends mostly pay for the clone.
+//!
+//! Run: `cargo bench --bench storage`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use tune::storage::{InMemoryStorage, SqliteStorage, Storage};
 use tune::{Direction, Distribution, TrialState};
-fn main() {
-    if std::env::args().any(|a| a == "--list") { return; }
-    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStorage::open(&dir.path().join("b.db")).unwrap();
+
+const TRIALS: usize = 1000;
+const STEPS: i64 = 100;
+
+fn write_study(s: &dyn Storage) {
     let id = s.create_new_study("bench", Direction::Maximize).unwrap();
     let lr = Distribution::float(1e-5, 1e-1, true, None).unwrap();
-    let (mut t_start, mut t_param, mut t_iv, mut t_done) = (0.0, 0.0, 0.0, 0.0);
-    let all = Instant::now();
-    for i in 0..n {
-        let a = Instant::now();
+    let batch = Distribution::int(16, 256, false, 16).unwrap();
+    let opt = Distribution::categorical(vec!["adam".into(), "sgd".into()]).unwrap();
+    for i in 0..TRIALS {
         let t = s.start_next_trial(id, None).unwrap().unwrap();
-        let b = Instant::now();
         s.set_trial_param(t.trial_id, "lr", 1e-3, &lr).unwrap();
-        s.set_trial_param(t.trial_id, "lr2", 1e-3, &lr).unwrap();
-        s.set_trial_param(t.trial_id, "lr3", 1e-3, &lr).unwrap();
-        let c = Instant::now();
-        for step in 0..100 { s.set_trial_intermediate_value(t.trial_id, step, step as f64 * 0.5).unwrap(); }
-        let d = Instant::now();
+        s.set_trial_param(t.trial_id, "batch", 64.0, &batch).unwrap();
+        s.set_trial_param(t.trial_id, "optimizer", (i % 2) as f64, &opt).unwrap();
+        for step in 0..STEPS {
+            s.set_trial_intermediate_value(t.trial_id, step, step as f64 * 0.5).unwrap();
+        }
         s.set_trial_state_values(t.trial_id, TrialState::Complete, Some(i as f64)).unwrap();
-        let e = Instant::now();
-        t_start += (b - a).as_secs_f64(); t_param += (c - b).as_secs_f64(); t_iv += (d - c).as_secs_f64(); t_done += (e - d).as_secs_f64();
     }
-    let total = all.elapsed().as_secs_f64();
-    let us = |x: f64, k: f64| x * 1e6 / (n as f64 * k);
-    println!("total {:.3} s for {n} trials ({:.1} us/txn): start {:.1} us, param {:.1} us, iv {:.1} us, complete {:.1} us",
-        total, total * 1e6 / (n as f64 * 105.0), us(t_start, 1.0), us(t_param, 3.0), us(t_iv, 100.0), us(t_done, 1.0));
 }
+
+fn storage_writes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("storage_1000_trials_x_100_values");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(20));
+    g.bench_function("sqlite", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let s = Arc::new(SqliteStorage::open(&dir.path().join("bench.db")).unwrap());
+                (dir, s)
+            },
+            |(dir, s)| {
+                write_study(s.as_ref());
+                // Closing (the final checkpoint) is part of writing a study.
+                drop(s);
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("memory", |b| b.iter_batched(InMemoryStorage::new, |s| write_study(&s), BatchSize::PerIteration));
+    g.finish();
+}
+
+/// A finished study of `TRIALS` trials, each with 10 parameters and a user attribute.
+fn finished_study(s: &dyn Storage) -> i64 {
+    let id = s.create_new_study("read", Direction::Minimize).unwrap();
+    let x = Distribution::float(-5.0, 5.0, false, None).unwrap();
+    let opt = Distribution::categorical(vec!["adam".into(), "rmsprop".into(), "sgd".into(), "adamw".into()]).unwrap();
+    let names: Vec<String> = (0..9).map(|i| format!("x{i}")).collect();
+    for i in 0..TRIALS {
+        let t = s.start_next_trial(id, None).unwrap().unwrap();
+        for name in &names {
+            s.set_trial_param(t.trial_id, name, 0.5, &x).unwrap();
+        }
+        s.set_trial_param(t.trial_id, "optimizer", (i % 4) as f64, &opt).unwrap();
+        s.set_trial_user_attr(t.trial_id, "seed", &(i as u64).into()).unwrap();
+        s.set_trial_state_values(t.trial_id, TrialState::Complete, Some(i as f64)).unwrap();
+    }
+    id
+}
+
+fn storage_reads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("get_all_trials_1000_trials_x_10_params");
+    g.sample_size(20);
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStorage::open(&dir.path().join("read.db")).unwrap();
+    let sid = finished_study(&sqlite);
+    g.bench_function("sqlite", |b| b.iter(|| sqlite.get_all_trials(sid, None).unwrap()));
+    let memory = InMemoryStorage::new();
+    let mid = finished_study(&memory);
+    g.bench_function("memory", |b| b.iter(|| memory.get_all_trials(mid, None).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, storage_writes, storage_reads);
+criterion_main!(benches);

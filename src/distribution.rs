@@ -55,10 +55,7 @@ impl Distribution {
             Some(s) if !(s > 0.0 && s.is_finite()) => {
                 return Err(format!("step must be a positive number (got {s})"));
             }
-            Some(s) => {
-                let k = ((high - low) / s + 1e-9).floor();
-                low + k * s
-            }
+            Some(s) => snap_high(low, high, s),
             None => high,
         };
         Ok(Distribution::Float { low, high, log, step })
@@ -222,6 +219,39 @@ impl Distribution {
     }
 }
 
+/// Snaps `high` down to `low + k*step` in exact decimal arithmetic on the numbers' shortest
+/// text forms, as Optuna's `_adjust_discrete_uniform_high` does with `decimal.Decimal(str(x))`.
+/// Binary arithmetic would give e.g. 0.8999999999999999 for (0, 1, 0.3), which Optuna then
+/// snaps again to 0.6 when it reads the stored distribution.
+fn snap_high(low: f64, high: f64, step: f64) -> f64 {
+    /// `x` as `mantissa * 10^-scale` from its shortest round-trip text.
+    fn decimal(x: f64) -> Option<(i128, u32)> {
+        let text = format!("{x}");
+        let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+        let digits = format!("{int}{frac}");
+        Some((digits.parse::<i128>().ok()?, u32::try_from(frac.len()).ok()?))
+    }
+    let exact = || -> Option<f64> {
+        let (l, sl) = decimal(low)?;
+        let (h, sh) = decimal(high)?;
+        let (st, ss) = decimal(step)?;
+        let scale = sl.max(sh).max(ss);
+        let up = |m: i128, s: u32| m.checked_mul(10i128.checked_pow(scale - s)?);
+        let (l, h, st) = (up(l, sl)?, up(h, sh)?, up(st, ss)?);
+        let r = h.checked_sub(l)?;
+        if st <= 0 || r % st == 0 {
+            return Some(high);
+        }
+        let snapped = (r / st).checked_mul(st)?.checked_add(l)?;
+        let neg = snapped < 0;
+        let digits = format!("{:0>width$}", snapped.unsigned_abs(), width = scale as usize + 1);
+        let (int, frac) = digits.split_at(digits.len() - scale as usize);
+        format!("{}{int}.{frac}", if neg { "-" } else { "" }).parse().ok()
+    };
+    // Beyond i128's reach (extreme exponents) fall back to binary arithmetic.
+    exact().unwrap_or_else(|| low + ((high - low) / step + 1e-9).floor() * step)
+}
+
 /// JSON equality where `1` and `1.0` are the same number.
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -252,9 +282,18 @@ mod tests {
     fn stepped_high_is_snapped_down() {
         assert_eq!(
             Distribution::float(0.0, 1.0, false, Some(0.3)).unwrap(),
-            Distribution::Float { low: 0.0, high: 0.8999999999999999, log: false, step: Some(0.3) }
+            Distribution::Float { low: 0.0, high: 0.9, log: false, step: Some(0.3) }
         );
         assert_eq!(Distribution::int(1, 10, false, 4).unwrap(), Distribution::Int { low: 1, high: 9, log: false, step: 4 });
+        // Values checked against Optuna 5.0's FloatDistribution(low, high, step=step).high.
+        let high = |l, h, s| match Distribution::float(l, h, false, Some(s)).unwrap() {
+            Distribution::Float { high, .. } => high,
+            _ => unreachable!(),
+        };
+        assert_eq!(high(0.1, 1.0, 0.2), 0.9);
+        assert_eq!(high(-1.0, 1.0, 0.7), 0.4);
+        assert_eq!(high(0.0, 1.0, 0.25), 1.0);
+        assert_eq!(high(1e-3, 0.05, 0.01), 0.041);
     }
 
     #[test]

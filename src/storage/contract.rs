@@ -1,5 +1,6 @@
 //! The storage contract as executable checks: every backend runs `run_all` from its own tests,
 //! so the in-memory and SQLite storages behave the same (Optuna's shared storage test suite).
+#![doc(hidden)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -538,7 +539,8 @@ pub fn heartbeats_and_stale_trials(make: Make) {
     assert_eq!(s.get_trial(waiting.trial_id).unwrap().state, TrialState::Waiting);
     // Failing again finds nothing new; the interrupted trial frees its budget slot.
     assert!(s.fail_stale_trials(id, Duration::from_millis(150)).unwrap().is_empty());
-    assert!(s.start_next_trial(id, Some(3)).unwrap().is_some(), "budget 3: alive, done, and the WAITING one");
+    // Budget 3: `alive` and `done` count, the interrupted trial does not, so the WAITING one starts.
+    assert!(s.start_next_trial(id, Some(3)).unwrap().is_some());
 }
 
 /// The best COMPLETE trial in either direction; ties go to the earlier trial.

@@ -38,7 +38,7 @@ pub(super) fn is_stale(last: NaiveDateTime, now: NaiveDateTime, grace: Duration)
 /// Whether a trial in `from` may move to `to` (Optuna's rule: finished trials never change, and
 /// only a WAITING trial can be started).
 pub(super) fn transition_allowed(from: TrialState, to: TrialState) -> bool {
-    !from.is_finished() && !(to == TrialState::Running && from != TrialState::Waiting)
+    !from.is_finished() && (to != TrialState::Running || from == TrialState::Waiting)
 }
 
 /// A study's trials, attributes and the distribution each parameter name has in it.
