@@ -21,3 +21,4 @@ pub mod study;
 pub use study::{Outcome, Study, Trial};
 pub mod executor;
 pub mod cli;
+pub mod rl;

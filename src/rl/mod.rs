@@ -1,0 +1,4 @@
+//! Reinforcement-learning building blocks used by the `rl` objective: environments first;
+//! replay buffers, networks and agents follow the same one-folder-per-concept layout.
+
+pub mod env;
