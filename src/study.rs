@@ -154,8 +154,8 @@ impl Study {
         &self.shared.stop
     }
 
-    /// All trials, ordered by number.
-    pub fn trials(&self) -> anyhow::Result<Vec<FrozenTrial>> {
+    /// All trials, ordered by number (shared snapshots).
+    pub fn trials(&self) -> anyhow::Result<Vec<Arc<FrozenTrial>>> {
         Ok(self.shared.storage.get_all_trials(self.shared.study_id, None)?)
     }
 
@@ -191,7 +191,10 @@ impl Study {
             None => BTreeMap::new(),
         };
         let snapshot = s.storage.get_all_trials(s.study_id, None)?;
-        let me = snapshot.iter().find(|t| t.trial_id == frozen.trial_id).cloned().unwrap_or(frozen);
+        let me = match snapshot.iter().find(|t| t.trial_id == frozen.trial_id) {
+            Some(t) => (**t).clone(),
+            None => frozen,
+        };
         let view = StudyView { direction: s.direction, trials: &snapshot };
         let relative_space = s.sampler.infer_relative_search_space(&view, &me);
         let relative = if relative_space.is_empty() {
@@ -273,7 +276,7 @@ pub fn derive_seed(study_seed: u64, number: i64) -> u64 {
 pub struct Trial {
     shared: Arc<Shared>,
     frozen: FrozenTrial,
-    snapshot: Vec<FrozenTrial>,
+    snapshot: Vec<Arc<FrozenTrial>>,
     relative_space: SearchSpace,
     relative: BTreeMap<String, f64>,
     fixed: BTreeMap<String, Value>,

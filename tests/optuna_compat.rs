@@ -89,7 +89,7 @@ fn trial_json(t: &FrozenTrial) -> Value {
 /// A study as tune's storage sees it, in `_dump.py`'s shape.
 fn dump(storage: &dyn Storage, name: &str) -> Value {
     let id = storage.get_study_id_from_name(name).unwrap().expect("the study exists");
-    let trials: Vec<Value> = storage.get_all_trials(id, None).unwrap().iter().map(trial_json).collect();
+    let trials: Vec<Value> = storage.get_all_trials(id, None).unwrap().iter().map(|t| trial_json(t)).collect();
     json!({
         "direction": storage.get_study_direction(id).unwrap().as_str(),
         "user_attrs": storage.get_study_user_attrs(id).unwrap(),

@@ -34,6 +34,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .trials()?
             .into_iter()
             .find(|t| t.number == n)
+            .map(|t| (*t).clone())
             .ok_or_else(|| crate::input_err!("study `{}` has no trial #{n}; `tune show {}` lists them", a.study, a.study))?,
         None => study.best_trial()?.ok_or_else(|| {
             crate::input_err!("study `{}` has no COMPLETE trial to export yet; run it first", a.study)

@@ -1,6 +1,8 @@
 //! `tune show STUDY`: a table of trials (number, state, value, duration, params), sortable,
 //! optionally only the top k; also the end-of-run summary.
 
+use std::sync::Arc;
+
 use super::{fmt_f64, fmt_value, load_study, DEFAULT_STORAGE};
 use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY};
 use crate::study::Study;
@@ -44,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             crate::input_err!("unknown state `{s}`; expected one of: complete, pruned, fail, running, waiting")
         })?);
     }
-    let mut trials: Vec<FrozenTrial> =
+    let mut trials: Vec<Arc<FrozenTrial>> =
         study.trials()?.into_iter().filter(|t| states.is_empty() || states.contains(&t.state)).collect();
     sort(&mut trials, a.sort, study.direction());
     if let Some(k) = a.top {
@@ -54,14 +56,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn sort(trials: &mut [FrozenTrial], key: SortKey, direction: Direction) {
+fn sort(trials: &mut [Arc<FrozenTrial>], key: SortKey, direction: Direction) {
     match key {
         SortKey::Number => trials.sort_by_key(|t| t.number),
         SortKey::Duration => {
             trials.sort_by(|a, b| b.duration_secs().unwrap_or(-1.0).total_cmp(&a.duration_secs().unwrap_or(-1.0)))
         }
         SortKey::Value => trials.sort_by(|a, b| {
-            let key = |t: &FrozenTrial| match (t.state, t.value) {
+            let key = |t: &Arc<FrozenTrial>| match (t.state, t.value) {
                 (TrialState::Complete, Some(v)) => (0, direction.to_loss(v)),
                 (_, Some(v)) => (1, direction.to_loss(v)),
                 _ => (2, 0.0),
@@ -73,7 +75,7 @@ fn sort(trials: &mut [FrozenTrial], key: SortKey, direction: Direction) {
 }
 
 /// Prints trials as an aligned table; FAIL rows show their reason.
-pub fn print_table(trials: &[FrozenTrial]) {
+pub fn print_table(trials: &[Arc<FrozenTrial>]) {
     println!("{:>6}  {:<8}  {:>14}  {:>9}  params", "number", "state", "value", "duration");
     for t in trials {
         let params: Vec<String> = t.external_params().iter().map(|(k, v)| format!("{k}={}", fmt_value(v))).collect();

@@ -2,7 +2,7 @@
 //! lines otherwise, nothing when quiet.
 
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,7 +65,7 @@ impl Progress {
         }
     }
 
-    fn counts(&self, trials: &[FrozenTrial]) -> Counts {
+    fn counts(&self, trials: &[Arc<FrozenTrial>]) -> Counts {
         let mut c = Counts::default();
         for t in trials {
             match t.state {
@@ -92,7 +92,7 @@ impl Progress {
     }
 
     /// Shows the study's state (at start, or after another process moved it on).
-    pub fn refresh(&self, trials: &[FrozenTrial]) {
+    pub fn refresh(&self, trials: &[Arc<FrozenTrial>]) {
         let c = self.counts(trials);
         self.finished_at_start.lock().unwrap().get_or_insert(c.finished);
         if let Some(bar) = &self.bar {
@@ -110,7 +110,7 @@ impl Progress {
     }
 
     /// Called after each trial this process finished.
-    pub fn trial_finished(&self, t: &FrozenTrial, trials: &[FrozenTrial]) {
+    pub fn trial_finished(&self, t: &FrozenTrial, trials: &[Arc<FrozenTrial>]) {
         let c = self.counts(trials);
         if let Some(bar) = &self.bar {
             bar.set_position(c.finished);

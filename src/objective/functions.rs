@@ -537,7 +537,7 @@ mod tests {
         assert!(learning_curve_value(0.0, 1.0) < learning_curve_value(0.0, 0.5));
         let o = spec("type: function\nname: learning_curve\nconfig: {steps: 6, noise: 0.1}").unwrap();
         let curves = |study: Study| -> Vec<BTreeMap<i64, f64>> {
-            study.trials().unwrap().into_iter().map(|t| t.intermediate_values).collect()
+            study.trials().unwrap().into_iter().map(|t| t.intermediate_values.clone()).collect()
         };
         let a = curves(run_study(&o, Arc::new(crate::pruner::NopPruner), 3));
         let b = curves(run_study(&o, Arc::new(crate::pruner::NopPruner), 3));

@@ -26,7 +26,7 @@ mod tests {
         let mut bad = FrozenTrial::new(1, 1, TrialState::Running);
         bad.intermediate_values.insert(0, f64::NAN);
         let trials = vec![done, bad.clone()];
-        let view = StudyView { direction: Direction::Minimize, trials: &trials };
+        let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&trials) };
         assert!(!NopPruner.prune(&view, &bad));
     }
 }

@@ -120,7 +120,8 @@ impl PercentilePruner {
 impl Pruner for PercentilePruner {
     fn prune(&self, study: &StudyView, trial: &FrozenTrial) -> bool {
         let c = &self.config;
-        let completed: Vec<&FrozenTrial> = study.trials.iter().filter(|t| t.state == TrialState::Complete).collect();
+        let completed: Vec<&FrozenTrial> =
+            study.trials.iter().filter(|t| t.state == TrialState::Complete).map(|t| &**t).collect();
         if completed.is_empty() || completed.len() < c.n_startup_trials {
             return false;
         }
@@ -245,7 +246,7 @@ mod tests {
     ) -> bool {
         let mut trials = done.to_vec();
         trials.push(current.clone());
-        pruner.prune(&StudyView { direction, trials: &trials }, current)
+        pruner.prune(&StudyView { direction, trials: &crate::sampler::shared(&trials) }, current)
     }
 
     fn config(percentile: f64) -> PercentileConfig {
@@ -435,7 +436,7 @@ mod tests {
             for s in 0..10 + 5 * (i % 3) {
                 t.intermediate_values.insert(s, curve(i, s));
                 trials.push(t.clone());
-                let prune = pruner.prune(&StudyView { direction, trials: &trials }, &t);
+                let prune = pruner.prune(&StudyView { direction, trials: &crate::sampler::shared(&trials) }, &t);
                 trials.pop();
                 if prune {
                     pruned_at = s;

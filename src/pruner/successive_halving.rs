@@ -20,6 +20,8 @@
 //! where Optuna judges the rungs they already passed at their next check, with that step's
 //! value; a fixed `min_resource` avoids the difference.
 
+use std::sync::Arc;
+
 use chrono::NaiveDateTime;
 use serde::Deserialize;
 
@@ -174,7 +176,7 @@ fn completion_key(t: &FrozenTrial) -> (Option<NaiveDateTime>, i64) {
 
 /// Optuna's `auto` heuristic, from the first trial to complete with intermediate values:
 /// `max(last_step / 100, 1)`, and that trial's completion key.
-fn estimate_min_resource(trials: &[FrozenTrial]) -> Option<(i64, (Option<NaiveDateTime>, i64))> {
+fn estimate_min_resource(trials: &[Arc<FrozenTrial>]) -> Option<(i64, (Option<NaiveDateTime>, i64))> {
     let first = trials
         .iter()
         .filter(|t| t.state == TrialState::Complete && t.last_step().is_some())
@@ -270,7 +272,7 @@ mod tests {
     ) -> bool {
         let mut trials = others.to_vec();
         trials.push(t.clone());
-        pruner.prune(&StudyView { direction, trials: &trials }, t)
+        pruner.prune(&StudyView { direction, trials: &crate::sampler::shared(&trials) }, t)
     }
 
     #[test]
@@ -433,7 +435,7 @@ mod tests {
         // First complete trial ran to step 250: min_resource = 2, so step 1 is not a rung end.
         let curve: Vec<(i64, f64)> = (0..=250).map(|s| (s, 0.0)).collect();
         let done = trial(1, TrialState::Complete, &curve);
-        assert_eq!(estimate_min_resource(&[running.clone(), done.clone()]).map(|e| e.0), Some(2));
+        assert_eq!(estimate_min_resource(&crate::sampler::shared(&[running.clone(), done.clone()])).map(|e| e.0), Some(2));
         assert!(!prune_with(&pruner, Direction::Minimize, &[running.clone(), done.clone()], &t));
         let mut t = t;
         t.intermediate_values.insert(2, 9.0);
@@ -491,7 +493,7 @@ mod tests {
             for s in 0..steps(i) {
                 t.intermediate_values.insert(s, curve(i, s));
                 trials.push(t.clone());
-                let prune = pruner.prune(&StudyView { direction, trials: &trials }, &t);
+                let prune = pruner.prune(&StudyView { direction, trials: &crate::sampler::shared(&trials) }, &t);
                 trials.pop();
                 if prune {
                     pruned_at = s;

@@ -178,7 +178,7 @@ mod tests {
         let mut trials: Vec<FrozenTrial> = Vec::new();
         for number in 0..n as i64 {
             let mut t = FrozenTrial::new(number, number, TrialState::Running);
-            let view = StudyView { direction: Direction::Minimize, trials: &trials };
+            let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&trials) };
             let space = g.infer_relative_search_space(&view, &t);
             let params = g.sample_relative(&view, &t, &space);
             for (name, x) in params {
@@ -211,7 +211,7 @@ mod tests {
         trials[4].state = TrialState::Fail;
         let lost = g.grid_id(&trials[4].params);
         let t = FrozenTrial::new(99, 99, TrialState::Running);
-        let view = StudyView { direction: Direction::Minimize, trials: &trials };
+        let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&trials) };
         assert_eq!(g.grid_id(&g.sample_relative(&view, &t, &g.space)), lost);
     }
 

@@ -2,6 +2,7 @@
 //! A sampler must only `sample_independent`; multivariate (relative) sampling is optional.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -22,8 +23,9 @@ pub use tpe::{TpeConfig, TpeSampler};
 pub struct StudyView<'a> {
     /// Whether smaller or larger values are better.
     pub direction: Direction,
-    /// Every trial of the study, ordered by number (the current one included).
-    pub trials: &'a [FrozenTrial],
+    /// Every trial of the study, ordered by number (the current one included), as shared
+    /// snapshots.
+    pub trials: &'a [Arc<FrozenTrial>],
 }
 
 /// A search space: parameter name to distribution, ordered by name.
@@ -58,4 +60,10 @@ pub fn trial_rng(seed: u64, number: i64, salt: &str) -> StdRng {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// Wraps owned trials as the shared snapshots a `StudyView` holds (for tests, benches and
+/// callers that build trials themselves).
+pub fn shared(trials: &[FrozenTrial]) -> Vec<Arc<FrozenTrial>> {
+    trials.iter().cloned().map(Arc::new).collect()
 }

@@ -2,7 +2,7 @@
 //! one process (tests, `storage: memory` studies, and Optuna's `InMemoryStorage` use case).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -56,8 +56,15 @@ struct MemStudy {
 /// A trial with the bookkeeping that is not part of its snapshot.
 struct MemTrial {
     study_id: i64,
-    frozen: FrozenTrial,
+    /// Shared with readers; copied on write only while a reader still holds it.
+    frozen: Arc<FrozenTrial>,
     heartbeat: Option<NaiveDateTime>,
+}
+
+impl MemTrial {
+    fn frozen_mut(&mut self) -> &mut FrozenTrial {
+        Arc::make_mut(&mut self.frozen)
+    }
 }
 
 #[derive(Default)]
@@ -106,7 +113,7 @@ impl Inner {
             frozen.datetime_complete = Some(t);
         }
         self.study_mut(study_id)?.trial_ids.push(trial_id);
-        self.trials.insert(trial_id, MemTrial { study_id, frozen, heartbeat });
+        self.trials.insert(trial_id, MemTrial { study_id, frozen: Arc::new(frozen), heartbeat });
         Ok(trial_id)
     }
 }
@@ -230,7 +237,7 @@ impl Storage for InMemoryStorage {
     ) -> Result<FrozenTrial> {
         let mut g = self.lock();
         let id = g.new_trial(study_id, state, system_attrs)?;
-        Ok(g.trials[&id].frozen.clone())
+        Ok((*g.trials[&id].frozen).clone())
     }
 
     fn start_next_trial(&self, study_id: i64, budget: Option<u64>) -> Result<Option<FrozenTrial>> {
@@ -253,14 +260,14 @@ impl Storage for InMemoryStorage {
             Some(id) => {
                 let t = g.trials.get_mut(&id).expect("listed trial exists");
                 let start = now();
-                t.frozen.state = TrialState::Running;
-                t.frozen.datetime_start = Some(start);
+                Arc::make_mut(&mut t.frozen).state = TrialState::Running;
+                Arc::make_mut(&mut t.frozen).datetime_start = Some(start);
                 t.heartbeat = Some(start);
                 id
             }
             None => g.new_trial(study_id, TrialState::Running, &BTreeMap::new())?,
         };
-        Ok(Some(g.trials[&id].frozen.clone()))
+        Ok(Some((*g.trials[&id].frozen).clone()))
     }
 
     fn set_trial_param(&self, trial_id: i64, name: &str, internal: f64, dist: &Distribution) -> Result<()> {
@@ -279,7 +286,7 @@ impl Storage for InMemoryStorage {
                 s.dists.insert(name.to_string(), dist.clone());
             }
         }
-        let t = &mut g.trials.get_mut(&trial_id).expect("checked above").frozen;
+        let t = Arc::make_mut(&mut g.trials.get_mut(&trial_id).expect("checked above").frozen);
         t.params.insert(name.to_string(), internal);
         t.distributions.insert(name.to_string(), dist.clone());
         Ok(())
@@ -292,48 +299,48 @@ impl Storage for InMemoryStorage {
             return Ok(false);
         }
         let stamp = now();
-        t.frozen.state = state;
+        Arc::make_mut(&mut t.frozen).state = state;
         if state == TrialState::Running {
-            t.frozen.datetime_start = Some(stamp);
+            Arc::make_mut(&mut t.frozen).datetime_start = Some(stamp);
             t.heartbeat = Some(stamp);
         }
         if state.is_finished() {
-            t.frozen.datetime_complete = Some(stamp);
+            Arc::make_mut(&mut t.frozen).datetime_complete = Some(stamp);
         }
         // SQLite cannot hold a NaN value (it becomes NULL), so neither backend keeps one.
         if let Some(v) = value.filter(|v| !v.is_nan()) {
-            t.frozen.value = Some(v);
+            Arc::make_mut(&mut t.frozen).value = Some(v);
         }
         Ok(true)
     }
 
     fn set_trial_intermediate_value(&self, trial_id: i64, step: i64, value: f64) -> Result<()> {
-        self.lock().updatable(trial_id)?.frozen.intermediate_values.insert(step, value);
+        self.lock().updatable(trial_id)?.frozen_mut().intermediate_values.insert(step, value);
         Ok(())
     }
 
     fn set_trial_user_attr(&self, trial_id: i64, key: &str, value: &Value) -> Result<()> {
-        self.lock().updatable(trial_id)?.frozen.user_attrs.insert(key.to_string(), value.clone());
+        self.lock().updatable(trial_id)?.frozen_mut().user_attrs.insert(key.to_string(), value.clone());
         Ok(())
     }
 
     fn set_trial_system_attr(&self, trial_id: i64, key: &str, value: &Value) -> Result<()> {
-        self.lock().updatable(trial_id)?.frozen.system_attrs.insert(key.to_string(), value.clone());
+        self.lock().updatable(trial_id)?.frozen_mut().system_attrs.insert(key.to_string(), value.clone());
         Ok(())
     }
 
     fn get_trial(&self, trial_id: i64) -> Result<FrozenTrial> {
-        Ok(self.lock().trial(trial_id)?.frozen.clone())
+        Ok((*self.lock().trial(trial_id)?.frozen).clone())
     }
 
-    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<FrozenTrial>> {
+    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<Arc<FrozenTrial>>> {
         let g = self.lock();
         let s = g.study(study_id)?;
         Ok(s.trial_ids
             .iter()
             .map(|id| &g.trials[id].frozen)
             .filter(|t| states.is_none_or(|st| st.contains(&t.state)))
-            .cloned()
+            .map(Arc::clone)
             .collect())
     }
 
@@ -358,11 +365,11 @@ impl Storage for InMemoryStorage {
             if !is_stale(last, stamp, grace) {
                 continue;
             }
-            t.frozen.state = TrialState::Fail;
-            t.frozen.datetime_complete = Some(stamp);
-            t.frozen.system_attrs.insert(INTERRUPTED_KEY.to_string(), Value::Bool(true));
-            t.frozen.system_attrs.insert(FAIL_REASON_KEY.to_string(), Value::from(stale_reason(last, grace)));
-            out.push(t.frozen.clone());
+            Arc::make_mut(&mut t.frozen).state = TrialState::Fail;
+            Arc::make_mut(&mut t.frozen).datetime_complete = Some(stamp);
+            Arc::make_mut(&mut t.frozen).system_attrs.insert(INTERRUPTED_KEY.to_string(), Value::Bool(true));
+            Arc::make_mut(&mut t.frozen).system_attrs.insert(FAIL_REASON_KEY.to_string(), Value::from(stale_reason(last, grace)));
+            out.push((*t.frozen).clone());
         }
         Ok(out)
     }

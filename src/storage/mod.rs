@@ -161,7 +161,9 @@ pub trait Storage: Send + Sync {
     /// One trial.
     fn get_trial(&self, trial_id: i64) -> Result<FrozenTrial>;
     /// All trials of a study ordered by number, optionally only those in `states`.
-    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<FrozenTrial>>;
+    /// Trials are shared snapshots (`Arc`), so listing a large study copies pointers, not
+    /// trials: `Study::ask` and `Trial::should_prune` list the study on every call.
+    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<Arc<FrozenTrial>>>;
 
     /// Records that the worker running this trial is alive (now).
     fn record_heartbeat(&self, trial_id: i64) -> Result<()>;
@@ -182,7 +184,7 @@ pub trait Storage: Send + Sync {
     /// The best COMPLETE trial (derived); ties go to the earlier trial.
     fn get_best_trial(&self, study_id: i64) -> Result<Option<FrozenTrial>> {
         let direction = self.get_study_direction(study_id)?;
-        let mut best: Option<FrozenTrial> = None;
+        let mut best: Option<Arc<FrozenTrial>> = None;
         for t in self.get_all_trials(study_id, Some(&[TrialState::Complete]))? {
             let v = match t.value {
                 Some(v) => v,
@@ -192,7 +194,7 @@ pub trait Storage: Send + Sync {
                 best = Some(t);
             }
         }
-        Ok(best)
+        Ok(best.map(|b| (*b).clone()))
     }
 }
 

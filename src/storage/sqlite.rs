@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -155,7 +155,7 @@ fn dist_json(d: &Distribution) -> String {
 #[derive(Default)]
 struct StudyCache {
     /// Finished trials by `(number, trial_id)`: immutable once finished, so never reloaded.
-    finished: BTreeMap<(i64, i64), FrozenTrial>,
+    finished: BTreeMap<(i64, i64), Arc<FrozenTrial>>,
     /// Sum of the ids in `finished`: with the count, checks the cache against the database.
     finished_id_sum: i64,
     /// How many of `finished` count towards a budget (all but interrupted FAIL trials).
@@ -536,7 +536,7 @@ impl Inner {
             c.finished_in_budget += 1;
         }
         self.finished_index.insert(t.trial_id, (study_id, t.number));
-        c.finished.insert((t.number, t.trial_id), t);
+        c.finished.insert((t.number, t.trial_id), Arc::new(t));
     }
 
     fn forget_study(&mut self, study_id: i64) {
@@ -1011,7 +1011,7 @@ impl Storage for SqliteStorage {
         {
             let g = self.lock();
             if let Some(&(study_id, number)) = g.finished_index.get(&trial_id) {
-                return Ok(g.studies[&study_id].finished[&(number, trial_id)].clone());
+                return Ok((*g.studies[&study_id].finished[&(number, trial_id)]).clone());
             }
         }
         self.read(|g| {
@@ -1024,12 +1024,13 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<FrozenTrial>> {
+    fn get_all_trials(&self, study_id: i64, states: Option<&[TrialState]>) -> Result<Vec<Arc<FrozenTrial>>> {
         self.read(|g| {
             let (_, rows) = g.sync(study_id)?;
             let ids: Vec<i64> = rows.iter().map(|r| r.trial_id).collect();
             let mut loaded = g.load_trials(&ids)?;
-            let unfinished: Vec<FrozenTrial> = ids.iter().filter_map(|id| loaded.remove(id).map(|(_, t)| t)).collect();
+            let unfinished: Vec<Arc<FrozenTrial>> =
+                ids.iter().filter_map(|id| loaded.remove(id).map(|(_, t)| Arc::new(t))).collect();
             let keep = |t: &FrozenTrial| states.is_none_or(|s| s.contains(&t.state));
             let cache = &g.studies[&study_id];
             let mut out = Vec::with_capacity(cache.finished.len() + unfinished.len());
@@ -1041,7 +1042,7 @@ impl Storage for SqliteStorage {
                     }
                 }
                 if keep(t) {
-                    out.push(t.clone());
+                    out.push(Arc::clone(t));
                 }
             }
             out.extend(rest.filter(|u| keep(u)));
@@ -1276,7 +1277,7 @@ mod tests {
         let seen = a.get_all_trials(id, None).unwrap();
         assert_eq!(seen[1].state, TrialState::Pruned);
         assert_eq!(seen[1].intermediate_values, BTreeMap::from([(3, 0.5)]));
-        assert_eq!(a.get_trial(t1.trial_id).unwrap(), seen[1]);
+        assert_eq!(a.get_trial(t1.trial_id).unwrap(), *seen[1]);
         // A finished trial is refused by both handles.
         assert!(matches!(a.set_trial_user_attr(t1.trial_id, "k", &json!(1)), Err(StorageError::TrialFinished { .. })));
         // Stale trials failed by one worker count as finished for the other.

@@ -12,16 +12,32 @@
 //!
 //! All randomness comes from `trial_rng(seed, trial number, ..)`: the same seed and history
 //! give the same suggestions whatever the order in which workers ask.
+//!
+//! Speed: finished trials never change, so the sampler keeps a memo of what it read from them
+//! (split rankings, observation columns, sorted orders, kernel constants, and the last bad
+//! model, which an ask that only appends trials to it extends instead of rebuilding; see
+//! `history` and `ParzenEstimator::extend`). An ask then costs a few linear passes over the
+//! trials plus one pass over the bad model's kernels per candidate (see `parzen`). The memo is
+//! a pure cache: results never depend on it (tests compare it with fresh computations).
+//!
+//! Differences from Optuna: the sampler cannot write to storage, so RUNNING trials count as bad
+//! (constant liar) with the parameters they have suggested so far, where Optuna also shares a
+//! relative sample through the `tpe:relative_params` system attribute; ties in kernel order
+//! are broken by trial number.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 
 use super::{trial_rng, RandomSampler, Sampler, SearchSpace, StudyView};
 use crate::distribution::Distribution;
-use crate::frozen::{Direction, FrozenTrial, TrialState};
+use crate::frozen::{FrozenTrial, TrialState};
 
+mod history;
 mod parzen;
 mod truncnorm;
 
+use history::{History, Intersection};
 pub use parzen::{ParzenEstimator, ParzenParams};
 
 /// TPE settings; the defaults are Optuna 5.0's.
@@ -75,17 +91,36 @@ impl TpeConfig {
 }
 
 /// The TPE sampler.
-#[derive(Debug, Clone)]
 pub struct TpeSampler {
     config: TpeConfig,
     seed: u64,
     random: RandomSampler,
+    /// What the last ask digested of the study; a pure cache, so results never depend on it.
+    memo: Mutex<Memo>,
+}
+
+#[derive(Default)]
+struct Memo {
+    intersection: Option<Intersection>,
+    history: Option<History>,
+}
+
+impl Clone for TpeSampler {
+    fn clone(&self) -> Self {
+        TpeSampler::new(self.config.clone(), self.seed)
+    }
+}
+
+impl std::fmt::Debug for TpeSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpeSampler").field("config", &self.config).field("seed", &self.seed).finish()
+    }
 }
 
 impl TpeSampler {
     /// A TPE sampler with `config`, drawing all its randomness from `seed`.
     pub fn new(config: TpeConfig, seed: u64) -> Self {
-        TpeSampler { config, seed, random: RandomSampler::new(seed) }
+        TpeSampler { config, seed, random: RandomSampler::new(seed), memo: Mutex::new(Memo::default()) }
     }
 
     /// The settings this sampler runs with.
@@ -101,26 +136,47 @@ impl TpeSampler {
         }
     }
 
-    /// One TPE draw of the parameters `dims` (sorted by name) for `trial`.
-    fn sample_tpe(
-        &self,
-        study: &StudyView,
-        trial: &FrozenTrial,
-        dims: &[(&str, &Distribution)],
-        salt: &str,
-    ) -> Vec<f64> {
-        let (below, above) = split_trials(study, trial, self.config.constant_liar);
-        let space: Vec<&Distribution> = dims.iter().map(|(_, d)| *d).collect();
+    /// The memo. Its parts are taken out while in use, so parallel asks never wait on each
+    /// other (one that finds a part taken starts from scratch).
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One TPE draw for `trial` of the parameters `history` was built for.
+    fn sample_tpe(&self, study: &StudyView, trial: &FrozenTrial, history: &mut History, salt: &str) -> Vec<f64> {
+        let split = history.split(study.trials, trial, self.config.constant_liar);
         let params = self.parzen_params();
-        let build = |group: &[&FrozenTrial]| {
-            let obs = observations(group, dims);
-            let n = obs.first().map_or(0, Vec::len);
-            ParzenEstimator::new(&space, &obs, &default_weights(n), &params)
+        // The bad group keeps its kernels from one ask to the next: extend the last estimator
+        // when the group only gained trials, else build it again remembering kernel constants.
+        let mut constants = std::mem::take(&mut history.constants);
+        let previous = history.above_model.take();
+        let weights = default_weights(split.above.len());
+        let extended = match previous {
+            Some((mut g, rows)) if split.extra_numbers.is_empty() && split.above.starts_with(&rows) => {
+                let new = &split.above[rows.len()..];
+                g.extend(&history.values(new), new, &weights, &params, &mut constants).then_some(g)
+            }
+            _ => None,
         };
-        let (l, g) = (build(&below), build(&above));
+        let space = history.space();
+        let g = extended.unwrap_or_else(|| {
+            let above = history.above_group(&split);
+            let cache = Some((&mut constants, &above.ids[..]));
+            ParzenEstimator::from_transformed(&space, above.mus, above.orders, &weights, &params, cache)
+        });
+        let l = {
+            let below = history.below_group(&split);
+            let weights = default_weights(below.n_observations());
+            ParzenEstimator::from_transformed(&space, below.mus, below.orders, &weights, &params, None)
+        };
+        drop(space);
+        history.constants = constants;
         let mut rng = trial_rng(self.seed, trial.number, salt);
         let candidates = l.sample(&mut rng, self.config.n_ei_candidates.max(1));
         let (ll, lg) = (l.log_pdf(&candidates), g.log_pdf(&candidates));
+        if split.extra_numbers.is_empty() {
+            history.above_model = Some((g, split.above));
+        }
         // First maximum, as numpy's argmax; NaN never wins.
         let mut best = 0;
         let mut best_score = f64::NEG_INFINITY;
@@ -144,15 +200,29 @@ impl Sampler for TpeSampler {
         if !self.config.multivariate {
             return SearchSpace::new();
         }
-        intersection_search_space(study.trials).into_iter().filter(|(_, d)| !d.single()).collect()
+        let mut inter = self.memo().intersection.take().unwrap_or_default();
+        inter.update(study.trials);
+        let space = inter.space().into_iter().filter(|(_, d)| !d.single()).collect();
+        self.memo().intersection = Some(inter);
+        space
     }
 
     fn sample_relative(&self, study: &StudyView, trial: &FrozenTrial, space: &SearchSpace) -> BTreeMap<String, f64> {
-        if space.is_empty() || Self::n_finished(study) < self.config.n_startup_trials {
+        if space.is_empty() {
             return BTreeMap::new();
         }
         let dims: Vec<(&str, &Distribution)> = space.iter().map(|(n, d)| (n.as_str(), d)).collect();
-        let values = self.sample_tpe(study, trial, &dims, "tpe:relative");
+        let mut history = match self.memo().history.take() {
+            Some(h) if h.is_for(&dims, study.direction) => h,
+            _ => History::new(&dims, study.direction),
+        };
+        history.update(study.trials);
+        let values = if history.n_finished() < self.config.n_startup_trials {
+            Vec::new()
+        } else {
+            self.sample_tpe(study, trial, &mut history, "tpe:relative")
+        };
+        self.memo().history = Some(history);
         space.keys().cloned().zip(values).collect()
     }
 
@@ -163,7 +233,9 @@ impl Sampler for TpeSampler {
         if dist.single() {
             return super::random::sample_uniform(dist, &mut trial_rng(self.seed, trial.number, name));
         }
-        self.sample_tpe(study, trial, &[(name, dist)], &format!("tpe:{name}"))[0]
+        let mut history = History::new(&[(name, dist)], study.direction);
+        history.update(study.trials);
+        self.sample_tpe(study, trial, &mut history, &format!("tpe:{name}"))[0]
     }
 }
 
@@ -196,7 +268,7 @@ pub fn default_weights(n: usize) -> Vec<f64> {
 }
 
 /// Splits the trials TPE learns from into below (good) and above (bad), each in trial-number
-/// order (Optuna's `_split_trials`): the `γ(n)` best COMPLETE trials, then the remaining good
+/// order (Optuna's `_split_trials`; the sampler uses the equivalent incremental `History`): the `γ(n)` best COMPLETE trials, then the remaining good
 /// slots to PRUNED trials ranked by the last step they reached and their value there; with
 /// the constant liar, RUNNING trials other than `current` join the bad ones. FAIL and WAITING
 /// trials are ignored.
@@ -219,7 +291,7 @@ pub fn split_trials<'a>(
     for (i, t) in study.trials.iter().enumerate() {
         match t.state {
             TrialState::Complete => complete.push((t.value.map_or(f64::INFINITY, loss), i)),
-            TrialState::Pruned => pruned.push((pruned_score(t, study.direction), i)),
+            TrialState::Pruned => pruned.push((history::pruned_score(t, study.direction), i)),
             TrialState::Running if constant_liar && t.number != current.number => class[i] = Class::Above,
             _ => {}
         }
@@ -239,8 +311,8 @@ pub fn split_trials<'a>(
     let mut above = Vec::new();
     for (t, c) in study.trials.iter().zip(&class) {
         match c {
-            Class::Below => below.push(t),
-            Class::Above => above.push(t),
+            Class::Below => below.push(&**t),
+            Class::Above => above.push(&**t),
             Class::Ignored => {}
         }
     }
@@ -254,76 +326,12 @@ enum Class {
     Above,
 }
 
-/// Optuna's `_get_pruned_trial_score`: trials that got further first, then by their value at
-/// their last step (NaN last); trials without any report after all others.
-fn pruned_score(t: &FrozenTrial, direction: Direction) -> (i64, f64) {
-    match t.intermediate_values.iter().next_back() {
-        Some((&step, &v)) if v.is_nan() => (-step, f64::INFINITY),
-        Some((&step, &v)) => (-step, direction.to_loss(v)),
-        None => (1, 0.0),
-    }
-}
-
-/// The observation columns of `dims` over the trials that have all of them (Optuna's
-/// `_get_internal_repr`). Log-scale values that are not positive (possible only for RUNNING
-/// trials of an older range) are left out.
-fn observations(trials: &[&FrozenTrial], dims: &[(&str, &Distribution)]) -> Vec<Vec<f64>> {
-    let mut cols: Vec<Vec<f64>> = dims.iter().map(|_| Vec::with_capacity(trials.len())).collect();
-    let mut row = vec![0.0; dims.len()];
-    'trials: for t in trials {
-        // Both the trial's params and `dims` are sorted by name: one merge pass.
-        let mut params = t.params.iter();
-        for (j, (name, dist)) in dims.iter().enumerate() {
-            let v = loop {
-                match params.next() {
-                    Some((k, &v)) => match k.as_str().cmp(name) {
-                        std::cmp::Ordering::Less => continue,
-                        std::cmp::Ordering::Equal => break v,
-                        std::cmp::Ordering::Greater => continue 'trials,
-                    },
-                    None => continue 'trials,
-                }
-            };
-            let log = matches!(dist, Distribution::Float { log: true, .. } | Distribution::Int { log: true, .. });
-            if !v.is_finite() || (log && v <= 0.0) {
-                continue 'trials;
-            }
-            row[j] = v;
-        }
-        for (c, &v) in cols.iter_mut().zip(&row) {
-            c.push(v);
-        }
-    }
-    cols
-}
-
 /// The parameters every COMPLETE or PRUNED trial has with the same distribution (Optuna's
 /// `IntersectionSearchSpace(include_pruned=True)`), sorted by name.
-pub fn intersection_search_space(trials: &[FrozenTrial]) -> SearchSpace {
-    let mut space: Option<Vec<(&String, &Distribution)>> = None;
-    for t in trials.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
-        match &mut space {
-            None => space = Some(t.distributions.iter().collect()),
-            Some(s) => {
-                // Merge pass over two name-sorted lists.
-                let mut other = t.distributions.iter().peekable();
-                s.retain(|(name, dist)| {
-                    while let Some((k, _)) = other.peek() {
-                        if k < name {
-                            other.next();
-                        } else {
-                            break;
-                        }
-                    }
-                    matches!(other.peek(), Some((k, d)) if k == name && d == dist)
-                });
-            }
-        }
-        if space.as_ref().is_some_and(Vec::is_empty) {
-            break;
-        }
-    }
-    space.unwrap_or_default().into_iter().map(|(n, d)| (n.clone(), d.clone())).collect()
+pub fn intersection_search_space(trials: &[Arc<FrozenTrial>]) -> SearchSpace {
+    let mut inter = Intersection::default();
+    inter.update(trials);
+    inter.space()
 }
 
 #[cfg(test)]

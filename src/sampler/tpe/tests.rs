@@ -1,7 +1,13 @@
 //! Tests of the TPE sampler: Parzen numbers against Optuna, the split, determinism, and search
 //! quality on a small problem.
 
+// Reference values are pasted as printed by Python.
+#![allow(clippy::approx_constant)]
+
+use super::history::Group;
+use super::parzen::ConstantCache;
 use super::*;
+use crate::frozen::Direction;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -39,7 +45,7 @@ fn play(
     for number in 0..n as i64 {
         trials.push(FrozenTrial::new(number, number, TrialState::Running));
         let mut t = trials.last().unwrap().clone();
-        let view = StudyView { direction, trials: &trials };
+        let view = StudyView { direction, trials: &crate::sampler::shared(&trials) };
         let rel_space = sampler.infer_relative_search_space(&view, &t);
         let rel = if rel_space.is_empty() { BTreeMap::new() } else { sampler.sample_relative(&view, &t, &rel_space) };
         for (name, d) in space {
@@ -56,6 +62,20 @@ fn play(
         *trials.last_mut().unwrap() = t;
     }
     trials
+}
+
+/// The observation columns of `dims` (raw internal values) over the trials that have them all.
+fn observations(trials: &[&FrozenTrial], dims: &[(&str, &Distribution)]) -> Vec<Vec<f64>> {
+    let owned: Vec<(String, Distribution)> = dims.iter().map(|(n, d)| (n.to_string(), (*d).clone())).collect();
+    let no_log = vec![false; dims.len()];
+    let mut row = vec![0.0; dims.len()];
+    let mut cols = vec![Vec::new(); dims.len()];
+    for t in trials {
+        if history::extract_row(t, &owned, &no_log, &mut row) {
+            cols.iter_mut().zip(&row).for_each(|(c, &v)| c.push(v));
+        }
+    }
+    cols
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,7 +109,7 @@ fn parzen_matches_optuna_on_a_mixed_space() {
     let pe = ParzenEstimator::new(&space, &obs, &default_weights(5), &OPTUNA_DEFAULTS);
     assert_close("weights", pe.weights(), &[1.0 / 6.0; 6], 1e-15);
     #[rustfmt::skip]
-    assert_close("c", pe.choice_probs(0).unwrap(), &[
+    assert_close("c", &pe.choice_probs(0).unwrap(), &[
         0.7777777777777777, 0.11111111111111109, 0.11111111111111109, 0.1111111111111111, 0.1111111111111111,
         0.7777777777777778, 0.1111111111111111, 0.1111111111111111, 0.7777777777777778, 0.11111111111111109,
         0.7777777777777777, 0.11111111111111109, 0.7777777777777777, 0.11111111111111109, 0.11111111111111109,
@@ -136,7 +156,7 @@ fn parzen_matches_optuna_with_ramped_weights_and_magic_clip() {
         2.893092, 1.995793, 0.307397, 1.902646, -1.408628, 1.199605, -1.283234, 2.723345, 0.609242, 0.07331,
     ];
     let d = Distribution::float(-2.0, 3.0, false, None).unwrap();
-    let pe = ParzenEstimator::new(&[&d], &[xs.clone()], &default_weights(30), &OPTUNA_DEFAULTS);
+    let pe = ParzenEstimator::new(&[&d], std::slice::from_ref(&xs), &default_weights(30), &OPTUNA_DEFAULTS);
     let mut weights = vec![0.0011661807580174927, 0.009620991253644314, 0.018075801749271137, 0.026530612244897955];
     weights.resize(31, 0.034985422740524776);
     assert_close("weights", pe.weights(), &weights, 1e-14);
@@ -169,7 +189,7 @@ fn parzen_matches_optuna_with_only_the_prior() {
     let (mu, sigma) = pe.mus_sigmas(0).unwrap();
     assert_close("mu", mu, &[1.9585052734695925], 1e-15);
     assert_close("sigma", sigma, &[5.303304908059076], 1e-15);
-    assert_eq!(pe.choice_probs(1).unwrap(), &[0.25; 4]);
+    assert_eq!(pe.choice_probs(1).unwrap(), vec![0.25; 4]);
     assert_close(
         "log_pdf",
         &pe.log_pdf(&[vec![1.0, 10.0, 100.0], vec![0.0, 1.0, 3.0]]),
@@ -178,40 +198,69 @@ fn parzen_matches_optuna_with_only_the_prior() {
     );
 }
 
+/// The log-density by the plain definition: every kernel, every term, no shortcuts.
+fn brute_log_pdf(pe: &ParzenEstimator, dists: &[Distribution], point: &[f64]) -> f64 {
+    let terms: Vec<f64> = (0..pe.n_kernels())
+        .map(|k| {
+            let mut v = pe.weights()[k].ln();
+            for (d, (dist, &x)) in dists.iter().zip(point).enumerate() {
+                let (low, high, log, step) = match *dist {
+                    Distribution::Float { low, high, log, step } => (low, high, log, step),
+                    Distribution::Int { low, high, log, step } => (low as f64, high as f64, log, Some(step as f64)),
+                    Distribution::Categorical { ref choices } => {
+                        v += pe.choice_probs(d).unwrap()[k * choices.len() + x as usize].ln();
+                        continue;
+                    }
+                };
+                let t = |y: f64| if log { y.ln() } else { y };
+                let half = step.unwrap_or(0.0) / 2.0;
+                let (lo, hi) = (t(low - half), t(high + half));
+                let (mu, sigma) = pe.mus_sigmas(d).unwrap();
+                let (m, s) = (mu[k], sigma[k]);
+                v -= truncnorm::log_gauss_mass((lo - m) / s, (hi - m) / s);
+                v += match step {
+                    Some(st) => truncnorm::log_gauss_mass((t(x - st / 2.0) - m) / s, (t(x + st / 2.0) - m) / s),
+                    None => -0.5 * ((t(x) - m) / s).powi(2) - s.ln() - truncnorm::LN_SQRT_2PI,
+                };
+            }
+            v
+        })
+        .collect();
+    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+}
+
 #[test]
-fn pruned_log_pdf_agrees_with_the_full_sum() {
-    // Stepped dimensions skip exact masses of far kernels; compare with the plain sum over
-    // every kernel on a large, spread-out set.
-    let d = [Distribution::int(1, 1000, true, 1).unwrap(), Distribution::float(0.0, 1.0, false, None).unwrap()];
-    let space: Vec<&Distribution> = d.iter().collect();
-    let mut rng = trial_rng(9, 0, "obs");
-    let n = 400;
-    let obs: Vec<Vec<f64>> =
-        d.iter().map(|d| (0..n).map(|_| super::super::random::sample_uniform(d, &mut rng)).collect()).collect();
-    let pe = ParzenEstimator::new(&space, &obs, &default_weights(n), &OPTUNA_DEFAULTS);
-    let pts = pe.sample(&mut rng, 50);
-    let fast = pe.log_pdf(&pts);
-    for (i, f) in fast.iter().enumerate() {
-        let (x, y) = (pts[0][i], pts[1][i]);
-        let (mu0, s0) = pe.mus_sigmas(0).unwrap();
-        let (mu1, s1) = pe.mus_sigmas(1).unwrap();
-        let (lo0, hi0) = (0.5f64.ln(), 1000.5f64.ln());
-        let terms: Vec<f64> = (0..pe.n_kernels())
-            .map(|k| {
-                let mass0 =
-                    truncnorm::log_gauss_mass(((x - 0.5).ln() - mu0[k]) / s0[k], ((x + 0.5).ln() - mu0[k]) / s0[k])
-                        - truncnorm::log_gauss_mass((lo0 - mu0[k]) / s0[k], (hi0 - mu0[k]) / s0[k]);
-                let z = (y - mu1[k]) / s1[k];
-                let pdf1 = -0.5 * z * z
-                    - truncnorm::LN_SQRT_2PI
-                    - s1[k].ln()
-                    - truncnorm::log_gauss_mass(-mu1[k] / s1[k], (1.0 - mu1[k]) / s1[k]);
-                pe.weights()[k].ln() + mass0 + pdf1
-            })
-            .collect();
-        let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let full = m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln();
-        assert!((f - full).abs() < 1e-12 * full.abs().max(1.0), "{f} vs {full}");
+fn lazy_log_pdf_agrees_with_the_full_sum() {
+    // The log-density skips kernels that cannot matter; compare with the plain sum over every
+    // kernel, on large observation sets over every kind of dimension.
+    let all = [
+        Distribution::float(-3.0, 3.0, false, None).unwrap(),
+        Distribution::int(1, 1000, true, 1).unwrap(),
+        Distribution::categorical(vec![json!(0), json!(1), json!(2), json!(3)]).unwrap(),
+        Distribution::float(1e-4, 1.0, true, None).unwrap(),
+        Distribution::int(-5, 5, false, 1).unwrap(),
+        Distribution::float(0.0, 1.0, false, Some(0.1)).unwrap(),
+    ];
+    for (dims, n) in
+        [(&all[..], 400), (&all[..2], 300), (&all[1..2], 200), (&all[2..3], 50), (&all[4..], 100), (&all[..1], 0)]
+    {
+        let space: Vec<&Distribution> = dims.iter().collect();
+        let mut rng = trial_rng(9, n as i64, "obs");
+        let obs: Vec<Vec<f64>> =
+            dims.iter().map(|d| (0..n).map(|_| super::super::random::sample_uniform(d, &mut rng)).collect()).collect();
+        let pe = ParzenEstimator::new(&space, &obs, &default_weights(n), &OPTUNA_DEFAULTS);
+        let mut pts = pe.sample(&mut rng, 30);
+        // Points anywhere in the space too, not only where the model puts them.
+        for (col, d) in pts.iter_mut().zip(dims) {
+            col.extend((0..10).map(|_| super::super::random::sample_uniform(d, &mut rng)));
+        }
+        let fast = pe.log_pdf(&pts);
+        for (i, f) in fast.iter().enumerate() {
+            let point: Vec<f64> = pts.iter().map(|c| c[i]).collect();
+            let full = brute_log_pdf(&pe, dims, &point);
+            assert!((f - full).abs() < 1e-12 * full.abs().max(1.0), "{dims:?} at {point:?}: {f} vs {full}");
+        }
     }
 }
 
@@ -247,6 +296,7 @@ fn split_ranks_complete_trials_by_direction() {
         .map(|(i, &v)| trial(i as i64, TrialState::Complete, Some(v), &[]))
         .collect();
     let cur = FrozenTrial::new(9, 9, TrialState::Running);
+    let ts = crate::sampler::shared(&ts);
     let (b, a) = split_trials(&StudyView { direction: Direction::Minimize, trials: &ts }, &cur, true);
     // gamma(4) = 1; the tie at 1.0 goes to the earlier trial.
     assert_eq!((numbers(&b), numbers(&a)), (vec![1], vec![0, 2, 3]));
@@ -276,25 +326,25 @@ fn split_fills_good_slots_with_the_furthest_pruned_trials() {
 
     // n = 21 finished, gamma = 3: the one COMPLETE trial, then the two pruned at step 5 with
     // the best values (NaN last).
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let (b, a) = split_trials(&view, &current, true);
     assert_eq!(numbers(&b), vec![0, 7, 12]);
     let mut want_above: Vec<i64> = (1..=21).filter(|i| ![7, 12].contains(i)).collect();
     assert_eq!(numbers(&a), want_above);
 
     // Maximising reverses the values but not the step ranking.
-    let view = StudyView { direction: Direction::Maximize, trials: &ts };
+    let view = StudyView { direction: Direction::Maximize, trials: &crate::sampler::shared(&ts) };
     let (b, _) = split_trials(&view, &current, true);
     assert_eq!(numbers(&b), vec![0, 7, 12]);
     ts[12].intermediate_values.insert(5, 10.0);
-    let view = StudyView { direction: Direction::Maximize, trials: &ts };
+    let view = StudyView { direction: Direction::Maximize, trials: &crate::sampler::shared(&ts) };
     assert_eq!(numbers(&split_trials(&view, &current, true).0), vec![0, 7, 12]);
     ts[15].intermediate_values.insert(5, 11.0);
-    let view = StudyView { direction: Direction::Maximize, trials: &ts };
+    let view = StudyView { direction: Direction::Maximize, trials: &crate::sampler::shared(&ts) };
     assert_eq!(numbers(&split_trials(&view, &current, true).0), vec![0, 12, 15]);
 
     // Without the constant liar, RUNNING trials are left out entirely.
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let (_, a) = split_trials(&view, &current, false);
     want_above.retain(|&i| i != 21);
     assert_eq!(numbers(&a), want_above);
@@ -308,7 +358,7 @@ fn running_trials_become_bad_observations_under_the_constant_liar() {
     ts.push(trial(12, TrialState::Running, None, &[("x", 0.01, &x)]));
     ts.push(trial(13, TrialState::Running, None, &[]));
     let current = ts[13].clone();
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let (_, above) = split_trials(&view, &current, true);
     assert_eq!(observations(&above, &[("x", &x)])[0].len(), 12 - 2 + 1);
     // The lie raises the bad model's density where the running trial sits, so TPE shies away.
@@ -319,6 +369,185 @@ fn running_trials_become_bad_observations_under_the_constant_liar() {
     };
     let (_, honest) = split_trials(&view, &current, false);
     assert!(g(&above) > g(&honest) + 0.5, "{} vs {}", g(&above), g(&honest));
+}
+
+// The incremental history gives exactly what a fresh computation gives.
+
+/// A study of `finals.len()` trials over a float, a log int and a categorical, where trial `i`
+/// is RUNNING until step `finish[i]` and then takes its final state; some lack a parameter.
+fn evolving_study(finals: &[(u8, f64, [f64; 3], u8)], at: usize) -> Vec<FrozenTrial> {
+    let dists = history_dims();
+    let mut ts: Vec<FrozenTrial> = Vec::new();
+    for (i, &(state, value, ref xs, finish)) in finals.iter().enumerate().take(at + 1) {
+        let mut t = FrozenTrial::new(i as i64, i as i64, TrialState::Running);
+        if i == at {
+            ts.push(t);
+            break;
+        }
+        for (j, (name, d)) in dists.iter().enumerate() {
+            if (i + j) % 11 != 5 {
+                t.params.insert(name.to_string(), xs[j]);
+                t.distributions.insert(name.to_string(), d.clone());
+            }
+        }
+        if i + finish as usize % 6 < at {
+            t.state =
+                [TrialState::Complete, TrialState::Pruned, TrialState::Fail, TrialState::Complete][state as usize % 4];
+            match t.state {
+                TrialState::Complete => t.value = Some(value),
+                TrialState::Pruned => {
+                    t.intermediate_values.insert((value.abs() * 3.0) as i64 % 3, value);
+                    t.value = Some(value);
+                }
+                _ => {}
+            }
+        }
+        ts.push(t);
+    }
+    ts
+}
+
+fn history_dims() -> Vec<(&'static str, Distribution)> {
+    vec![
+        ("a", Distribution::float(-1.0, 1.0, false, None).unwrap()),
+        ("b", Distribution::int(1, 64, true, 1).unwrap()),
+        ("c", Distribution::categorical(vec![json!(0), json!(1), json!(2)]).unwrap()),
+    ]
+}
+
+/// What a pair of groups observes (their cache ids aside).
+#[allow(clippy::type_complexity)]
+fn observed((below, above): (Group, Group)) -> [(Vec<Vec<f64>>, Vec<Vec<u32>>); 2] {
+    [(below.mus, below.orders), (above.mus, above.orders)]
+}
+
+/// The groups by the plain definition: `split_trials`, then the trials having every parameter.
+fn reference_groups(view: &StudyView, current: &FrozenTrial, liar: bool) -> (Group, Group) {
+    let dims = history_dims();
+    let refs: Vec<(&str, &Distribution)> = dims.iter().map(|(n, d)| (*n, d)).collect();
+    let (below, above) = split_trials(view, current, liar);
+    let group = |ts: &[&FrozenTrial]| {
+        let obs = observations(ts, &refs);
+        let mus: Vec<Vec<f64>> = refs.iter().zip(&obs).map(|((_, d), col)| parzen::transform(d, col)).collect();
+        let orders = refs
+            .iter()
+            .zip(&mus)
+            .map(|((_, d), mu)| if parzen::is_numeric(d) { parzen::sorted_order(mu) } else { Vec::new() })
+            .collect();
+        Group { mus, orders, ids: Vec::new() }
+    };
+    (group(&below), group(&above))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn history_matches_a_fresh_split(
+        finals in proptest::collection::vec(
+            (0u8..4, -3.0f64..3.0, (-1.0f64..1.0, 1u32..65, 0u32..3).prop_map(|(a, b, c)| [a, b as f64, c as f64]), 0u8..6),
+            0..70,
+        ),
+        liar in any::<bool>(),
+        maximize in any::<bool>(),
+    ) {
+        let direction = if maximize { Direction::Maximize } else { Direction::Minimize };
+        let dims = history_dims();
+        let refs: Vec<(&str, &Distribution)> = dims.iter().map(|(n, d)| (*n, d)).collect();
+        let mut incremental = History::new(&refs, direction);
+        for at in 0..finals.len() {
+            let ts = evolving_study(&finals, at);
+            let view = StudyView { direction, trials: &crate::sampler::shared(&ts) };
+            let current = &ts[at];
+            incremental.update(&crate::sampler::shared(&ts));
+            let mut fresh = History::new(&refs, direction);
+            fresh.update(&crate::sampler::shared(&ts));
+            let want = reference_groups(&view, current, liar);
+            prop_assert_eq!(observed(fresh.groups(&crate::sampler::shared(&ts), current, liar)), observed(want.clone()));
+            prop_assert_eq!(observed(incremental.groups(&crate::sampler::shared(&ts), current, liar)), observed(want));
+        }
+    }
+}
+
+/// Runs a sequential study of `n` random COMPLETE trials and checks, at every ask, that the bad
+/// model extended from the previous ask is the one built afresh.
+fn check_extension(n: usize, params: ParzenParams, seed: u64) {
+    let dims = history_dims();
+    let refs: Vec<(&str, &Distribution)> = dims.iter().map(|(n, d)| (*n, d)).collect();
+    let space: Vec<&Distribution> = dims.iter().map(|(_, d)| d).collect();
+    let random = RandomSampler::new(seed);
+    let mut ts: Vec<FrozenTrial> = Vec::new();
+    let mut history = History::new(&refs, Direction::Minimize);
+    let mut model: Option<(ParzenEstimator, Vec<u32>)> = None;
+    let mut cache = ConstantCache::default();
+    let mut extended = 0;
+    for number in 0..n as i64 {
+        ts.push(FrozenTrial::new(number, number, TrialState::Running));
+        history.update(&crate::sampler::shared(&ts));
+        let split = history.split(&crate::sampler::shared(&ts), &ts[number as usize], true);
+        let weights = default_weights(split.above.len());
+        let above = history.above_group(&split);
+        let fresh = ParzenEstimator::from_transformed(
+            &space,
+            above.mus,
+            above.orders,
+            &weights,
+            &params,
+            Some((&mut ConstantCache::default(), &above.ids[..])),
+        );
+        let next = match model.take() {
+            Some((mut g, rows)) if split.above.starts_with(&rows) => {
+                let new = &split.above[rows.len()..];
+                if g.extend(&history.values(new), new, &weights, &params, &mut cache) {
+                    extended += 1;
+                    assert_eq!(g, fresh, "ask {number}");
+                    g
+                } else {
+                    fresh.clone()
+                }
+            }
+            _ => fresh.clone(),
+        };
+        model = Some((next, split.above));
+        let t = ts.last_mut().unwrap();
+        let view = StudyView { direction: Direction::Minimize, trials: &[] };
+        for (name, d) in &dims {
+            let x = random.sample_independent(&view, t, name, d);
+            t.params.insert(name.to_string(), x);
+            t.distributions.insert(name.to_string(), d.clone());
+        }
+        t.value = Some(t.params["a"].powi(2) + t.params["b"].ln());
+        t.state = TrialState::Complete;
+    }
+    assert!(extended > n / 3, "only {extended} extensions in {n} asks");
+}
+
+#[test]
+fn extended_bad_model_equals_a_fresh_one() {
+    check_extension(260, OPTUNA_DEFAULTS, 1);
+    check_extension(120, ParzenParams { consider_magic_clip: false, consider_endpoints: true, ..OPTUNA_DEFAULTS }, 2);
+}
+
+#[test]
+fn history_resets_for_another_study() {
+    let dims = history_dims();
+    let refs: Vec<(&str, &Distribution)> = dims.iter().map(|(n, d)| (*n, d)).collect();
+    let finals: Vec<(u8, f64, [f64; 3], u8)> = (0..30).map(|i| (0, i as f64, [0.5, 3.0, 1.0], 0)).collect();
+    let mut h = History::new(&refs, Direction::Minimize);
+    let ts = evolving_study(&finals, 29);
+    h.update(&crate::sampler::shared(&ts));
+    // Same length, other trials (ids), other values.
+    let finals: Vec<(u8, f64, [f64; 3], u8)> = (0..30).map(|i| (0, -i as f64, [-0.5, 9.0, 2.0], 0)).collect();
+    let mut other = evolving_study(&finals, 29);
+    for t in other.iter_mut() {
+        t.trial_id += 1000;
+    }
+    h.update(&crate::sampler::shared(&other));
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&other) };
+    assert_eq!(
+        observed(h.groups(&crate::sampler::shared(&other), &other[29], true)),
+        observed(reference_groups(&view, &other[29], true))
+    );
 }
 
 // (d) determinism.
@@ -347,7 +576,7 @@ fn same_seed_and_history_give_the_same_suggestions() {
     let s = TpeSampler::new(TpeConfig::default(), 11);
     let mut ts = a.clone();
     ts.push(FrozenTrial::new(30, 30, TrialState::Running));
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let sp = s.infer_relative_search_space(&view, &ts[30]);
     let first = s.sample_relative(&view, &ts[30], &sp);
     let _ = s.sample_relative(&view, &ts[5], &sp);
@@ -367,14 +596,14 @@ fn random_until_enough_trials_finished() {
     let cur = ts[10].clone();
     let tpe = TpeSampler::new(TpeConfig::default(), 5);
     let random = RandomSampler::new(5);
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let space = tpe.infer_relative_search_space(&view, &cur);
     assert_eq!(space.len(), 1);
     assert!(tpe.sample_relative(&view, &cur, &space).is_empty());
     assert_eq!(tpe.sample_independent(&view, &cur, "x", &x), random.sample_independent(&view, &cur, "x", &x));
     // A tenth finished trial (PRUNED counts) switches TPE on.
     ts[9].state = TrialState::Pruned;
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     assert_eq!(tpe.sample_relative(&view, &cur, &space).len(), 1);
 }
 
@@ -404,9 +633,9 @@ fn intersection_keeps_params_shared_with_equal_distributions() {
             &[("a", 1.5, &a2), ("b", 4.0, &b), ("c", 1.0, &c), ("s", 3.0, &single)],
         ),
     ];
-    let space = intersection_search_space(&ts);
+    let space = intersection_search_space(&crate::sampler::shared(&ts));
     assert_eq!(space.keys().collect::<Vec<_>>(), vec!["b", "c", "s"]);
-    let view = StudyView { direction: Direction::Minimize, trials: &ts };
+    let view = StudyView { direction: Direction::Minimize, trials: &crate::sampler::shared(&ts) };
     let tpe = TpeSampler::new(TpeConfig::default(), 0);
     // Single-valued distributions are left to the trial.
     assert_eq!(tpe.infer_relative_search_space(&view, &ts[3]).keys().collect::<Vec<_>>(), vec!["b", "c"]);
@@ -496,7 +725,7 @@ proptest! {
         }
         ts.push(FrozenTrial::new(n as i64, n as i64, TrialState::Running));
         let cur = ts[n].clone();
-        let view = StudyView { direction, trials: &ts };
+        let view = StudyView { direction, trials: &crate::sampler::shared(&ts) };
         for tpe in [
             TpeSampler::new(TpeConfig { n_startup_trials: 3, ..TpeConfig::default() }, seed),
             TpeSampler::new(TpeConfig { n_startup_trials: 3, multivariate: false, consider_endpoints: true, ..TpeConfig::default() }, seed),
