@@ -2,3 +2,6 @@
 //! replay buffers, networks and agents follow the same one-folder-per-concept layout.
 
 pub mod env;
+pub mod net;
+pub mod replay;
+pub mod schedule;

@@ -1,0 +1,66 @@
+//! The dueling head (Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement
+//! Learning", eq. 9): `Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')`, a value stream and an
+//! advantage stream on a shared body; subtracting the mean makes `V` and `A` identifiable.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// Eq. 9: `value` is `[batch, 1]`, `advantage` `[batch, |A|]`; returns `[batch, |A|]`.
+pub fn dueling_aggregate(value: &Tensor, advantage: &Tensor) -> Tensor {
+    value + advantage - advantage.mean_dim(-1, true, None)
+}
+
+/// A shared body followed by value and advantage streams, combined by [`dueling_aggregate`].
+#[derive(Debug)]
+pub struct Dueling {
+    trunk: nn::Sequential,
+    value: nn::Sequential,
+    advantage: nn::Sequential,
+}
+
+impl Dueling {
+    /// Streams on `trunk` (whose output has `features` columns): each is
+    /// `features -> stream_hidden... -> 1` (value) or `-> n_actions` (advantage), ReLU between
+    /// layers (the paper's Atari streams have one hidden layer of 512; MLPs use none).
+    pub fn new(p: &nn::Path, trunk: nn::Sequential, features: i64, stream_hidden: &[i64], n_actions: i64) -> Self {
+        let value = super::mlp(&(p / "value"), features, stream_hidden, 1);
+        let advantage = super::mlp(&(p / "advantage"), features, stream_hidden, n_actions);
+        Dueling { trunk, value, advantage }
+    }
+}
+
+impl Module for Dueling {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let h = self.trunk.forward(xs);
+        dueling_aggregate(&self.value.forward(&h), &self.advantage.forward(&h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn aggregation_on_a_fixed_tensor() {
+        let value = Tensor::from_slice(&[1.0f32, -2.0]).view([2, 1]);
+        let advantage = Tensor::from_slice(&[1.0f32, 2.0, 6.0, 0.0, 0.0, 3.0]).view([2, 3]);
+        let q = dueling_aggregate(&value, &advantage);
+        // Row means 3 and 1: (1 + [1, 2, 6] - 3, -2 + [0, 0, 3] - 1).
+        let expected = Tensor::from_slice(&[-1.0f32, 0.0, 4.0, -3.0, -3.0, 0.0]).view([2, 3]);
+        assert!(q.allclose(&expected, 1e-6, 1e-6, false), "{q}");
+        // The advantages' mean is removed: Q averages to V.
+        let mean = q.mean_dim(-1, true, None);
+        assert!(mean.allclose(&value, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn dueling_mlp_shapes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let (trunk, width) = super::super::mlp_trunk(&(&p / "trunk"), 4, &[32]);
+        let net = Dueling::new(&p, trunk, width, &[], 3);
+        let q = net.forward(&Tensor::ones([7, 4], (Kind::Float, Device::Cpu)));
+        assert_eq!(q.size(), vec![7, 3]);
+    }
+}

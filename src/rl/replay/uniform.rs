@@ -1,0 +1,84 @@
+//! Uniform experience replay (Mnih et al. 2015, Algorithm 1: "sample random minibatch of
+//! transitions from D"), over the n-step transitions of [`ReplayStorage`].
+
+use rand::{Rng, RngCore};
+
+use super::{Batch, Replay, ReplayStorage};
+use crate::rl::env::{Obs, ObsSpace};
+
+/// Samples stored transitions uniformly, with replacement.
+#[derive(Clone, Debug)]
+pub struct UniformReplay {
+    storage: ReplayStorage,
+}
+
+impl UniformReplay {
+    /// A buffer of `buffer_size` slots for `space` with `n_step`-step returns discounted by `gamma`.
+    pub fn new(space: &ObsSpace, buffer_size: usize, n_step: usize, gamma: f32) -> Self {
+        UniformReplay { storage: ReplayStorage::new(space, buffer_size, n_step, gamma) }
+    }
+
+    /// The underlying storage (to size batches with [`ReplayStorage::new_batch`]).
+    pub fn storage(&self) -> &ReplayStorage {
+        &self.storage
+    }
+}
+
+impl Replay for UniformReplay {
+    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
+        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+    }
+
+    fn sample(&mut self, rng: &mut dyn RngCore, _beta: f64, batch: &mut Batch) {
+        assert!(!self.storage.is_empty(), "sampling an empty replay buffer");
+        let filled = self.storage.filled();
+        for row in 0..batch.len() {
+            // Rejection keeps the draw uniform over transitions: the slots that are not (pads,
+            // final observations, windows still open) are a small fraction of the ring.
+            let i = loop {
+                let i = rng.random_range(0..filled);
+                if self.storage.is_valid(i) {
+                    break i;
+                }
+            };
+            self.storage.write_row(i, row, batch);
+            batch.weights[row] = 1.0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.storage.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::replay::ObsBatch;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn samples_only_transitions_uniformly() {
+        let space = ObsSpace::Box { low: vec![0.0], high: vec![1.0] };
+        let mut replay = UniformReplay::new(&space, 100, 1, 0.9);
+        // Five one-step episodes: slots alternate transition / final observation.
+        for e in 0..5 {
+            replay.push(Obs::F32(&[e as f32]), 0, 1.0, Obs::F32(&[-1.0]), true, false);
+        }
+        assert_eq!(replay.len(), 5);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut batch = replay.storage().new_batch(50);
+        let mut counts = [0usize; 5];
+        for _ in 0..200 {
+            replay.sample(&mut rng, 0.4, &mut batch);
+            let ObsBatch::F32(obs) = &batch.obs else { unreachable!() };
+            for &o in obs {
+                counts[o as usize] += 1;
+            }
+            assert!(batch.weights.iter().all(|&w| w == 1.0));
+        }
+        // 10,000 draws, 2,000 expected each; 5 sigma is about 200.
+        assert!(counts.iter().all(|&c| c.abs_diff(2000) < 200), "{counts:?}");
+    }
+}
