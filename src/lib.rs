@@ -22,3 +22,7 @@ pub use study::{Outcome, Study, Trial};
 pub mod executor;
 pub mod cli;
 pub mod rl;
+
+/// Every binary linking `tune` (the CLI, tests, benches) allocates through mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
