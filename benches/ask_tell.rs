@@ -15,7 +15,8 @@ use tune::{Direction, Outcome, Study};
 
 fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> f64 {
     let sampler = Arc::new(TpeSampler::new(TpeConfig::default(), seed));
-    let study = Study::create_or_load(storage, "bench", Direction::Minimize, sampler, Arc::new(NopPruner), seed).unwrap();
+    let study =
+        Study::create_or_load(storage, "bench", Direction::Minimize, sampler, Arc::new(NopPruner), seed).unwrap();
     let choices = [json!("adam"), json!("rmsprop"), json!("sgd"), json!("adamw")];
     let start = Instant::now();
     for _ in 0..n_trials {
@@ -26,7 +27,12 @@ fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> f64 {
             v += x * x;
         }
         v += t.suggest_float_log("lr", 1e-5, 1e-1).unwrap().ln().abs();
-        v += t.suggest(&"batch".to_string(), &tune::Distribution::int(1, 1024, true, 1).unwrap()).unwrap().as_f64().unwrap().ln();
+        v += t
+            .suggest(&"batch".to_string(), &tune::Distribution::int(1, 1024, true, 1).unwrap())
+            .unwrap()
+            .as_f64()
+            .unwrap()
+            .ln();
         let opt = t.suggest_categorical("optimizer", &choices).unwrap();
         if opt == json!("sgd") {
             v += 1.0;

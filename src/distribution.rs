@@ -85,9 +85,7 @@ impl Distribution {
             return Err("`choices` must list at least one value".into());
         }
         if let Some(bad) = choices.iter().find(|c| c.is_object()) {
-            return Err(format!(
-                "choices must be scalars (null, bool, number, string) or lists, not a mapping: {bad}"
-            ));
+            return Err(format!("choices must be scalars (null, bool, number, string) or lists, not a mapping: {bad}"));
         }
         Ok(Distribution::Categorical { choices })
     }
@@ -107,9 +105,7 @@ impl Distribution {
     /// Converts a user-facing value to the internal float (Optuna's `to_internal_repr`).
     pub fn to_internal(&self, value: &Value) -> Result<f64, String> {
         match self {
-            Distribution::Float { .. } => value
-                .as_f64()
-                .ok_or_else(|| format!("expected a number, got {value}")),
+            Distribution::Float { .. } => value.as_f64().ok_or_else(|| format!("expected a number, got {value}")),
             Distribution::Int { .. } => match value.as_i64() {
                 Some(i) => Ok(i as f64),
                 None => match value.as_f64() {
@@ -195,10 +191,15 @@ impl Distribution {
             "UniformDistribution" => Distribution::float(f("low")?, f("high")?, false, None),
             "LogUniformDistribution" => Distribution::float(f("low")?, f("high")?, true, None),
             "DiscreteUniformDistribution" => Distribution::float(f("low")?, f("high")?, false, Some(f("q")?)),
-            "IntDistribution" => {
-                Distribution::int(i("low")?, i("high")?, a["log"].as_bool().unwrap_or(false), a["step"].as_i64().unwrap_or(1))
+            "IntDistribution" => Distribution::int(
+                i("low")?,
+                i("high")?,
+                a["log"].as_bool().unwrap_or(false),
+                a["step"].as_i64().unwrap_or(1),
+            ),
+            "IntUniformDistribution" => {
+                Distribution::int(i("low")?, i("high")?, false, a["step"].as_i64().unwrap_or(1))
             }
-            "IntUniformDistribution" => Distribution::int(i("low")?, i("high")?, false, a["step"].as_i64().unwrap_or(1)),
             "IntLogUniformDistribution" => Distribution::int(i("low")?, i("high")?, true, 1),
             "CategoricalDistribution" => Distribution::categorical(
                 a["choices"].as_array().cloned().ok_or("CategoricalDistribution lacks `choices`")?,
@@ -284,7 +285,10 @@ mod tests {
             Distribution::float(0.0, 1.0, false, Some(0.3)).unwrap(),
             Distribution::Float { low: 0.0, high: 0.9, log: false, step: Some(0.3) }
         );
-        assert_eq!(Distribution::int(1, 10, false, 4).unwrap(), Distribution::Int { low: 1, high: 9, log: false, step: 4 });
+        assert_eq!(
+            Distribution::int(1, 10, false, 4).unwrap(),
+            Distribution::Int { low: 1, high: 9, log: false, step: 4 }
+        );
         // Values checked against Optuna 5.0's FloatDistribution(low, high, step=step).high.
         let high = |l, h, s| match Distribution::float(l, h, false, Some(s)).unwrap() {
             Distribution::Float { high, .. } => high,

@@ -166,10 +166,7 @@ impl FrozenTrial {
 
     /// All parameters in their user-facing representation.
     pub fn external_params(&self) -> BTreeMap<String, Value> {
-        self.params
-            .iter()
-            .map(|(k, &v)| (k.clone(), self.distributions[k].to_external(v)))
-            .collect()
+        self.params.iter().map(|(k, &v)| (k.clone(), self.distributions[k].to_external(v))).collect()
     }
 
     /// The last step at which a value was reported.

@@ -19,8 +19,8 @@ pub mod objective;
 pub mod study;
 
 pub use study::{Outcome, Study, Trial};
-pub mod executor;
 pub mod cli;
+pub mod executor;
 pub mod rl;
 
 /// Every binary linking `tune` (the CLI, tests, benches) allocates through mimalloc.

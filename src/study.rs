@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::distribution::Distribution;
 use crate::error::{InputError, TrialPruned};
-use crate::frozen::{Direction, FrozenTrial, TrialState, FIXED_PARAMS_KEY, FAIL_REASON_KEY};
+use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY};
 use crate::pruner::{NopPruner, Pruner};
 use crate::sampler::{Sampler, SearchSpace, StudyView};
 use crate::storage::{InMemoryStorage, Storage};
@@ -115,7 +115,13 @@ impl Study {
     }
 
     /// Loads an existing study (for `show`, `best`, `export`): its direction comes from storage.
-    pub fn load(storage: Arc<dyn Storage>, name: &str, sampler: Arc<dyn Sampler>, pruner: Arc<dyn Pruner>, seed: u64) -> anyhow::Result<Study> {
+    pub fn load(
+        storage: Arc<dyn Storage>,
+        name: &str,
+        sampler: Arc<dyn Sampler>,
+        pruner: Arc<dyn Pruner>,
+        seed: u64,
+    ) -> anyhow::Result<Study> {
         let id = storage
             .get_study_id_from_name(name)?
             .ok_or_else(|| crate::storage::StorageError::StudyNotFound(name.to_string()))?;
@@ -202,15 +208,7 @@ impl Study {
         } else {
             s.sampler.sample_relative(&view, &me, &relative_space)
         };
-        Ok(Some(Trial {
-            shared: self.shared.clone(),
-            frozen: me,
-            snapshot,
-            relative_space,
-            relative,
-            fixed,
-            seed,
-        }))
+        Ok(Some(Trial { shared: self.shared.clone(), frozen: me, snapshot, relative_space, relative, fixed, seed }))
     }
 
     /// Finishes a trial. A `Complete` value that is NaN becomes FAIL; a pruned trial takes its
@@ -320,9 +318,7 @@ impl Trial {
             return Ok(old.to_external(x));
         }
         let internal = if let Some(v) = self.fixed.get(name) {
-            let x = dist
-                .to_internal(v)
-                .map_err(|e| InputError::new(format!("enqueued value for `{name}`: {e}")))?;
+            let x = dist.to_internal(v).map_err(|e| InputError::new(format!("enqueued value for `{name}`: {e}")))?;
             if !dist.contains(x) {
                 // Optuna keeps an out-of-range fixed value with a warning; we do the same.
                 eprintln!("warning: enqueued value {v} for `{name}` lies outside its distribution");

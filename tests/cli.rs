@@ -79,7 +79,11 @@ fn db_counts(db: &Path) -> (i64, i64, String) {
 fn run_show_best_export_and_resume() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "sphere.yaml", SPHERE);
-    tune(dir.path()).args(["run", "sphere.yaml", "--plain"]).assert().success().stdout(predicate::str::contains("[12/12]"));
+    tune(dir.path())
+        .args(["run", "sphere.yaml", "--plain"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("[12/12]"));
     assert!(dir.path().join("tune.db").exists());
 
     tune(dir.path()).args(["ls"]).assert().success().stdout(predicate::str::contains("sphere"));
@@ -173,11 +177,9 @@ fn four_processes_share_one_sqlite_file() {
     }
     let conn = rusqlite::Connection::open(dir.path().join("tune.db")).unwrap();
     let (n, distinct, complete): (i64, i64, i64) = conn
-        .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT number), SUM(state = 'COMPLETE') FROM trials",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .query_row("SELECT COUNT(*), COUNT(DISTINCT number), SUM(state = 'COMPLETE') FROM trials", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .unwrap();
     assert_eq!((n, distinct, complete), (40, 40, 40));
 }

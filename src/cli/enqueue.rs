@@ -32,7 +32,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             p.split_once('=').ok_or_else(|| crate::input_err!("`{p}`: expected NAME=VALUE, e.g. -p agent.lr=0.001"))?;
         let Some(ps) = spec.params.iter().find(|ps| ps.name == name) else {
             let known: Vec<&str> = spec.params.iter().map(|ps| ps.name.as_str()).collect();
-            return Err(crate::input_err!("`{name}` is not in the search space of {}; known: {}", a.file.display(), known.join(", ")));
+            return Err(crate::input_err!(
+                "`{name}` is not in the search space of {}; known: {}",
+                a.file.display(),
+                known.join(", ")
+            ));
         };
         let value: Value = serde_norway::from_str(raw).map_err(|e| crate::input_err!("`{p}`: {e}"))?;
         let x = ps.distribution.to_internal(&value).map_err(|e| crate::input_err!("`{name}`: {e}"))?;
@@ -43,7 +47,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let url = a.storage.or(spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
     let storage = crate::storage::open(&url)?;
-    let study = Study::create_or_load(storage, &spec.name, spec.direction, spec.build_sampler(0)?, spec.build_pruner()?, 0)?;
+    let study =
+        Study::create_or_load(storage, &spec.name, spec.direction, spec.build_sampler(0)?, spec.build_pruner()?, 0)?;
     let t = study.enqueue(&params)?;
     println!("Enqueued trial #{} in `{}` with {}", t.number, spec.name, serde_json::to_string(&params)?);
     Ok(0)

@@ -30,12 +30,9 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let study = load_study(&a.storage, &a.study)?;
     let trial = match a.trial {
-        Some(n) => study
-            .trials()?
-            .into_iter()
-            .find(|t| t.number == n)
-            .map(|t| (*t).clone())
-            .ok_or_else(|| crate::input_err!("study `{}` has no trial #{n}; `tune show {}` lists them", a.study, a.study))?,
+        Some(n) => study.trials()?.into_iter().find(|t| t.number == n).map(|t| (*t).clone()).ok_or_else(|| {
+            crate::input_err!("study `{}` has no trial #{n}; `tune show {}` lists them", a.study, a.study)
+        })?,
         None => study.best_trial()?.ok_or_else(|| {
             crate::input_err!("study `{}` has no COMPLETE trial to export yet; run it first", a.study)
         })?,

@@ -19,7 +19,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         println!("No studies in {}.", a.storage);
         return Ok(0);
     }
-    println!("{:<32} {:<9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>14}", "study", "direction", "trials", "complete", "pruned", "failed", "running", "best");
+    println!(
+        "{:<32} {:<9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>14}",
+        "study", "direction", "trials", "complete", "pruned", "failed", "running", "best"
+    );
     for s in studies {
         let n = |st| s.counts.get(&st).copied().unwrap_or(0);
         let total: usize = s.counts.values().sum();

@@ -122,7 +122,8 @@ where
     });
     let mut summary = run.summary.into_inner().unwrap();
     summary.elapsed = run.start.elapsed();
-    summary.interrupted = summary.interrupted || (study.stop_flag().load(Ordering::SeqCst) && errors.lock().unwrap().is_empty());
+    summary.interrupted =
+        summary.interrupted || (study.stop_flag().load(Ordering::SeqCst) && errors.lock().unwrap().is_empty());
     run.progress.finish();
     if let Some(e) = errors.into_inner().unwrap().into_iter().next() {
         return Err(e);
@@ -317,6 +318,8 @@ pub fn install_ctrlc(flag: Arc<AtomicBool>) {
             eprintln!("\nSecond Ctrl-C: exiting now. Trials still RUNNING are recovered by the next `tune run` after the heartbeat grace period.");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: finishing up (running trials are stopped and re-queued); press Ctrl-C again to exit at once.");
+        eprintln!(
+            "\nCtrl-C: finishing up (running trials are stopped and re-queued); press Ctrl-C again to exit at once."
+        );
     });
 }

@@ -49,9 +49,11 @@ impl Progress {
                 None => ProgressBar::new_spinner(),
             };
             bar.set_style(
-                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} trials {msg} [{elapsed_precise}, ETA {eta}]")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} trials {msg} [{elapsed_precise}, ETA {eta}]",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar
         });

@@ -435,7 +435,10 @@ mod tests {
         // First complete trial ran to step 250: min_resource = 2, so step 1 is not a rung end.
         let curve: Vec<(i64, f64)> = (0..=250).map(|s| (s, 0.0)).collect();
         let done = trial(1, TrialState::Complete, &curve);
-        assert_eq!(estimate_min_resource(&crate::sampler::shared(&[running.clone(), done.clone()])).map(|e| e.0), Some(2));
+        assert_eq!(
+            estimate_min_resource(&crate::sampler::shared(&[running.clone(), done.clone()])).map(|e| e.0),
+            Some(2)
+        );
         assert!(!prune_with(&pruner, Direction::Minimize, &[running.clone(), done.clone()], &t));
         let mut t = t;
         t.intermediate_values.insert(2, 9.0);

@@ -368,7 +368,9 @@ impl Storage for InMemoryStorage {
             Arc::make_mut(&mut t.frozen).state = TrialState::Fail;
             Arc::make_mut(&mut t.frozen).datetime_complete = Some(stamp);
             Arc::make_mut(&mut t.frozen).system_attrs.insert(INTERRUPTED_KEY.to_string(), Value::Bool(true));
-            Arc::make_mut(&mut t.frozen).system_attrs.insert(FAIL_REASON_KEY.to_string(), Value::from(stale_reason(last, grace)));
+            Arc::make_mut(&mut t.frozen)
+                .system_attrs
+                .insert(FAIL_REASON_KEY.to_string(), Value::from(stale_reason(last, grace)));
             out.push((*t.frozen).clone());
         }
         Ok(out)

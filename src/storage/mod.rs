@@ -47,7 +47,9 @@ pub enum StorageError {
         old: String,
     },
     /// The file is not an SQLite database, or is damaged.
-    #[error("{path} is not a usable SQLite database ({detail}); point `storage` at another file, or move this one away")]
+    #[error(
+        "{path} is not a usable SQLite database ({detail}); point `storage` at another file, or move this one away"
+    )]
     Corrupt {
         /// The file.
         path: String,
@@ -63,7 +65,9 @@ pub enum StorageError {
         detail: String,
     },
     /// Another process held the lock for longer than the busy timeout.
-    #[error("{path} stayed locked by another process for {secs} s; is another program holding a write transaction on it?")]
+    #[error(
+        "{path} stayed locked by another process for {secs} s; is another program holding a write transaction on it?"
+    )]
     Locked {
         /// The file.
         path: String,
@@ -137,7 +141,12 @@ pub trait Storage: Send + Sync {
     /// Creates a trial in `state` (RUNNING or WAITING), numbered as the count of earlier trials
     /// of the study, inside one transaction. RUNNING trials get `datetime_start` = now and a
     /// heartbeat. `system_attrs` are written in the same transaction (e.g. `fixed_params`).
-    fn create_new_trial(&self, study_id: i64, state: TrialState, system_attrs: &BTreeMap<String, Value>) -> Result<FrozenTrial>;
+    fn create_new_trial(
+        &self,
+        study_id: i64,
+        state: TrialState,
+        system_attrs: &BTreeMap<String, Value>,
+    ) -> Result<FrozenTrial>;
 
     /// Atomically starts the next trial of a study under a budget: returns `None` when
     /// `budget` is `Some(n)` and the study already has `n` trials that are RUNNING or finished
