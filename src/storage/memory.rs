@@ -51,6 +51,9 @@ struct MemStudy {
     trial_ids: Vec<i64>,
     /// The distribution each parameter name was first used with.
     dists: HashMap<String, Distribution>,
+    /// How many trials were ever created WAITING (enqueued): while none were, starting a trial
+    /// need not look for one.
+    n_enqueued: usize,
 }
 
 /// A trial with the bookkeeping that is not part of its snapshot.
@@ -67,12 +70,54 @@ impl MemTrial {
     }
 }
 
+/// Trials by id. Ids are handed out 1, 2, 3, ..., so a trial sits at index `id - 1`: every
+/// access is an index, where a hash map would hash each of the thousands of ids a snapshot of
+/// a large study reads.
+#[derive(Default)]
+struct TrialTable(Vec<Option<MemTrial>>);
+
+impl TrialTable {
+    fn slot(trial_id: i64) -> Option<usize> {
+        usize::try_from(trial_id).ok()?.checked_sub(1)
+    }
+
+    fn get(&self, trial_id: &i64) -> Option<&MemTrial> {
+        self.0.get(Self::slot(*trial_id)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, trial_id: &i64) -> Option<&mut MemTrial> {
+        self.0.get_mut(Self::slot(*trial_id)?)?.as_mut()
+    }
+
+    fn insert(&mut self, trial_id: i64, t: MemTrial) {
+        let i = Self::slot(trial_id).expect("trial ids start at 1");
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(t);
+    }
+
+    fn remove(&mut self, trial_id: &i64) {
+        if let Some(slot) = Self::slot(*trial_id).and_then(|i| self.0.get_mut(i)) {
+            *slot = None;
+        }
+    }
+}
+
+impl std::ops::Index<&i64> for TrialTable {
+    type Output = MemTrial;
+
+    fn index(&self, trial_id: &i64) -> &MemTrial {
+        self.get(trial_id).expect("listed trial exists")
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     next_study_id: i64,
     next_trial_id: i64,
     studies: BTreeMap<i64, MemStudy>,
-    trials: HashMap<i64, MemTrial>,
+    trials: TrialTable,
 }
 
 impl Inner {
@@ -112,7 +157,11 @@ impl Inner {
         if state.is_finished() {
             frozen.datetime_complete = Some(t);
         }
-        self.study_mut(study_id)?.trial_ids.push(trial_id);
+        let s = self.study_mut(study_id)?;
+        s.trial_ids.push(trial_id);
+        if state == TrialState::Waiting {
+            s.n_enqueued += 1;
+        }
         self.trials.insert(trial_id, MemTrial { study_id, frozen: Arc::new(frozen), heartbeat });
         Ok(trial_id)
     }
@@ -154,6 +203,7 @@ impl Storage for InMemoryStorage {
                 system_attrs: BTreeMap::new(),
                 trial_ids: Vec::new(),
                 dists: HashMap::new(),
+                n_enqueued: 0,
             },
         );
         Ok(id)
@@ -255,7 +305,11 @@ impl Storage for InMemoryStorage {
             }
         }
         // Trial ids grow with creation, so the smallest WAITING id is the oldest enqueued trial.
-        let waiting = s.trial_ids.iter().copied().filter(|id| g.trials[id].frozen.state == TrialState::Waiting).min();
+        let waiting = if s.n_enqueued == 0 {
+            None
+        } else {
+            s.trial_ids.iter().copied().filter(|id| g.trials[id].frozen.state == TrialState::Waiting).min()
+        };
         let id = match waiting {
             Some(id) => {
                 let t = g.trials.get_mut(&id).expect("listed trial exists");
