@@ -173,7 +173,8 @@ impl TpeSampler {
         history.constants = constants;
         let mut rng = trial_rng(self.seed, trial.number, salt);
         let candidates = l.sample(&mut rng, self.config.n_ei_candidates.max(1));
-        let (ll, lg) = (l.log_pdf(&candidates), g.log_pdf(&candidates));
+        let points = parzen::Points::new(&l, &candidates);
+        let (ll, lg) = (l.log_pdf_at(&points), g.log_pdf_at(&points));
         if split.extra_numbers.is_empty() {
             history.above_model = Some((g, split.above));
         }
