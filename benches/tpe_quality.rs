@@ -7,6 +7,7 @@
 //! ```text
 //! .venv/bin/python scripts/tpe_quality.py          # writes target/tpe_quality_optuna.json
 //! cargo bench --bench tpe_quality                  # or: -- --optuna FILE --seeds N --trials N
+//!                                                  #     --first-seed S (seeds S..S+N)
 //! ```
 //!
 //! Columns: each side's median best value, which is lower, P(tune<optuna) (the chance that one
@@ -37,18 +38,21 @@ const CASES: [(FunctionName, usize); 7] = [
 
 struct Args {
     optuna: PathBuf,
+    first_seed: u64,
     seeds: u64,
     trials: usize,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { optuna: PathBuf::from("target/tpe_quality_optuna.json"), seeds: 10, trials: 100 };
+    let mut args =
+        Args { optuna: PathBuf::from("target/tpe_quality_optuna.json"), first_seed: 0, seeds: 10, trials: 100 };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
         match a.as_str() {
             "--optuna" => args.optuna = PathBuf::from(value("--optuna")),
             "--seeds" => args.seeds = value("--seeds").parse().expect("--seeds takes an integer"),
+            "--first-seed" => args.first_seed = value("--first-seed").parse().expect("--first-seed takes an integer"),
             "--trials" => args.trials = value("--trials").parse().expect("--trials takes an integer"),
             // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
             _ => {}
@@ -129,7 +133,8 @@ fn main() {
     };
     if let Some(o) = &optuna {
         if o["n_trials"].as_u64() != Some(args.trials as u64)
-            || o["seeds"].as_array().map(Vec::len) != Some(args.seeds as usize)
+            || o["seeds"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect::<Vec<u64>>())
+                != Some((args.first_seed..args.first_seed + args.seeds).collect())
         {
             eprintln!(
                 "warning: the reference used {} trials and seeds {}; comparing anyway",
@@ -138,8 +143,8 @@ fn main() {
         }
     }
     println!(
-        "TPE search quality: median best value over {} seeds x {} trials (lower is better)",
-        args.seeds, args.trials
+        "TPE search quality: median best value over {} seeds (from {}) x {} trials (lower is better)",
+        args.seeds, args.first_seed, args.trials
     );
     println!(
         "{:<11} {:>4} {:>12} {:>12} {:>7} {:>14} {:>9} {:>9}",
@@ -148,7 +153,8 @@ fn main() {
     let (mut ours_better_or_tied, mut compared) = (0, 0);
     for (name, dim) in CASES {
         let start = Instant::now();
-        let bests: Vec<f64> = (0..args.seeds).map(|seed| best_value(name, dim, seed, args.trials)).collect();
+        let seeds = args.first_seed..args.first_seed + args.seeds;
+        let bests: Vec<f64> = seeds.map(|seed| best_value(name, dim, seed, args.trials)).collect();
         let secs = start.elapsed().as_secs_f64() / args.seeds as f64;
         let ours = median(bests.clone());
         let theirs = reference(&optuna, name, dim);

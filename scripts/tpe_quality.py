@@ -98,7 +98,8 @@ def best_value(fn, bounds, seed, n_trials):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=10, help="studies per function (seeds 0..N)")
+    parser.add_argument("--seeds", type=int, default=10, help="studies per function (seeds S..S+N)")
+    parser.add_argument("--first-seed", type=int, default=0, help="S, the first seed")
     parser.add_argument("--trials", type=int, default=100, help="trials per study")
     parser.add_argument("--out", default="target/tpe_quality_optuna.json", help="JSON file to write")
     args = parser.parse_args()
@@ -107,7 +108,8 @@ def main():
     results = []
     for name, fn, dim, bounds in CASES:
         start = time.perf_counter()
-        bests = [best_value(fn, bounds, seed, args.trials) for seed in range(args.seeds)]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        bests = [best_value(fn, bounds, seed, args.trials) for seed in seeds]
         secs = (time.perf_counter() - start) / args.seeds
         median = statistics.median(bests)
         print(f"{name:<11} {dim}-D  median best {median:<12.6g} ({secs:.2f} s/study)", flush=True)
@@ -122,7 +124,7 @@ def main():
                 "optuna_version": optuna.__version__,
                 "sampler": "TPESampler(seed=s), Optuna defaults",
                 "n_trials": args.trials,
-                "seeds": list(range(args.seeds)),
+                "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
                 "results": results,
             },
             f,

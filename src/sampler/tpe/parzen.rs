@@ -590,6 +590,8 @@ impl Points {
             slots.push((points.n_slots, values));
             points.n_slots += slots.last().map_or(0, |s| s.1.len());
         }
+        // Columns in, rows out: `i` indexes every column.
+        #[allow(clippy::needless_range_loop)]
         for i in 0..size {
             if pe.dense_exact {
                 for (nd, &d) in dims.dense.iter().zip(&pe.dense) {
