@@ -240,7 +240,8 @@ impl History {
             .iter()
             .zip(&mus)
             .map(|((_, dist), mu)| if is_numeric(dist) { sorted_order(mu) } else { Vec::new() });
-        Group { orders: orders.collect(), mus, ids: vec![NO_ID; split.below.len()] }
+        // Good trials are finished ones, with rows (RUNNING trials only ever count as bad).
+        Group { orders: orders.collect(), mus, ids: split.below.clone() }
     }
 
     /// The bad group's observations, sorted through the history's sorted columns.

@@ -165,9 +165,11 @@ impl TpeSampler {
             ParzenEstimator::from_transformed(&space, above.mus, above.orders, &weights, &params, cache)
         });
         let l = {
+            // A trial's kernel constants depend on its width, not on its group: one cache.
             let below = history.below_group(&split);
             let weights = default_weights(below.n_observations());
-            ParzenEstimator::from_transformed(&space, below.mus, below.orders, &weights, &params, None)
+            let cache = Some((&mut constants, &below.ids[..]));
+            ParzenEstimator::from_transformed(&space, below.mus, below.orders, &weights, &params, cache)
         };
         drop(space);
         history.constants = constants;

@@ -84,8 +84,6 @@ struct NumDim {
     log_sigma: Vec<f64>,
     /// The observation kernels sorted by (centre, index), for the widths.
     order: Vec<u32>,
-    /// `ln` of the narrowest width, bounding every kernel's `ln(1/σ)`.
-    log_min_sigma: f64,
 }
 
 impl NumDim {
@@ -460,7 +458,9 @@ impl ParzenEstimator {
                 .map(|(i, acc)| {
                     acc.copy_from_slice(&self.constant);
                     for (nd, iv) in dims.dense.iter().zip(points.point(i).intervals) {
-                        let lw = iv.log_width - LN_SQRT_2PI - nd.log_min_sigma;
+                        // The narrowest width bounds every kernel's `ln(1/σ)`.
+                        let log_min_sigma = nd.sigma.iter().copied().fold(f64::INFINITY, f64::min).ln();
+                        let lw = iv.log_width - LN_SQRT_2PI - log_min_sigma;
                         for ((a, &m), &is) in acc.iter_mut().zip(&nd.mu).zip(&nd.unit) {
                             let (zl, zr) = ((iv.left - m) * is, (iv.right - m) * is);
                             let zc = if zl > 0.0 {
@@ -868,24 +868,52 @@ fn indices_at_least_plain(xs: &[f64], threshold: f64, out: &mut Vec<u32>) {
     }
 }
 
+/// For each 4-bit mask of values at least the threshold, the lanes set, in order (then padding).
+#[cfg(target_arch = "x86_64")]
+const LANES_OF_MASK: [[u32; 4]; 16] = {
+    let mut table = [[0u32; 4]; 16];
+    let mut mask = 0;
+    while mask < 16 {
+        let (mut n, mut lane) = (0, 0);
+        while lane < 4 {
+            if mask & (1 << lane) != 0 {
+                table[mask][n] = lane as u32;
+                n += 1;
+            }
+            lane += 1;
+        }
+        mask += 1;
+    }
+    table
+};
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn indices_at_least_avx2(xs: &[f64], threshold: f64, out: &mut Vec<u32>) {
-    use std::arch::x86_64::{_mm256_cmp_pd, _mm256_loadu_pd, _mm256_movemask_pd, _mm256_set1_pd, _CMP_GE_OQ};
+    use std::arch::x86_64::{
+        _mm256_cmp_pd, _mm256_loadu_pd, _mm256_movemask_pd, _mm256_set1_pd, _mm_add_epi32, _mm_loadu_si128,
+        _mm_set1_epi32, _mm_storeu_si128, _CMP_GE_OQ,
+    };
     out.clear();
+    // Every chunk of 4 stores 4 lanes (the hits first) and keeps as many as it has hits: no
+    // branch per hit. Room for the last chunk's 4.
+    out.reserve(xs.len() + 4);
     let th = _mm256_set1_pd(threshold);
     let chunks = xs.chunks_exact(4);
     let tail = chunks.remainder();
+    let mut len = 0;
+    let dst = out.as_mut_ptr();
     for (c, chunk) in chunks.enumerate() {
-        // SAFETY: `chunk` holds 4 values; AVX2 is enabled for this function.
+        // SAFETY: `chunk` holds 4 values; AVX2 is enabled for this function; `dst` has room for
+        // `len + 4 <= xs.len() + 4` values.
         let v = _mm256_loadu_pd(chunk.as_ptr());
-        // One bit per lane at least `threshold` (NaN: not).
-        let mut mask = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(v, th)) as u32;
-        while mask != 0 {
-            out.push((c * 4) as u32 + mask.trailing_zeros());
-            mask &= mask - 1;
-        }
+        let mask = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(v, th)) as usize;
+        let lanes = _mm_loadu_si128(LANES_OF_MASK[mask].as_ptr().cast());
+        _mm_storeu_si128(dst.add(len).cast(), _mm_add_epi32(lanes, _mm_set1_epi32((c * 4) as i32)));
+        len += mask.count_ones() as usize;
     }
+    // SAFETY: the first `len` values were written above.
+    out.set_len(len);
     let base = xs.len() - tail.len();
     for (j, &x) in tail.iter().enumerate() {
         if x >= threshold {
@@ -954,14 +982,13 @@ fn numeric(
     let stepped = step.is_some();
     let unit_scale = if stepped { 1.0 } else { std::f64::consts::FRAC_1_SQRT_2 };
     let unit: Vec<f64> = sigma.iter().map(|s| unit_scale / s).collect();
-    let min_sigma = sigma.iter().copied().fold(f64::INFINITY, f64::min);
     let (constant, log_sigma): (Vec<f64>, Vec<f64>) = (0..mu.len())
         .map(|k| {
             let id = ids.get(k).copied().unwrap_or(NO_ID);
             kernel_constant(cache.as_deref_mut(), id, mu[k], sigma[k], lo, hi, stepped)
         })
         .unzip();
-    NumDim { log, step, low, high, lo, hi, mu, sigma, unit, constant, log_sigma, order, log_min_sigma: min_sigma.ln() }
+    NumDim { log, step, low, high, lo, hi, mu, sigma, unit, constant, log_sigma, order }
 }
 
 /// A kernel's `constant_term`, remembered by `id` (unless `NO_ID`) for as long as its width
@@ -1037,7 +1064,6 @@ impl NumDim {
             self.constant.push(c);
             self.log_sigma.push(ls);
         }
-        self.log_min_sigma = self.sigma.iter().copied().fold(f64::INFINITY, f64::min).ln();
     }
 }
 
@@ -1289,6 +1315,25 @@ mod tests {
             assert!((got - want).abs() <= 2e-12 * want.abs().max(1.0), "x={x} m={m} σ={sigma}: {got} vs {want}");
         }
         assert!(series >= 20 && cdf >= 20, "series {series}, cdf {cdf}");
+    }
+
+    #[test]
+    fn vectorised_scans_agree_with_plain_ones() {
+        use rand::Rng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in [0, 1, 3, 4, 7, 8, 33, 200] {
+            let mut xs: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 10.0 - 5.0).collect();
+            if n > 2 {
+                xs[1] = f64::NAN;
+                xs[2] = f64::NEG_INFINITY;
+            }
+            for threshold in [-6.0, 0.0, 4.0, 6.0] {
+                let (mut fast, mut plain) = (Vec::new(), Vec::new());
+                indices_at_least(&xs, threshold, &mut fast);
+                indices_at_least_plain(&xs, threshold, &mut plain);
+                assert_eq!(fast, plain, "n={n} threshold={threshold}");
+            }
+        }
     }
 
     #[test]
