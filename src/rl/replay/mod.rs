@@ -15,10 +15,12 @@
 //! previous episode, whatever padding the environment used. A slot is a sampleable transition
 //! once its n-step target is known: `n` more steps were stored or the episode ended.
 
+mod latest;
 mod prioritized;
 mod sum_tree;
 mod uniform;
 
+pub use latest::LatestReplay;
 pub use prioritized::{PrioritizedConfig, PrioritizedReplay};
 pub use sum_tree::{MinTree, SumTree};
 pub use uniform::UniformReplay;
