@@ -4,10 +4,12 @@ use clap::{Parser, Subcommand};
 
 mod best;
 mod enqueue;
+mod eval;
 mod export;
 mod ls;
 mod run;
 mod show;
+mod train;
 
 /// Storage used when neither the study file nor `--storage` names one (Optuna's URL form).
 pub const DEFAULT_STORAGE: &str = "sqlite:///tune.db";
@@ -34,6 +36,10 @@ enum Command {
     Export(export::Args),
     /// Add trials with fixed parameters; they run before newly sampled ones.
     Enqueue(enqueue::Args),
+    /// Train one agent from a trainer config and write a run folder.
+    Train(train::Args),
+    /// Evaluate the agent of a run folder (mean ± std return, optional GIF).
+    Eval(eval::Args),
 }
 
 /// Parses the process arguments and runs the subcommand; returns the exit code.
@@ -46,6 +52,8 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Best(a) => best::run(a),
         Command::Export(a) => export::run(a),
         Command::Enqueue(a) => enqueue::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

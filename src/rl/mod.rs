@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod env;
 pub mod net;
+pub mod record;
 pub mod replay;
 pub mod schedule;
 pub mod train;

@@ -133,8 +133,9 @@ impl TrainConfig {
     pub fn from_value(value: &Value) -> Result<Self, String> {
         let cfg: TrainConfig = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
-                e.inner().to_string()
+            let inner = e.inner().to_string();
+            if path == "." || inner.starts_with("at `") {
+                inner
             } else {
                 format!("at `{path}`: {}", e.inner())
             }
@@ -156,7 +157,20 @@ impl TrainConfig {
             return Err("threads must be at least 1".into());
         }
         parse_device(&self.device)?;
-        Ok(())
+        let env = self.env.make().map_err(|e| format!("env: {e}"))?;
+        self.agent.validate(&env.observation_space()).map_err(|e| format!("agent: {e}"))
+    }
+
+    /// Makes relative file paths in the config (pretrained weights) relative to `base` instead,
+    /// the folder of the file the config came from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let AgentConfig::Dqn(dqn) = &mut self.agent {
+            if let Some(p) = &mut dqn.pretrained {
+                if p.path.is_relative() && !base.as_os_str().is_empty() {
+                    p.path = base.join(&p.path);
+                }
+            }
+        }
     }
 
     /// The config as a JSON value (what `config.yaml` of a run holds).
@@ -236,8 +250,8 @@ pub trait Observer {
         Ok(())
     }
 
-    /// After each evaluation; `Control::Stop` ends training.
-    fn evaluation(&mut self, _eval: &Evaluation) -> anyhow::Result<Control> {
+    /// After each evaluation of `agent`; `Control::Stop` ends training.
+    fn evaluation(&mut self, _eval: &Evaluation, _agent: &dyn Agent) -> anyhow::Result<Control> {
         Ok(Control::Continue)
     }
 }
@@ -375,7 +389,7 @@ pub fn train(cfg: &TrainConfig, observer: &mut dyn Observer) -> anyhow::Result<T
             let returns: Vec<f64> = results.iter().map(|r| r.0).collect();
             let (mean, std) = mean_std(&returns);
             let eval = Evaluation { step, episode, mean, std, returns };
-            let control = observer.evaluation(&eval);
+            let control = observer.evaluation(&eval, agent);
             evaluations.push(eval);
             control
         };

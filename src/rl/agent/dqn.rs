@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 use super::{argmax, Agent, Exploration, Progress, Transition};
@@ -289,13 +289,18 @@ struct Network {
     /// Trainable variables, views into `flat`, in name order.
     vars: Vec<Tensor>,
     flat: Tensor,
+    /// The gradient of `flat`, same layout.
+    grad: Tensor,
+    /// The hand-differentiated path for plain MLPs, when it applies.
+    fused: Option<FusedMlp>,
 }
 
 impl Network {
     fn build(spec: &NetSpec, space: &ObsSpace, actions: ActionSpace, device: Device) -> anyhow::Result<Self> {
         let vs = nn::VarStore::new(device);
         let net = spec.build(&vs.root(), space, actions)?;
-        Ok(Network { vs, net, vars: Vec::new(), flat: Tensor::zeros([0], (Kind::Float, device)) })
+        let empty = || Tensor::zeros([0], (Kind::Float, device));
+        Ok(Network { vs, net, vars: Vec::new(), flat: empty(), grad: empty(), fused: None })
     }
 
     /// Variables sorted by name.
@@ -323,30 +328,146 @@ impl Network {
         }
     }
 
-    /// Makes every variable not matching `frozen` a view into one flat tensor.
-    fn flatten(&mut self, frozen: &[String]) {
+    /// Makes every variable not matching `frozen` a view into one flat tensor (and its gradient
+    /// a view into another), and sets up the fused path for a plain MLP with nothing frozen.
+    fn flatten(&mut self, frozen: &[String], spec: &NetSpec, batch_size: usize) {
         let device = self.vs.device();
         let mut trainable = Vec::new();
         for (name, var) in self.named() {
             if frozen.iter().any(|p| name == *p || name.starts_with(&format!("{p}."))) {
                 let _ = var.set_requires_grad(false);
             } else {
-                trainable.push(var);
+                trainable.push((name, var));
             }
         }
-        let total: i64 = trainable.iter().map(|v| v.numel() as i64).sum();
+        let total: i64 = trainable.iter().map(|(_, v)| v.numel() as i64).sum();
         let flat = Tensor::zeros([total], (Kind::Float, device));
+        let grad = Tensor::zeros([total], (Kind::Float, device));
         let _guard = tch::no_grad_guard();
         let mut offset = 0;
-        for var in &mut trainable {
+        let mut grads = std::collections::HashMap::new();
+        for (name, var) in &mut trainable {
             let n = var.numel() as i64;
-            let mut view = flat.narrow(0, offset, n).view(var.size().as_slice());
+            let size = var.size();
+            let mut view = flat.narrow(0, offset, n).view(size.as_slice());
             view.copy_(var);
             var.set_data(&view);
+            grads.insert(name.clone(), (var.shallow_clone(), grad.narrow(0, offset, n).view(size.as_slice())));
             offset += n;
         }
-        self.vars = trainable;
+        self.fused = match spec {
+            NetSpec::Mlp { hidden, dueling: false } if frozen.is_empty() => {
+                FusedMlp::new(&mut grads, hidden.len() + 1, batch_size, device)
+            }
+            _ => None,
+        };
+        self.vars = trainable.into_iter().map(|(_, v)| v).collect();
         self.flat = flat;
+        self.grad = grad;
+    }
+
+    /// Q-values without gradient tracking.
+    fn q(&self, x: &Tensor) -> Tensor {
+        match &self.fused {
+            Some(f) => f.forward(x),
+            None => self.net.forward(x),
+        }
+    }
+}
+
+/// One layer of a [`FusedMlp`]: views into the flat parameters and gradient.
+struct FusedLayer {
+    /// `W`, `[out, in]`.
+    weight: Tensor,
+    /// `W^T`, `[in, out]`.
+    weight_t: Tensor,
+    /// `b`, `[out]`.
+    bias: Tensor,
+    /// `dL/dW`, `[out, in]`.
+    grad_weight: Tensor,
+    /// `dL/db` as a row, `[1, out]`.
+    grad_bias: Tensor,
+}
+
+/// A plain MLP (`Linear -> ReLU -> ... -> Linear`) run and differentiated by hand: each layer is
+/// one `addmm` (+ an in-place ReLU) forward and a transpose, two matrix products and a ReLU mask
+/// backward, written straight into the flat gradient. Compared with autograd this drops the
+/// graph bookkeeping and the gradient gathering, which dominate at DQN sizes (FACTS.md §6);
+/// `fused_mlp_gradients_match_autograd` checks it against autograd.
+struct FusedMlp {
+    layers: Vec<FusedLayer>,
+    /// The input of each layer in the last [`FusedMlp::forward_saving`].
+    inputs: Vec<Tensor>,
+    /// `[1, batch]` ones: `ones @ dZ` sums the rows of `dZ` (the bias gradient).
+    ones: Tensor,
+}
+
+impl FusedMlp {
+    /// Takes the `i.weight`/`i.bias` variables and gradient views of an MLP with `n_layers` layers.
+    fn new(
+        grads: &mut std::collections::HashMap<String, (Tensor, Tensor)>,
+        n_layers: usize,
+        batch_size: usize,
+        device: Device,
+    ) -> Option<Self> {
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let (weight, grad_weight) = grads.remove(&format!("{i}.weight"))?;
+            let (bias, grad_bias) = grads.remove(&format!("{i}.bias"))?;
+            layers.push(FusedLayer {
+                weight_t: weight.tr(),
+                weight,
+                grad_bias: grad_bias.unsqueeze(0),
+                bias,
+                grad_weight,
+            });
+        }
+        grads.is_empty().then(|| FusedMlp {
+            layers,
+            inputs: Vec::with_capacity(n_layers),
+            ones: Tensor::ones([1, batch_size as i64], (Kind::Float, device)),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let last = self.layers.len() - 1;
+        let mut h = x.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut z = layer.bias.addmm(&h, &layer.weight_t);
+            h = if l < last { z.relu_() } else { z };
+        }
+        h
+    }
+
+    /// [`FusedMlp::forward`], keeping each layer's input for [`FusedMlp::backward`].
+    fn forward_saving(&mut self, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.inputs.clear();
+        let last = self.layers.len() - 1;
+        let mut h = x.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut z = layer.bias.addmm(&h, &layer.weight_t);
+            self.inputs.push(h);
+            h = if l < last { z.relu_() } else { z };
+        }
+        h
+    }
+
+    /// Writes `dL/dtheta` into the gradient views, given `dL/dQ` for the last saved forward pass.
+    fn backward(&self, grad_q: &Tensor) {
+        let _guard = tch::no_grad_guard();
+        let mut dz = grad_q.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let input = &self.inputs[l];
+            let _ = dz.tr().mm_out(&layer.grad_weight, input);
+            let _ = self.ones.mm_out(&layer.grad_bias, &dz);
+            if l > 0 {
+                // dL/dh = dZ W, through the ReLU that produced the input (h > 0 where z > 0).
+                let dh = dz.mm(&layer.weight);
+                dz = input.threshold_backward(&dh, 0.0);
+            }
+        }
     }
 }
 
@@ -372,6 +493,8 @@ pub struct DqnAgent {
     q_host: Vec<f32>,
     td_host: Vec<f32>,
     grad_parts: Vec<Tensor>,
+    /// `dL/dQ`, `[B, |A|]`, zero but for the actions taken.
+    grad_q: Tensor,
     lr: f64,
     loss_sum: f64,
     loss_count: u64,
@@ -429,13 +552,13 @@ impl DqnAgent {
             }
             None => Vec::new(),
         };
-        online.flatten(&frozen);
+        online.flatten(&frozen, &spec, cfg.batch_size);
         let target = match cfg.target {
             TargetSpec::None => None,
             _ => {
                 let mut target = Network::build(&spec, space, actions, device)?;
                 target.vs.copy(&online.vs)?;
-                target.flatten(&[]);
+                target.flatten(&frozen, &spec, cfg.batch_size);
                 target.vs.freeze();
                 Some(target)
             }
@@ -511,11 +634,18 @@ impl DqnAgent {
             q_host: vec![0.0; actions.n],
             td_host: vec![0.0; b],
             grad_parts: Vec::new(),
+            grad_q: Tensor::zeros([b as i64, actions.n as i64], (Kind::Float, device)),
             lr: cfg.lr,
             loss_sum: 0.0,
             loss_count: 0,
             updates: 0,
         })
+    }
+
+    /// One gradient step on a batch sampled from the replay buffer (what `observe` runs every
+    /// `train_freq` steps; public for benchmarks).
+    pub fn gradient_step(&mut self, rng: &mut StdRng) -> anyhow::Result<()> {
+        self.update(1.0, rng)
     }
 
     /// Gradient steps taken so far.
@@ -551,7 +681,7 @@ impl DqnAgent {
             }
             None => &self.act_host,
         };
-        let q = self.online.net.forward(input);
+        let q = self.online.q(input);
         q.copy_data(&mut self.q_host, self.n_actions);
         &self.q_host
     }
@@ -577,9 +707,9 @@ impl DqnAgent {
         }
         let _guard = tch::no_grad_guard();
         let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
-        let next_q = bootstrap_net.net.forward(&t.next_obs);
+        let next_q = bootstrap_net.q(&t.next_obs);
         let next_v = if self.cfg.double {
-            let best = self.online.net.forward(&t.next_obs).argmax(1, true);
+            let best = self.online.q(&t.next_obs).argmax(1, true);
             next_q.gather(1, &best, false)
         } else {
             next_q.amax(1, true)
@@ -588,42 +718,76 @@ impl DqnAgent {
     }
 
     /// One gradient step on a sampled batch.
+    ///
+    /// `dL/dQ(s_j, a_j) = w_j l'(delta_j) / B` is formed directly (`l'` the clipped TD error for
+    /// Huber, `2 delta` for MSE) and back-propagated by the fused MLP, or by autograd through
+    /// the surrogate `sum_j Q(s_j, a_j) dL/dQ_j` for other networks. The loss itself, its
+    /// finiteness and the new priorities come from one host copy of the TD errors.
     fn update(&mut self, beta: f64, rng: &mut StdRng) -> anyhow::Result<()> {
         self.replay.sample(rng, beta, &mut self.batch);
         let target = self.targets();
+        let b = self.cfg.batch_size;
         let t = &self.tensors;
-        let q = self.online.net.forward(&t.obs).gather(1, &t.actions, false);
-        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
-        let loss = match (self.cfg.loss, prioritized) {
-            (LossKind::Huber, false) => q.huber_loss(&target, Reduction::Mean, 1.0),
-            (LossKind::Mse, false) => q.mse_loss(&target, Reduction::Mean),
-            (LossKind::Huber, true) => (q.huber_loss(&target, Reduction::None, 1.0) * &t.weights).mean(Kind::Float),
-            (LossKind::Mse, true) => (q.mse_loss(&target, Reduction::None) * &t.weights).mean(Kind::Float),
+        let q_all = match &mut self.online.fused {
+            Some(fused) => fused.forward_saving(&t.obs),
+            None => self.online.net.forward(&t.obs),
         };
-        let grads = Tensor::run_backward(&[&loss], &self.online.vars, false, false);
-        self.grad_parts.clear();
-        self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
-        let mut grad = Tensor::cat(&self.grad_parts, 0);
-        let loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
+        let q = q_all.gather(1, &t.actions, false);
+        let delta = {
+            let _guard = tch::no_grad_guard();
+            &q - &target
+        };
+        delta.copy_data(&mut self.td_host, b);
+        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
+        let loss = host_loss(self.cfg.loss, &self.td_host, prioritized.then_some(&self.batch.weights[..]));
+        if !loss.is_finite() {
             anyhow::bail!(
-                "training diverged: the loss became {loss_value} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
                 self.updates + 1
             );
         }
-        self.loss_sum += loss_value;
+        self.loss_sum += loss;
         self.loss_count += 1;
-        if let Some(max_norm) = self.cfg.max_grad_norm {
-            let norm = grad.norm().double_value(&[]);
-            if norm > max_norm {
-                let _ = grad.g_mul_scalar_(max_norm / (norm + 1e-6));
+        {
+            let _guard = tch::no_grad_guard();
+            let mut grad_q = match self.cfg.loss {
+                LossKind::Huber => delta.clamp(-1.0, 1.0),
+                LossKind::Mse => delta * 2.0,
+            };
+            if prioritized {
+                let _ = grad_q.g_mul_(&t.weights);
+            }
+            let _ = grad_q.g_mul_scalar_(1.0 / b as f64);
+            match &self.online.fused {
+                Some(fused) => {
+                    let _ = self.grad_q.zero_();
+                    let _ = self.grad_q.scatter_(1, &t.actions, &grad_q);
+                    fused.backward(&self.grad_q);
+                }
+                None => {
+                    drop(_guard);
+                    let surrogate = (&q * &grad_q).sum(Kind::Float);
+                    let grads = Tensor::run_backward(&[&surrogate], &self.online.vars, false, false);
+                    self.grad_parts.clear();
+                    self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
+                    let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
+                }
             }
         }
-        self.optimizer.step(&mut self.online.flat, &mut grad, self.lr);
+        if let Some(max_norm) = self.cfg.max_grad_norm {
+            let norm = self.online.grad.norm().double_value(&[]);
+            if !norm.is_finite() {
+                anyhow::bail!(
+                    "training diverged: the gradient norm became {norm} at gradient step {}; lower lr or set reward_scale",
+                    self.updates + 1
+                );
+            }
+            if norm > max_norm {
+                let _ = self.online.grad.g_mul_scalar_(max_norm / (norm + 1e-6));
+            }
+        }
+        self.optimizer.step(&mut self.online.flat, &mut self.online.grad, self.lr);
         if prioritized {
-            let _guard = tch::no_grad_guard();
-            let td = (q - target).abs_();
-            td.copy_data(&mut self.td_host, self.cfg.batch_size);
             self.replay.update_priorities(&self.batch.indices, &self.td_host);
         }
         if let (TargetSpec::Soft { tau }, Some(target)) = (&self.cfg.target, &mut self.target) {
@@ -633,6 +797,23 @@ impl DqnAgent {
         self.updates += 1;
         Ok(())
     }
+}
+
+/// The mean (importance-weighted) loss of TD errors `delta`.
+fn host_loss(kind: LossKind, delta: &[f32], weights: Option<&[f32]>) -> f64 {
+    let per_row = |d: f32| -> f64 {
+        let d = d as f64;
+        match kind {
+            LossKind::Huber if d.abs() <= 1.0 => 0.5 * d * d,
+            LossKind::Huber => d.abs() - 0.5,
+            LossKind::Mse => d * d,
+        }
+    };
+    let sum: f64 = match weights {
+        Some(w) => delta.iter().zip(w).map(|(&d, &w)| w as f64 * per_row(d)).sum(),
+        None => delta.iter().map(|&d| per_row(d)).sum(),
+    };
+    sum / delta.len() as f64
 }
 
 /// Loads every variable of `vs` found in `path` (safetensors, or libtorch's format).
@@ -937,6 +1118,71 @@ mod tests {
         }
         let err = result.unwrap_err().to_string();
         assert!(err.contains("diverged"), "{err}");
+    }
+
+    #[test]
+    fn fused_mlp_gradients_match_autograd() {
+        let spec = NetSpec::Mlp { hidden: vec![16, 8], dueling: false };
+        let mut net = Network::build(&spec, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        net.init(&mut StdRng::seed_from_u64(3));
+        net.flatten(&[], &spec, 5);
+        let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+        let grad_q = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        let q_autograd = net.net.forward(&x);
+        let grads = Tensor::run_backward(&[(&q_autograd * &grad_q).sum(Kind::Float)], &net.vars, false, false);
+        let expected = Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0);
+        let fused = net.fused.as_mut().expect("a plain MLP takes the fused path");
+        let q_fused = fused.forward_saving(&x);
+        fused.backward(&grad_q);
+        assert!((q_fused - q_autograd).abs().max().double_value(&[]) < 1e-6);
+        let diff = (&net.grad - &expected).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "fused gradient differs from autograd by {diff}");
+        // Dueling networks and frozen layers take the autograd path.
+        let dueling = NetSpec::Mlp { hidden: vec![8], dueling: true };
+        let mut net = Network::build(&dueling, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        net.flatten(&[], &dueling, 5);
+        assert!(net.fused.is_none());
+    }
+
+    #[test]
+    fn host_loss_matches_libtorch() {
+        let q = Tensor::from_slice(&[0.5f32, 3.0, -2.5, 0.0]);
+        let y = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.2]);
+        let delta: Vec<f32> = vec![0.5, 3.0, -2.5, -0.2];
+        let huber = q.huber_loss(&y, tch::Reduction::Mean, 1.0).double_value(&[]);
+        assert!((host_loss(LossKind::Huber, &delta, None) - huber).abs() < 1e-6);
+        let mse = q.mse_loss(&y, tch::Reduction::Mean).double_value(&[]);
+        assert!((host_loss(LossKind::Mse, &delta, None) - mse).abs() < 1e-6);
+        let w = [1.0f32, 0.5, 0.25, 1.0];
+        let weighted = (q.mse_loss(&y, tch::Reduction::None) * Tensor::from_slice(&w)).mean(Kind::Float);
+        assert!((host_loss(LossKind::Mse, &delta, Some(&w)) - weighted.double_value(&[])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn autograd_and_fused_paths_train_alike() {
+        // The same plain MLP trained through either path takes the same steps.
+        let cfg = DqnConfig {
+            net: Some(NetSpec::Mlp { hidden: vec![8], dueling: false }),
+            learning_starts: 0,
+            batch_size: 4,
+            replay: ReplaySpec::Uniform { size: 32 },
+            ..Default::default()
+        };
+        let mut fused = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap();
+        let mut autograd = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap();
+        autograd.online.fused = None;
+        autograd.target.as_mut().unwrap().fused = None;
+        let (mut r1, mut r2) = (StdRng::seed_from_u64(0), StdRng::seed_from_u64(0));
+        for t in 1..=20 {
+            step(&mut fused, t, &mut r1);
+            step(&mut autograd, t, &mut r2);
+        }
+        let diff = (fused.parameters() - autograd.parameters()).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "paths diverged by {diff}");
+        assert_ne!(
+            values(fused.parameters()),
+            values(&DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap().online.flat)
+        );
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub trait Agent {
 }
 
 /// The `agent:` section of a trainer config, tagged by `type`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialised by hand (not `#[serde(tag)]`) so that errors name the full key, e.g.
+/// ``at `agent.replay.alpha`: invalid type``, where serde's buffered tagged enums lose the path.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentConfig {
     /// Deep Q-learning with every variant as an option.
@@ -87,6 +90,40 @@ pub enum AgentConfig {
     QLearning(TabularConfig),
     /// Tabular SARSA (on-policy, `Q(s', a')` with `a'` the next action taken).
     Sarsa(TabularConfig),
+}
+
+/// The agent types, as error messages list them.
+const AGENT_TYPES: &str = "dqn, q_learning, sarsa";
+
+impl<'de> Deserialize<'de> for AgentConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let kind = match map.remove("type") {
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!("at `agent.type`: expected one of {AGENT_TYPES}, got {other}")))
+            }
+            None => return Err(D::Error::custom(format!("agent needs a `type`: one of {AGENT_TYPES}"))),
+        };
+        fn parse<T: serde::de::DeserializeOwned, E: Error>(
+            map: serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, E> {
+            serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+                let path = e.path().to_string();
+                let key = if path == "." { "agent".to_string() } else { format!("agent.{path}") };
+                E::custom(format!("at `{key}`: {}", e.inner()))
+            })
+        }
+        match kind.as_str() {
+            "dqn" => Ok(AgentConfig::Dqn(Box::new(parse(map)?))),
+            "q_learning" => Ok(AgentConfig::QLearning(parse(map)?)),
+            "sarsa" => Ok(AgentConfig::Sarsa(parse(map)?)),
+            other => Err(D::Error::custom(format!(
+                "at `agent.type`: unknown agent type `{other}`; expected one of {AGENT_TYPES}"
+            ))),
+        }
+    }
 }
 
 impl AgentConfig {
