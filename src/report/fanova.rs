@@ -309,7 +309,7 @@ mod tests {
     fn trees_without_variance_are_skipped() {
         let flat = Tree { nodes: vec![leaf(1.0)] };
         let bounds = [(0.0, 1.0), (0.0, 1.0)];
-        assert_eq!(importances(&[flat.clone()], &bounds, &[vec![0]]), None);
+        assert_eq!(importances(std::slice::from_ref(&flat), &bounds, &[vec![0]]), None);
         let imp = importances(&[flat, additive()], &bounds, &[vec![0], vec![1]]).unwrap();
         assert!((imp[0] - 0.2).abs() < 1e-12);
     }

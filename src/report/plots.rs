@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context};
+use plotters::coord::types::{RangedCoordf64, RangedCoordi64};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -37,7 +38,11 @@ const BEST: RGBColor = RGBColor(214, 39, 40);
 const OTHER: RGBColor = RGBColor(127, 127, 127);
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type DrawResult = Result<(), DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+type DrawError = DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>;
+type DrawResult = Result<(), DrawError>;
+type LineChart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordi64, RangedCoordf64>>;
+/// A polyline of `(step, value)` points.
+type Curve = Vec<(i64, f64)>;
 
 /// Objective value per trial number: COMPLETE trials as blue dots, PRUNED trials' last
 /// intermediate value as orange dots, and the best value so far over COMPLETE trials as a red
@@ -103,10 +108,10 @@ fn best_so_far(points: &[(i64, f64)], direction: Direction) -> Vec<(i64, f64)> {
 /// Intermediate values against step, one line per trial that reported any: COMPLETE trials in
 /// blue, PRUNED in orange (with a dot where each stopped), others (RUNNING, FAIL) in grey.
 pub fn intermediate(trials: &[Arc<FrozenTrial>]) -> anyhow::Result<Plot> {
-    let curve = |t: &FrozenTrial| -> Vec<(i64, f64)> {
+    let curve = |t: &FrozenTrial| -> Curve {
         t.intermediate_values.iter().filter(|(_, v)| v.is_finite()).map(|(&s, &v)| (s, v)).collect()
     };
-    let mut classes: [(&str, RGBColor, Vec<Vec<(i64, f64)>>); 3] =
+    let mut classes: [(&str, RGBColor, Vec<Curve>); 3] =
         [("running or failed", OTHER, Vec::new()), ("pruned", PRUNED, Vec::new()), ("complete", COMPLETE, Vec::new())];
     for t in trials {
         let c = curve(t);
@@ -210,14 +215,7 @@ fn chart<'a, 'b>(
     title: &str,
     x: Range<i64>,
     y: Range<f64>,
-) -> Result<
-    ChartContext<
-        'a,
-        BitMapBackend<'b>,
-        Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>,
-    >,
-    DrawingAreaErrorKind<<BitMapBackend<'b> as DrawingBackend>::ErrorType>,
-> {
+) -> Result<LineChart<'a, 'b>, DrawError> {
     ChartBuilder::on(root)
         .caption(title, (FONT, 22))
         .margin(20)
@@ -228,7 +226,7 @@ fn chart<'a, 'b>(
 
 fn legend<'a, 'b: 'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>,
-) -> Result<(), DrawingAreaErrorKind<<BitMapBackend<'b> as DrawingBackend>::ErrorType>> {
+) -> DrawResult {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
