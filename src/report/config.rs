@@ -1,0 +1,25 @@
+//! The config that reproduces a trial: the objective's base config (stored by `tune run`) with
+//! the trial's parameters written at their dotted paths. Used by `tune export` and `tune report`.
+
+use serde_json::Value;
+
+use crate::cli::BASE_CONFIG_ATTR;
+use crate::frozen::FrozenTrial;
+use crate::spec::path;
+use crate::study::Study;
+
+/// The objective's base config the study was run with, or `None` when the study was not
+/// created by `tune run` (for example by Optuna or through the library).
+pub fn base_config(study: &Study) -> anyhow::Result<Option<Value>> {
+    let attrs = study.storage().get_study_system_attrs(study.study_id())?;
+    Ok(attrs.get(BASE_CONFIG_ATTR).cloned())
+}
+
+/// `base` with each of the trial's parameters set at its dotted path. A parameter whose path is
+/// not in the config is an input error naming it.
+pub fn trial_config(mut base: Value, trial: &FrozenTrial) -> anyhow::Result<Value> {
+    for (name, value) in trial.external_params() {
+        path::set(&mut base, &name, value).map_err(|e| crate::input_err!("parameter `{name}`: {e}"))?;
+    }
+    Ok(base)
+}
