@@ -142,3 +142,54 @@ fn cuda_configs_train_when_a_gpu_is_present() {
     let best = best_eval(&cfg);
     assert!(best >= 475.0, "best evaluation on CUDA {best} < 475");
 }
+
+#[test]
+fn rl_study_trains_each_trial_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study.yaml");
+    std::fs::write(
+        &study,
+        "name: tiny-rl
+direction: maximize
+n_trials: 3
+seed: 1
+sampler: {type: random}
+pruner: {type: median, n_startup_trials: 1}
+parallelism: {jobs: 2}
+objective:
+  type: rl
+  value: mean_last_k
+  k: 2
+  seeds: 2
+  config:
+    env: {id: CartPole-v1}
+    budget: {steps: 1500}
+    eval: {every: 500, episodes: 2}
+    agent: {type: dqn, learning_starts: 200, train_freq: 8, gradient_steps: 2, replay: {type: prioritized, size: 5000}}
+search_space:
+  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  agent.replay.alpha: {type: float, low: 0.2, high: 1.0}
+",
+    )
+    .unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("rl.db").display());
+    let out = tune().args(["run", study.to_str().unwrap(), "--storage", &url, "--plain"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let storage = tune::storage::open(&url).unwrap();
+    let id = storage.get_study_id_from_name("tiny-rl").unwrap().unwrap();
+    let trials = storage.get_all_trials(id, None).unwrap();
+    assert_eq!(trials.len(), 3);
+    for t in &trials {
+        for key in ["seeds", "device", "wall_s", "env_steps", "steps_per_s", "episodes", "per_seed"] {
+            assert!(t.user_attrs.contains_key(key), "trial {} lacks {key}: {:?}", t.number, t.user_attrs);
+        }
+        assert_eq!(t.user_attrs["per_seed"].as_array().unwrap().len(), 2, "two seeds per trial");
+        assert!(!t.intermediate_values.is_empty(), "evaluations are reported");
+        if t.state == tune::frozen::TrialState::Complete {
+            assert_eq!(t.user_attrs["env_steps"], serde_json::json!(3000));
+            let curve: Vec<f64> = t.intermediate_values.values().copied().collect();
+            let expected = (curve[curve.len() - 1] + curve[curve.len() - 2]) / 2.0;
+            assert!((t.value.unwrap() - expected).abs() < 1e-9, "mean of the last 2 evaluations");
+        }
+    }
+}
