@@ -192,4 +192,11 @@ search_space:
             assert!((t.value.unwrap() - expected).abs() < 1e-9, "mean of the last 2 evaluations");
         }
     }
+    // The exported config trains with the best trial's values and seed.
+    let best = dir.path().join("best.yaml");
+    let out = tune().args(["export", "tiny-rl", "--storage", &url, "-o"]).arg(&best).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = TrainConfig::load(&best).unwrap();
+    let seeds: Vec<u64> = trials.iter().map(|t| t.user_attrs["seeds"][0].as_u64().unwrap()).collect();
+    assert!(seeds.contains(&exported.seed), "exported seed {} is a trial's seed {seeds:?}", exported.seed);
 }

@@ -17,9 +17,18 @@ pub fn base_config(study: &Study) -> anyhow::Result<Option<Value>> {
 
 /// `base` with each of the trial's parameters set at its dotted path. A parameter whose path is
 /// not in the config is an input error naming it.
+///
+/// For `rl` trials (which record the seeds they trained with), the trainer config's `seed` is set
+/// to the trial's first seed, so that `tune train` on the result reproduces the trial's run.
 pub fn trial_config(mut base: Value, trial: &FrozenTrial) -> anyhow::Result<Value> {
     for (name, value) in trial.external_params() {
         path::set(&mut base, &name, value).map_err(|e| crate::input_err!("parameter `{name}`: {e}"))?;
+    }
+    let first_seed = trial.user_attrs.get("seeds").and_then(|s| s.get(0)).cloned();
+    if let (Some(seed), Some(map)) = (first_seed, base.as_object_mut()) {
+        if map.contains_key("seed") {
+            map.insert("seed".into(), seed);
+        }
     }
     Ok(base)
 }
