@@ -281,7 +281,7 @@ fn unknown_objective_type() {
         &e,
         &[
             "objective.type (line 4",
-            "unknown objective type `funktion`; expected one of: function, command (did you mean `function`?)",
+            "unknown objective type `funktion`; expected one of: function, command, rl (did you mean `function`?)",
         ],
     );
 }
