@@ -12,7 +12,8 @@
 //! The search space's dotted paths point into the trainer config (`agent.lr`,
 //! `agent.replay.alpha`). Every evaluation's mean return, averaged over the seeds, is reported as
 //! the intermediate value at its environment step, and the pruner is asked after each; the trial
-//! value reduces that averaged curve. Each trial stores its seeds, device, wall time, environment
+//! value reduces that averaged curve. A trial placed on a device by `parallelism.devices` trains
+//! there, whatever its config says. Each trial stores its seeds, device, wall time, environment
 //! steps, steps/s, episodes and per-seed results as user attributes.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{BuildContext, Objective};
-use crate::error::{InputError, TrialPruned};
+use crate::error::{panic_message, InputError, TrialPruned};
 use crate::rl::agent::Agent;
 use crate::rl::train::{derive, train, Control, Evaluation, Observer, TrainConfig};
 use crate::study::Trial;
@@ -140,6 +141,9 @@ impl Objective for RlObjective {
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
         let mut cfg = TrainConfig::from_value(config).map_err(|e| anyhow::anyhow!("invalid trial config: {e}"))?;
         cfg.resolve_paths(&self.base_dir);
+        if let Some(device) = trial.device() {
+            cfg.device = device.to_string();
+        }
         let seeds: Vec<u64> =
             (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
         trial.set_user_attr("seeds", json!(seeds))?;
@@ -204,7 +208,10 @@ impl Objective for RlObjective {
             }
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("training panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))))
+                })
                 .collect()
         });
         let runs: Vec<SeedRun> = runs.into_iter().collect::<anyhow::Result<_>>()?;

@@ -487,3 +487,16 @@ fn bad_fixtures_are_refused_with_their_expected_message() {
     }
     assert!(n >= 8);
 }
+
+#[test]
+fn parallelism_slots() {
+    let p = |devices: &[&str], per: usize| Parallelism {
+        jobs: 9,
+        devices: devices.iter().map(|d| d.to_string()).collect(),
+        trials_per_device: per,
+    };
+    assert_eq!(p(&[], 2).slots(3), vec![None; 3], "no devices: `jobs` unplaced workers");
+    let some = |v: &[&str]| v.iter().map(|d| Some(d.to_string())).collect::<Vec<_>>();
+    assert_eq!(p(&["cuda:0", "cuda:1"], 2).slots(3), some(&["cuda:0", "cuda:0", "cuda:1", "cuda:1"]));
+    assert_eq!(p(&["cuda:0", "cpu"], 2).slots(3), some(&["cuda:0", "cuda:0", "cpu", "cpu", "cpu"]));
+}
