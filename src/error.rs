@@ -25,6 +25,16 @@ pub struct TrialPruned;
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// The message of a caught panic (`&str` or `String` payloads; libtorch errors raised by tch
+/// arrive as the latter).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Shorthand for `Err(InputError)` inside an `anyhow` function.
 #[macro_export]
 macro_rules! input_err {

@@ -21,6 +21,7 @@ pub mod study;
 pub use study::{Outcome, Study, Trial};
 pub mod cli;
 pub mod executor;
+pub mod report;
 pub mod rl;
 
 /// Every binary linking `tune` (the CLI, tests, benches) allocates through mimalloc.

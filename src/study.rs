@@ -208,7 +208,16 @@ impl Study {
         } else {
             s.sampler.sample_relative(&view, &me, &relative_space)
         };
-        Ok(Some(Trial { shared: self.shared.clone(), frozen: me, snapshot, relative_space, relative, fixed, seed }))
+        Ok(Some(Trial {
+            shared: self.shared.clone(),
+            frozen: me,
+            snapshot,
+            relative_space,
+            relative,
+            fixed,
+            seed,
+            device: None,
+        }))
     }
 
     /// Finishes a trial. A `Complete` value that is NaN becomes FAIL; a pruned trial takes its
@@ -279,6 +288,7 @@ pub struct Trial {
     relative: BTreeMap<String, f64>,
     fixed: BTreeMap<String, Value>,
     seed: u64,
+    device: Option<String>,
 }
 
 impl Trial {
@@ -295,6 +305,17 @@ impl Trial {
     /// This trial's seed: derived from the study seed and the trial number.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// The device the executor placed this trial on (`parallelism.devices`), if any: objectives
+    /// that train on a device use it instead of their config's.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+
+    /// Places this trial on `device` (`None`: the objective's config decides).
+    pub fn place_on(&mut self, device: Option<&str>) {
+        self.device = device.map(str::to_string);
     }
 
     /// The name of the study this trial belongs to.

@@ -83,3 +83,38 @@ fn jobs_run_trials_concurrently() {
     // 8 trials of 200 ms on 4 workers: about 400 ms, far below the 1.6 s of a serial run.
     assert!(start.elapsed() < std::time::Duration::from_millis(1200), "{:?}", start.elapsed());
 }
+
+#[test]
+fn trials_are_placed_on_device_slots_with_at_most_their_share_at_once() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let s = study(3);
+    // Two slots on `gpu-a`, one on `gpu-b`: what `devices: [gpu-a, gpu-b], trials_per_device: 2`
+    // minus one would give; the executor only sees the list of slots.
+    let devices: Vec<String> = ["gpu-a", "gpu-a", "gpu-b"].map(String::from).to_vec();
+    let opts = RunOptions { n_trials: Some(12), jobs: 1, devices, ..RunOptions::default() };
+    let now: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
+    let peak: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
+    run_study(&s, &opts, |t| {
+        let device = t.device().expect("every trial is placed").to_string();
+        {
+            let mut now = now.lock().unwrap();
+            let n = now.entry(device.clone()).or_default();
+            *n += 1;
+            let mut peak = peak.lock().unwrap();
+            let p = peak.entry(device.clone()).or_default();
+            *p = (*p).max(*n);
+        }
+        t.set_user_attr("placed_on", serde_json::json!(device))?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        *now.lock().unwrap().get_mut(&device).unwrap() -= 1;
+        t.suggest_float("x", 0.0, 1.0)
+    })
+    .unwrap();
+    let peak = peak.into_inner().unwrap();
+    assert_eq!(peak.get("gpu-a"), Some(&2), "{peak:?}");
+    assert_eq!(peak.get("gpu-b"), Some(&1), "{peak:?}");
+    let trials = s.trials().unwrap();
+    assert_eq!(trials.len(), 12);
+    assert!(trials.iter().all(|t| t.user_attrs["placed_on"].as_str().is_some_and(|d| d.starts_with("gpu-"))));
+}

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::{fmt_f64, load_study, BASE_CONFIG_ATTR, DEFAULT_STORAGE};
+use super::{fmt_f64, load_study, DEFAULT_STORAGE};
 use crate::frozen::TrialState;
-use crate::spec::path;
+use crate::report;
 
 /// Arguments of `tune export`.
 #[derive(Debug, clap::Args)]
@@ -40,13 +40,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if trial.state != TrialState::Complete {
         eprintln!("warning: trial #{} is {}, not COMPLETE", trial.number, trial.state);
     }
-    let attrs = study.storage().get_study_system_attrs(study.study_id())?;
-    let mut config = attrs.get(BASE_CONFIG_ATTR).cloned().ok_or_else(|| {
+    let base = report::base_config(&study)?.ok_or_else(|| {
         crate::input_err!("study `{}` was not created by `tune run`, so its base config is unknown", a.study)
     })?;
-    for (name, value) in trial.external_params() {
-        path::set(&mut config, &name, value).map_err(|e| crate::input_err!("parameter `{name}`: {e}"))?;
-    }
+    let config = report::trial_config(base, &trial)?;
     let header = format!(
         "Exported by tune {} from study `{}`, trial #{} (value {}) on {} UTC.",
         env!("CARGO_PKG_VERSION"),

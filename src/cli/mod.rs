@@ -4,10 +4,13 @@ use clap::{Parser, Subcommand};
 
 mod best;
 mod enqueue;
+mod eval;
 mod export;
 mod ls;
+mod report;
 mod run;
 mod show;
+mod train;
 
 /// Storage used when neither the study file nor `--storage` names one (Optuna's URL form).
 pub const DEFAULT_STORAGE: &str = "sqlite:///tune.db";
@@ -34,6 +37,12 @@ enum Command {
     Export(export::Args),
     /// Add trials with fixed parameters; they run before newly sampled ones.
     Enqueue(enqueue::Args),
+    /// Train one agent from a trainer config and write a run folder.
+    Train(train::Args),
+    /// Evaluate the agent of a run folder (mean ± std return, optional GIF).
+    Eval(eval::Args),
+    /// Write PNG plots and a Markdown summary of a study into a folder.
+    Report(report::Args),
 }
 
 /// Parses the process arguments and runs the subcommand; returns the exit code.
@@ -46,6 +55,9 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Best(a) => best::run(a),
         Command::Export(a) => export::run(a),
         Command::Enqueue(a) => enqueue::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 
@@ -68,9 +80,18 @@ fn open_existing(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::storage:
     Ok(crate::storage::open(url)?)
 }
 
-/// Loads a study for the read-only subcommands.
+/// Loads a study for the read-only subcommands; an unknown name is an input error that lists
+/// the studies the storage holds.
 fn load_study(storage: &str, name: &str) -> anyhow::Result<crate::study::Study> {
     let st = open_existing(storage)?;
+    if st.get_study_id_from_name(name)?.is_none() {
+        let names: Vec<String> = st.get_all_studies()?.into_iter().map(|s| format!("`{}`", s.name)).collect();
+        let holds = if names.is_empty() { "no study yet".to_string() } else { names.join(", ") };
+        return Err(crate::error::InputError::new(format!(
+            "no study named `{name}` in {storage}; it holds {holds} (`tune ls --storage {storage}` lists them)"
+        ))
+        .into());
+    }
     crate::study::Study::load(
         st,
         name,
@@ -81,7 +102,7 @@ fn load_study(storage: &str, name: &str) -> anyhow::Result<crate::study::Study> 
 }
 
 /// Formats a JSON value compactly for tables.
-fn fmt_value(v: &serde_json::Value) -> String {
+pub(crate) fn fmt_value(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => match n.as_f64() {
@@ -93,7 +114,7 @@ fn fmt_value(v: &serde_json::Value) -> String {
 }
 
 /// Formats a trial value for tables.
-fn fmt_f64(v: Option<f64>) -> String {
+pub(crate) fn fmt_f64(v: Option<f64>) -> String {
     match v {
         Some(v) if v.abs() >= 1e5 || (v != 0.0 && v.abs() < 1e-3) => format!("{v:.4e}"),
         Some(v) => format!("{v:.6}"),

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{show, BASE_CONFIG_ATTR, DEFAULT_STORAGE, SEED_ATTR, STUDY_FILE_ATTR};
 use crate::executor::{install_ctrlc, run_study, ProgressMode, RunOptions};
-use crate::objective::BuildContext;
+use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::spec::{sample_config, StudySpec};
 use crate::study::Study;
 
@@ -23,7 +23,7 @@ pub struct Args {
     /// Total number of finished trials to reach, overriding the file's `n_trials`.
     #[arg(long)]
     n_trials: Option<u64>,
-    /// Trials to run at once in this process, overriding `parallelism.jobs`.
+    /// CPU trials to run at once in this process, overriding `parallelism.jobs`.
     #[arg(long, short)]
     jobs: Option<usize>,
     /// Stop starting trials after this many seconds, overriding `timeout`.
@@ -42,6 +42,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let spec = StudySpec::load(&a.file)?;
     if a.jobs == Some(0) {
         return Err(crate::input_err!("--jobs must be at least 1"));
+    }
+    if matches!(spec.objective, ObjectiveSpec::Rl(_)) {
+        // Trainers run on these devices: a missing GPU is the file's mistake, found before any write.
+        for (i, d) in spec.parallelism.devices.iter().enumerate() {
+            crate::rl::train::parse_device(d).map_err(|e| {
+                crate::input_err!(
+                    "{}: parallelism.devices[{i}]: {e}; list only devices this machine has (`nvidia-smi -L`), or remove `devices` to train on the config's device",
+                    a.file.display()
+                )
+            })?;
+        }
     }
     let url = a.storage.clone().or_else(|| spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
     let storage = crate::storage::open(&url)?;
@@ -67,10 +78,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     storage.set_study_system_attr(study.study_id(), BASE_CONFIG_ATTR, objective.base_config())?;
     storage.set_study_system_attr(study.study_id(), STUDY_FILE_ATTR, &Value::from(a.file.display().to_string()))?;
 
+    let jobs = a.jobs.unwrap_or(spec.parallelism.jobs);
     let opts = RunOptions {
         n_trials: a.n_trials.or(spec.n_trials),
         timeout: a.timeout.or(spec.timeout).map(Duration::from_secs_f64),
-        jobs: a.jobs.unwrap_or(spec.parallelism.jobs),
+        jobs,
+        devices: spec.parallelism.slots(jobs).into_iter().flatten().collect(),
         heartbeat_interval: Duration::from_secs_f64(spec.heartbeat.interval),
         grace: Duration::from_secs_f64(spec.heartbeat.grace),
         retries: spec.heartbeat.retries,

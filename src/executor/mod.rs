@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::error::Interrupted;
+use crate::error::{panic_message, Interrupted};
 use crate::frozen::{FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY, INTERRUPTED_KEY, RETRY_KEY};
 use crate::study::{outcome_of, Study, Trial};
 
@@ -26,8 +26,11 @@ pub struct RunOptions {
     pub n_trials: Option<u64>,
     /// Stop starting trials after this long.
     pub timeout: Option<Duration>,
-    /// Trials evaluated at once in this process.
+    /// Trials evaluated at once in this process (when `devices` is empty).
     pub jobs: usize,
+    /// One entry per worker: the device its trials are placed on ([`Trial::device`]). Empty:
+    /// `jobs` workers and no placement. See [`crate::spec::Parallelism::slots`].
+    pub devices: Vec<String>,
     /// How often running trials record a heartbeat.
     pub heartbeat_interval: Duration,
     /// A RUNNING trial whose heartbeat is older than this belongs to a dead worker.
@@ -44,6 +47,7 @@ impl Default for RunOptions {
             n_trials: None,
             timeout: None,
             jobs: 1,
+            devices: Vec::new(),
             heartbeat_interval: Duration::from_secs(10),
             grace: Duration::from_secs(60),
             retries: 1,
@@ -90,11 +94,16 @@ pub fn run_study<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Re
 where
     F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
 {
+    let slots: Vec<Option<String>> = if opts.devices.is_empty() {
+        vec![None; opts.jobs.max(1)]
+    } else {
+        opts.devices.iter().cloned().map(Some).collect()
+    };
     let run = Run {
         study,
         opts,
         running: Mutex::new(HashSet::new()),
-        active: AtomicUsize::new(opts.jobs.max(1)),
+        active: AtomicUsize::new(slots.len()),
         told_waiting: AtomicBool::new(false),
         summary: Mutex::new(RunSummary::default()),
         done: (Mutex::new(false), Condvar::new()),
@@ -104,16 +113,17 @@ where
     run.recover_stale()?;
     run.progress.refresh(&study.trials()?);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1) + 1)
+        .num_threads(slots.len() + 1)
         .thread_name(|i| format!("tune-worker-{i}"))
         .build()
         .context("starting the worker pool")?;
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     pool.scope(|s| {
         s.spawn(|_| run.heartbeat_loop());
-        for _ in 0..opts.jobs.max(1) {
-            s.spawn(|_| {
-                if let Err(e) = run.worker(&evaluate) {
+        for device in &slots {
+            let (run, evaluate, errors) = (&run, &evaluate, &errors);
+            s.spawn(move |_| {
+                if let Err(e) = run.worker(device.as_deref(), evaluate) {
                     study.stop_flag().store(true, Ordering::SeqCst);
                     errors.lock().unwrap().push(e);
                 }
@@ -140,8 +150,9 @@ impl Run<'_> {
         self.opts.timeout.is_some_and(|t| self.start.elapsed() >= t)
     }
 
-    /// One worker: start trials until the budget, the timeout or a stop.
-    fn worker<F>(&self, evaluate: &F) -> anyhow::Result<()>
+    /// One worker, whose trials run on `device`: start trials until the budget, the timeout or
+    /// a stop.
+    fn worker<F>(&self, device: Option<&str>, evaluate: &F) -> anyhow::Result<()>
     where
         F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
     {
@@ -150,7 +161,7 @@ impl Run<'_> {
             if self.stopping() || self.timed_out() {
                 break Ok(());
             }
-            let trial = match self.study.ask_within(budget)? {
+            let mut trial = match self.study.ask_within(budget)? {
                 Some(t) => t,
                 None => {
                     // The budget is taken. Trials still RUNNING elsewhere either finish or go
@@ -169,6 +180,7 @@ impl Run<'_> {
                     continue;
                 }
             };
+            trial.place_on(device);
             self.run_trial(trial, evaluate)?;
         };
         self.finish_worker();
@@ -184,14 +196,7 @@ impl Run<'_> {
         let result = catch_unwind(AssertUnwindSafe(|| evaluate(&mut trial)));
         let result = match result {
             Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(anyhow::anyhow!("the objective panicked: {msg}"))
-            }
+            Err(panic) => Err(anyhow::anyhow!("the objective panicked: {}", panic_message(panic.as_ref()))),
         };
         let interrupted = match &result {
             Err(e) => e.chain().any(|c| c.is::<Interrupted>()) || self.stopping(),

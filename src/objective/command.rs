@@ -14,6 +14,7 @@
 //!
 //! The environment also carries `TUNE_CONFIG` (the config path), `TUNE_TRIAL_DIR` (the trial's
 //! log folder, for checkpoints or other files), `TUNE_TRIAL_NUMBER`, `TUNE_SEED`, `TUNE_STUDY`,
+//! `TUNE_DEVICE` (the device `parallelism.devices` placed the trial on, when it lists any)
 //! and `TUNE_PARAM_<NAME>` for every parameter of the trial (the name upper-cased with each
 //! non-alphanumeric character replaced by `_`: `opt.lr` gives `TUNE_PARAM_OPT_LR`).
 //! `PYTHONUNBUFFERED=1` is set unless `env` says otherwise, so that Python programs' reports
@@ -252,6 +253,9 @@ impl CommandObjective {
             .env("TUNE_TRIAL_NUMBER", trial.number().to_string())
             .env("TUNE_SEED", trial.seed().to_string())
             .env("TUNE_STUDY", trial.study_name());
+        if let Some(device) = trial.device() {
+            cmd.env("TUNE_DEVICE", device);
+        }
         for (name, value) in trial.frozen().external_params() {
             cmd.env(param_env_name(&name), plain(&value));
         }

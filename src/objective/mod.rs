@@ -10,6 +10,7 @@ use crate::study::Trial;
 
 pub mod command;
 pub mod functions;
+pub mod rl;
 
 /// Something a trial can evaluate from its resolved config.
 pub trait Objective: Send + Sync {
@@ -39,6 +40,8 @@ pub enum ObjectiveSpec {
     Function(functions::FunctionSpec),
     /// An external program run once per trial.
     Command(command::CommandSpec),
+    /// Train a DQN-family (or tabular) agent from a trainer config.
+    Rl(rl::RlSpec),
 }
 
 impl ObjectiveSpec {
@@ -47,6 +50,7 @@ impl ObjectiveSpec {
         match self {
             ObjectiveSpec::Function(s) => Ok(Box::new(functions::FunctionObjective::new(s)?)),
             ObjectiveSpec::Command(s) => Ok(Box::new(command::CommandObjective::new(s, ctx)?)),
+            ObjectiveSpec::Rl(s) => Ok(Box::new(rl::RlObjective::new(s, ctx)?)),
         }
     }
 }

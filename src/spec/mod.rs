@@ -120,14 +120,33 @@ pub struct Parallelism {
     /// Trials evaluated at once by one `tune run` (at least 1; `--jobs` overrides).
     pub jobs: usize,
     /// Devices trials are spread over (`cpu`, `cuda`, `cuda:0`, `mps`); empty: no placement.
+    /// A listed GPU runs `trials_per_device` trials at once; a listed `cpu` runs `jobs`.
     pub devices: Vec<String>,
-    /// Trials sharing one device at a time (at least 1).
+    /// Trials sharing one (non-CPU) device at a time (at least 1).
     pub trials_per_device: usize,
 }
 
 impl Default for Parallelism {
     fn default() -> Self {
         Parallelism { jobs: 1, devices: Vec::new(), trials_per_device: 1 }
+    }
+}
+
+impl Parallelism {
+    /// The device of each worker of a run with `jobs` CPU trials at once: with no `devices`,
+    /// `jobs` workers that leave placement to the objective's config; otherwise
+    /// `trials_per_device` workers per listed device, plus `jobs` CPU workers when `cpu` is listed.
+    pub fn slots(&self, jobs: usize) -> Vec<Option<String>> {
+        if self.devices.is_empty() {
+            return vec![None; jobs];
+        }
+        self.devices
+            .iter()
+            .flat_map(|d| {
+                let n = if d == "cpu" { jobs } else { self.trials_per_device };
+                std::iter::repeat_n(Some(d.clone()), n)
+            })
+            .collect()
     }
 }
 

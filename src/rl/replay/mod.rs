@@ -15,11 +15,14 @@
 //! previous episode, whatever padding the environment used. A slot is a sampleable transition
 //! once its n-step target is known: `n` more steps were stored or the episode ended.
 
+mod latest;
 mod prioritized;
 mod sum_tree;
 mod uniform;
 
+pub use latest::LatestReplay;
 pub use prioritized::{PrioritizedConfig, PrioritizedReplay};
+use sum_tree::prefetch;
 pub use sum_tree::{MinTree, SumTree};
 pub use uniform::UniformReplay;
 
@@ -382,6 +385,22 @@ impl ReplayStorage {
         batch.indices[row] = i;
         self.write_stack(i, row, &mut batch.obs);
         self.write_stack((i + m) % c, row, &mut batch.next_obs);
+    }
+
+    /// Starts loading what [`write_row`](Self::write_row) reads for slot `i` of a vector
+    /// observation (its step, its observation and the next one), so that the cache misses of a
+    /// batch's rows overlap. Pixel rows are kilobytes each and left to the copy itself.
+    pub fn prefetch_row(&self, i: usize) {
+        if self.kind == ObsKind::U8 {
+            return;
+        }
+        let next = (i + 1) % self.capacity;
+        prefetch(self.obs_f32.as_ptr().wrapping_add(i * self.slot_len));
+        prefetch(self.obs_f32.as_ptr().wrapping_add((next + 1) * self.slot_len - 1));
+        prefetch(self.rewards.as_ptr().wrapping_add(i));
+        prefetch(self.actions.as_ptr().wrapping_add(i));
+        prefetch(self.terminated.as_ptr().wrapping_add(i));
+        prefetch(self.truncated.as_ptr().wrapping_add(i));
     }
 
     /// Copies the observation ending at slot `i` (its `k - 1` predecessors and itself).

@@ -97,12 +97,16 @@ impl Replay for PrioritizedReplay {
             *mass = (row as f64 + rng.random::<f64>()) * segment;
         }
         self.sum.find_prefix_sums(&mut self.masses, &mut batch.indices);
+        for &i in &batch.indices {
+            self.storage.prefetch_row(i);
+        }
         let min = self.min.min();
         for row in 0..n {
             let i = batch.indices[row];
             debug_assert!(self.storage.is_valid(i));
             self.storage.write_row(i, row, batch);
-            batch.weights[row] = (self.sum.get(i) / min).powf(-beta) as f32;
+            // Single precision is all a loss weight needs, and `powf` on `f32` is much cheaper.
+            batch.weights[row] = ((self.sum.get(i) / min) as f32).powf(-beta as f32);
         }
     }
 
@@ -113,7 +117,8 @@ impl Replay for PrioritizedReplay {
             *leaf = if self.storage.is_valid(i) {
                 let p = delta.abs() as f64 + self.config.epsilon;
                 self.max_priority = self.max_priority.max(p);
-                p.powf(self.config.alpha)
+                // The TD error is single precision already; so is this power, for speed.
+                (p as f32).powf(self.config.alpha as f32) as f64
             } else {
                 // A slot overwritten since it was sampled keeps the priority it entered with.
                 self.sum.get(i)

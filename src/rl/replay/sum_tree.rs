@@ -65,10 +65,15 @@ impl Tree {
         for l in (0..last).rev() {
             // Value j of level l sums line j of level l + 1: the leaf's ancestor `last - l` up.
             let shift = 3 * (last - l) as u32;
+            // The line of level l - 1 that this pass's results feed, fetched ahead.
+            let above = if l > 0 { self.levels[l - 1].as_ptr() } else { std::ptr::null() };
             for &i in leaves {
                 let j = i >> shift;
                 let v = reduce(&self.levels[l + 1][j].0);
                 self.levels[l][j / B].0[j % B] = v;
+                if !above.is_null() {
+                    prefetch(above.wrapping_add(j >> 6));
+                }
             }
         }
     }
@@ -84,7 +89,9 @@ fn sum(line: &[f64; B]) -> f64 {
 }
 
 fn min(line: &[f64; B]) -> f64 {
-    line.iter().fold(f64::INFINITY, |a, &b| a.min(b))
+    // Pairwise, like `sum`; priorities are never NaN, so a plain comparison suffices.
+    let m = |a: f64, b: f64| if b < a { b } else { a };
+    m(m(m(line[0], line[1]), m(line[2], line[3])), m(m(line[4], line[5]), m(line[6], line[7])))
 }
 
 /// Sums of priorities over a fixed number of leaves; unused leaves hold 0.
@@ -144,28 +151,49 @@ impl SumTree {
     pub fn find_prefix_sums(&self, masses: &mut [f64], leaves: &mut [usize]) {
         assert_eq!(masses.len(), leaves.len());
         leaves.fill(0);
-        for level in &self.tree.levels {
+        let levels = &self.tree.levels;
+        for (l, level) in levels.iter().enumerate() {
+            // While the other draws descend, fetch the line this draw reads at the next level.
+            let below = levels.get(l + 1).map_or(std::ptr::null(), |b| b.as_ptr());
             for (j, mass) in leaves.iter_mut().zip(masses.iter_mut()) {
                 *j = *j * B + descend(&level[*j].0, mass);
+                if !below.is_null() {
+                    prefetch(below.wrapping_add(*j));
+                }
             }
         }
     }
 }
 
+/// Asks the CPU to start loading the cache line at `p` (a hint: no effect on results, never
+/// faults, a no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch instruction reads nothing into the program and cannot fault, whatever
+    // the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// The child of a line that holds `mass` (the first whose running sum exceeds it), and `mass`
 /// made relative to that child. Branch-free in the common case: the draws are random, so the
-/// branches of a scan would mispredict about every other level.
+/// branches of a scan would mispredict about every other level. The running sums are formed
+/// pairwise, three additions deep instead of eight, and the last one is exactly the line's
+/// [`sum`], the value its parent holds; they never decrease, so counting those `<= mass` finds
+/// the child.
 #[inline]
 fn descend(line: &[f64; B], mass: &mut f64) -> usize {
-    let (mut running, mut before, mut k) = (0.0, 0.0, 0);
-    for &v in line {
-        running += v;
-        let passed = running <= *mass;
-        k += passed as usize;
-        before = if passed { running } else { before };
-    }
+    let l = line;
+    let (s01, s23, s45, s67) = (l[0] + l[1], l[2] + l[3], l[4] + l[5], l[6] + l[7]);
+    let s03 = s01 + s23;
+    let running = [l[0], s01, s01 + l[2], s03, s03 + l[4], s03 + s45, s03 + (s45 + l[6]), s03 + (s45 + s67)];
+    let k = running.iter().map(|&r| (r <= *mass) as usize).sum::<usize>();
     if k < B && line[k] > 0.0 {
-        *mass -= before;
+        *mass -= if k == 0 { 0.0 } else { running[k - 1] };
         return k;
     }
     // Rounding put `mass` at or past the line's total: take the last non-empty child, and its

@@ -1,0 +1,247 @@
+//! The `rl` objective: train a DQN-family agent (or a tabular one) per trial.
+//!
+//! ```yaml
+//! objective:
+//!   type: rl
+//!   config: ../configs/per_cartpole.yaml   # a trainer config file, or an inline mapping
+//!   value: best                            # last | best | mean_last_k
+//!   k: 3                                   # for mean_last_k
+//!   seeds: 2                               # independent seeds per trial, trained in parallel
+//! ```
+//!
+//! The search space's dotted paths point into the trainer config (`agent.lr`,
+//! `agent.replay.alpha`). Every evaluation's mean return, averaged over the seeds, is reported as
+//! the intermediate value at its environment step, and the pruner is asked after each; the trial
+//! value reduces that averaged curve. A trial placed on a device by `parallelism.devices` trains
+//! there, whatever its config says. Each trial stores its seeds, device, wall time, environment
+//! steps, steps/s, episodes and per-seed results as user attributes.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{BuildContext, Objective};
+use crate::error::{panic_message, InputError, TrialPruned};
+use crate::rl::agent::Agent;
+use crate::rl::train::{derive, train, Control, Evaluation, Observer, TrainConfig};
+use crate::study::Trial;
+
+/// How a trial's evaluation curve becomes its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reduce {
+    /// The last evaluation (rl-baselines3-zoo's choice).
+    Last,
+    /// The best evaluation.
+    #[default]
+    Best,
+    /// The mean of the last `k` evaluations.
+    MeanLastK,
+}
+
+/// The `objective: {type: rl, ...}` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlSpec {
+    /// A trainer config file (relative to the study file) or an inline trainer config.
+    pub config: Value,
+    /// How the evaluation curve becomes the trial value.
+    #[serde(default)]
+    pub value: Reduce,
+    /// Evaluations averaged by `mean_last_k`.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Independent training runs per trial (their mean is reported).
+    #[serde(default = "default_seeds")]
+    pub seeds: usize,
+}
+
+fn default_k() -> usize {
+    3
+}
+fn default_seeds() -> usize {
+    1
+}
+
+/// Trains the config of each trial.
+pub struct RlObjective {
+    base: Value,
+    spec: RlSpec,
+    base_dir: PathBuf,
+}
+
+impl RlObjective {
+    /// Reads and checks the base config.
+    pub fn new(spec: &RlSpec, ctx: &BuildContext) -> anyhow::Result<Self> {
+        if spec.seeds == 0 {
+            return Err(InputError::new("objective.seeds must be at least 1").into());
+        }
+        if spec.k == 0 {
+            return Err(InputError::new("objective.k must be at least 1").into());
+        }
+        let (base, base_dir) = match &spec.config {
+            Value::String(file) => {
+                let path = ctx.base_dir.join(file);
+                let cfg = TrainConfig::load(&path).map_err(|e| {
+                    InputError::new(format!(
+                        "objective.config: {e}; give a trainer config file (see configs/) or a mapping"
+                    ))
+                })?;
+                (cfg.to_value(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            Value::Object(_) => {
+                let cfg = TrainConfig::from_value(&spec.config)
+                    .map_err(|e| InputError::new(format!("objective.config: {e}")))?;
+                (cfg.to_value(), ctx.base_dir.clone())
+            }
+            other => {
+                return Err(InputError::new(format!(
+                    "objective.config must be a trainer config file name or mapping, got {other}"
+                ))
+                .into())
+            }
+        };
+        Ok(RlObjective { base, spec: spec.clone(), base_dir })
+    }
+}
+
+/// Forwards one training run's evaluations to the trial's thread and waits for its verdict.
+struct SeedObserver {
+    index: usize,
+    to_trial: mpsc::Sender<(usize, Option<Evaluation>)>,
+    verdict: mpsc::Receiver<Control>,
+}
+
+impl Observer for SeedObserver {
+    fn evaluation(&mut self, eval: &Evaluation, _agent: &dyn Agent) -> anyhow::Result<Control> {
+        if self.to_trial.send((self.index, Some(eval.clone()))).is_err() {
+            return Ok(Control::Stop);
+        }
+        Ok(self.verdict.recv().unwrap_or(Control::Stop))
+    }
+}
+
+/// What one seed's run ended with.
+struct SeedRun {
+    seed: u64,
+    steps: u64,
+    episodes: u64,
+    wall_s: f64,
+    curve: Vec<f64>,
+}
+
+impl Objective for RlObjective {
+    fn base_config(&self) -> &Value {
+        &self.base
+    }
+
+    fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
+        let mut cfg = TrainConfig::from_value(config).map_err(|e| anyhow::anyhow!("invalid trial config: {e}"))?;
+        cfg.resolve_paths(&self.base_dir);
+        if let Some(device) = trial.device() {
+            cfg.device = device.to_string();
+        }
+        let seeds: Vec<u64> =
+            (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
+        trial.set_user_attr("seeds", json!(seeds))?;
+        trial.set_user_attr("device", json!(cfg.device))?;
+        let start = Instant::now();
+        let (to_trial, from_seeds) = mpsc::channel();
+        let mut verdicts = Vec::new();
+        let mut curve = Vec::new();
+        let mut pruned = false;
+        let runs: Vec<anyhow::Result<SeedRun>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for (index, &seed) in seeds.iter().enumerate() {
+                let (tx, rx) = mpsc::channel();
+                verdicts.push(tx);
+                let done = to_trial.clone();
+                let mut observer = SeedObserver { index, to_trial: to_trial.clone(), verdict: rx };
+                let mut cfg = cfg.clone();
+                cfg.seed = seed;
+                handles.push(scope.spawn(move || -> anyhow::Result<SeedRun> {
+                    let outcome = train(&cfg, &mut observer);
+                    let _ = done.send((index, None));
+                    let outcome = outcome?;
+                    Ok(SeedRun {
+                        seed,
+                        steps: outcome.steps,
+                        episodes: outcome.episodes,
+                        wall_s: outcome.wall_s,
+                        curve: outcome.evaluations.iter().map(|e| e.mean).collect(),
+                    })
+                }));
+            }
+            drop(to_trial);
+            // Each seed's evaluations arrive in order; a round takes the next one of every seed
+            // still training, reports their mean and sends every one of them the verdict.
+            let mut pending: Vec<std::collections::VecDeque<Evaluation>> = vec![Default::default(); seeds.len()];
+            let mut finished = vec![false; seeds.len()];
+            while let Ok((index, message)) = from_seeds.recv() {
+                match message {
+                    Some(eval) => pending[index].push_back(eval),
+                    None => finished[index] = true,
+                }
+                while pending.iter().any(|p| !p.is_empty())
+                    && pending.iter().zip(&finished).all(|(p, &f)| f || !p.is_empty())
+                {
+                    let round: Vec<(usize, Evaluation)> =
+                        pending.iter_mut().enumerate().filter_map(|(i, p)| p.pop_front().map(|e| (i, e))).collect();
+                    let mean = round.iter().map(|(_, e)| e.mean).sum::<f64>() / round.len() as f64;
+                    let step = round.iter().map(|(_, e)| e.step).max().unwrap_or(0);
+                    curve.push(mean);
+                    let verdict = match trial.report(step as i64, mean).and_then(|_| trial.should_prune()) {
+                        Ok(false) if !pruned => Control::Continue,
+                        Ok(_) => {
+                            pruned = true;
+                            Control::Stop
+                        }
+                        Err(_) => Control::Stop,
+                    };
+                    for (i, _) in &round {
+                        let _ = verdicts[*i].send(verdict);
+                    }
+                }
+            }
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))))
+                })
+                .collect()
+        });
+        let runs: Vec<SeedRun> = runs.into_iter().collect::<anyhow::Result<_>>()?;
+        let wall_s = start.elapsed().as_secs_f64();
+        let steps: u64 = runs.iter().map(|r| r.steps).sum();
+        trial.set_user_attr("wall_s", json!(wall_s))?;
+        trial.set_user_attr("env_steps", json!(steps))?;
+        trial.set_user_attr("steps_per_s", json!(steps as f64 / wall_s.max(1e-9)))?;
+        trial.set_user_attr("episodes", json!(runs.iter().map(|r| r.episodes).sum::<u64>()))?;
+        let per_seed: Vec<Value> = runs
+            .iter()
+            .map(|r| {
+                json!({"seed": r.seed, "steps": r.steps, "episodes": r.episodes, "wall_s": r.wall_s,
+                       "last": r.curve.last(), "best": r.curve.iter().copied().fold(f64::NEG_INFINITY, f64::max)})
+            })
+            .collect();
+        trial.set_user_attr("per_seed", json!(per_seed))?;
+        if pruned {
+            return Err(TrialPruned.into());
+        }
+        if curve.is_empty() {
+            anyhow::bail!("training ended without an evaluation");
+        }
+        Ok(match self.spec.value {
+            Reduce::Last => *curve.last().unwrap(),
+            Reduce::Best => curve.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Reduce::MeanLastK => {
+                let k = self.spec.k.min(curve.len());
+                curve[curve.len() - k..].iter().sum::<f64>() / k as f64
+            }
+        })
+    }
+}

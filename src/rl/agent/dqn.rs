@@ -1,0 +1,1199 @@
+//! Deep Q-learning with every variant of the labs as an option of one agent:
+//!
+//! | variant | config |
+//! |---|---|
+//! | naive online Q-learning (lab 000, ex. 2) | `replay: {type: none}, target: {type: none}, batch_size: 1` |
+//! | DQN 2013 (Mnih et al. 2013) | `replay: {type: uniform}, target: {type: none}` |
+//! | DQN 2015 (Mnih et al. 2015) | `target: {type: hard, every: N}` (or `{type: soft, tau}`, lab 003) |
+//! | Double DQN (van Hasselt et al. 2016) | `double: true` |
+//! | prioritized replay (Schaul et al. 2016) | `replay: {type: prioritized, alpha, beta}` |
+//! | dueling (Wang et al. 2016) | `net: {type: mlp, dueling: true}` |
+//! | n-step returns (Sutton 1988; Hessel et al. 2018) | `n_step: 3` |
+//!
+//! The target of row `j` is `y_j = G_j + gamma^m (1 - terminated_j) Q'(s'_j, a*_j)` with
+//! `a* = argmax_a Q'(s', a)` (vanilla) or `argmax_a Q(s', a)` (double), where `Q'` is the target
+//! network (the online one when there is none), and the loss is
+//! `mean_j w_j L(Q(s_j, a_j) - y_j)`, `w` the importance weights of prioritized replay (1
+//! otherwise) and `L` the Huber or squared error.
+//!
+//! Speed (FACTS.md §6: libtorch's per-operation overhead dominates at these sizes): trainable
+//! parameters are views into one flat tensor ([`FlatOptimizer`]), so target syncs, gradient
+//! clipping and the optimizer step cost a few operations each; batches are sampled into buffers
+//! allocated once, which CPU tensors alias without copying; acting copies `|A|` Q-values to the
+//! host and takes the argmax there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
+use super::{argmax, Agent, Exploration, Progress, Transition};
+use crate::rl::env::{ActionSpace, Obs, ObsSpace};
+use crate::rl::net::{NetSpec, QNetwork};
+use crate::rl::replay::{Batch, LatestReplay, ObsBatch, PrioritizedConfig, PrioritizedReplay, Replay, UniformReplay};
+use crate::rl::schedule::linear_schedule;
+
+/// The `agent: {type: dqn, ...}` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DqnConfig {
+    /// The Q-network (default: a 64-64 MLP for vectors, the Nature CNN for pixels).
+    pub net: Option<NetSpec>,
+    /// Discount factor.
+    pub gamma: f64,
+    /// Steps per return (1 is the classic one-step target).
+    pub n_step: usize,
+    /// Double DQN: the online network picks the next action, the target network values it.
+    pub double: bool,
+    /// The target network.
+    pub target: TargetSpec,
+    /// The replay buffer.
+    pub replay: ReplaySpec,
+    /// Transitions per gradient step.
+    pub batch_size: usize,
+    /// Environment steps before the first gradient step.
+    pub learning_starts: u64,
+    /// Environment steps between gradient phases.
+    pub train_freq: u64,
+    /// Gradient steps per phase.
+    pub gradient_steps: u32,
+    /// The per-transition loss.
+    pub loss: LossKind,
+    /// The optimizer.
+    pub optimizer: OptimizerSpec,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// How the learning rate changes.
+    pub lr_schedule: LrSchedule,
+    /// Gradients are rescaled so that their global L2 norm is at most this (no clipping if unset).
+    pub max_grad_norm: Option<f64>,
+    /// Rewards are multiplied by this before learning (lab 002: 0.01); returns are reported unscaled.
+    pub reward_scale: f64,
+    /// Epsilon while training.
+    pub exploration: Exploration,
+    /// Start from saved weights, optionally freezing some layers.
+    pub pretrained: Option<Pretrained>,
+}
+
+impl Default for DqnConfig {
+    fn default() -> Self {
+        DqnConfig {
+            net: None,
+            gamma: 0.99,
+            n_step: 1,
+            double: false,
+            target: TargetSpec::Hard { every: 500 },
+            replay: ReplaySpec::Uniform { size: 100_000 },
+            batch_size: 64,
+            learning_starts: 1000,
+            train_freq: 1,
+            gradient_steps: 1,
+            loss: LossKind::Huber,
+            optimizer: OptimizerSpec::default(),
+            lr: 1e-3,
+            lr_schedule: LrSchedule::Constant,
+            max_grad_norm: Some(10.0),
+            reward_scale: 1.0,
+            exploration: Exploration::Linear { start: 1.0, end: 0.05, fraction: 0.1 },
+            pretrained: None,
+        }
+    }
+}
+
+/// The target network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TargetSpec {
+    /// Bootstrap from the online network itself (naive Q-learning, DQN 2013).
+    None,
+    /// Copy the online weights every `every` environment steps (DQN 2015).
+    Hard {
+        /// Environment steps between copies.
+        every: u64,
+    },
+    /// `target <- tau online + (1 - tau) target` after every gradient step (Polyak; lab 003).
+    Soft {
+        /// Interpolation weight in `(0, 1]`.
+        tau: f64,
+    },
+}
+
+/// The replay buffer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReplaySpec {
+    /// Learn from the newest `batch_size` transitions (naive online Q-learning).
+    None,
+    /// Uniform sampling (DQN 2013/2015).
+    Uniform {
+        /// Capacity in transitions.
+        #[serde(default = "default_buffer")]
+        size: usize,
+    },
+    /// Proportional prioritized replay.
+    Prioritized {
+        /// Capacity in transitions.
+        #[serde(default = "default_buffer")]
+        size: usize,
+        /// Prioritization exponent (0 is uniform).
+        #[serde(default = "default_alpha")]
+        alpha: f64,
+        /// Initial importance-sampling exponent, annealed linearly to 1.
+        #[serde(default = "default_beta")]
+        beta: f64,
+        /// Fraction of the budget over which `beta` reaches 1.
+        #[serde(default = "default_one")]
+        beta_fraction: f64,
+        /// Added to `|TD error|` (lab 000 uses 0.1).
+        #[serde(default = "default_priority_eps")]
+        epsilon: f64,
+    },
+}
+
+fn default_buffer() -> usize {
+    100_000
+}
+fn default_alpha() -> f64 {
+    0.6
+}
+fn default_beta() -> f64 {
+    0.4
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_priority_eps() -> f64 {
+    1e-6
+}
+
+/// The per-transition loss of the TD error `delta`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Huber with threshold 1 (`smooth_l1_loss`, Mnih et al. 2015's error clipping).
+    #[default]
+    Huber,
+    /// `delta^2` (mean squared error).
+    Mse,
+}
+
+/// `pretrained: {path: cnn.safetensors, freeze: [trunk]}`: weights to start from (every variable
+/// of the network found in the file is loaded) and name prefixes of variables left untrained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pretrained {
+    /// A safetensors file written by `tune train` (or any file with the same variable names).
+    pub path: PathBuf,
+    /// Variable-name prefixes to freeze, e.g. `trunk` (all convolutions of a dueling CNN) or
+    /// `trunk.conv1`.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+}
+
+impl DqnConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self, space: &ObsSpace) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.gamma) {
+            return Err(format!("gamma must be in [0, 1], got {}", self.gamma));
+        }
+        let positive = |name: &str, v: u64| if v == 0 { Err(format!("{name} must be at least 1")) } else { Ok(()) };
+        positive("n_step", self.n_step as u64)?;
+        positive("batch_size", self.batch_size as u64)?;
+        positive("train_freq", self.train_freq)?;
+        positive("gradient_steps", self.gradient_steps as u64)?;
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("lr must be a positive number, got {}", self.lr));
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n > 0.0) {
+                return Err(format!("max_grad_norm must be positive (or absent for no clipping), got {n}"));
+            }
+        }
+        if !self.reward_scale.is_finite() || self.reward_scale == 0.0 {
+            return Err(format!("reward_scale must be a non-zero number, got {}", self.reward_scale));
+        }
+        match self.target {
+            TargetSpec::Hard { every: 0 } => return Err("target.every must be at least 1".into()),
+            TargetSpec::Soft { tau } if !(tau > 0.0 && tau <= 1.0) => {
+                return Err(format!("target.tau must be in (0, 1], got {tau}"))
+            }
+            _ => {}
+        }
+        match self.replay {
+            ReplaySpec::Uniform { size } | ReplaySpec::Prioritized { size, .. } => {
+                let min = 2 * (self.n_step + 4) + 1;
+                if size < min.max(self.batch_size) {
+                    return Err(format!(
+                        "replay.size {size} is too small: it must hold at least batch_size ({}) and {min} transitions",
+                        self.batch_size
+                    ));
+                }
+            }
+            ReplaySpec::None => {}
+        }
+        if let ReplaySpec::Prioritized { alpha, beta, beta_fraction, epsilon, .. } = self.replay {
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(format!("replay.alpha must be in [0, 1], got {alpha}"));
+            }
+            if !(0.0..=1.0).contains(&beta) {
+                return Err(format!("replay.beta must be in [0, 1], got {beta}"));
+            }
+            if !(0.0..=1.0).contains(&beta_fraction) {
+                return Err(format!("replay.beta_fraction must be in [0, 1], got {beta_fraction}"));
+            }
+            if !(epsilon > 0.0) {
+                return Err(format!("replay.epsilon must be positive, got {epsilon}"));
+            }
+        }
+        if matches!(self.exploration, Exploration::Ucb { .. }) {
+            return Err("exploration type `ucb` is for tabular agents; use linear, exponential or constant".into());
+        }
+        self.optimizer.validate()?;
+        if let ObsSpace::Pixels { .. } = space {
+            if matches!(self.net, Some(NetSpec::Mlp { .. })) {
+                return Err("net.type mlp needs vector observations; use net.type nature_cnn for pixels".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn net_spec(&self, space: &ObsSpace) -> NetSpec {
+        self.net.clone().unwrap_or_else(|| NetSpec::default_for(space))
+    }
+}
+
+/// Host buffers and the tensors that read them.
+struct BatchTensors {
+    /// `[B, obs...]` on the device.
+    obs: Tensor,
+    next_obs: Tensor,
+    /// `[B, 1]` int64.
+    actions: Tensor,
+    /// `[B, 1]` each.
+    returns: Tensor,
+    bootstrap: Tensor,
+    weights: Tensor,
+    /// Host tensors aliasing the batch's buffers, copied to the device ones when those differ.
+    host: Option<[Tensor; 6]>,
+}
+
+/// A Q-network with the flat-parameter layout.
+struct Network {
+    vs: nn::VarStore,
+    net: QNetwork,
+    /// Trainable variables, views into `flat`, in name order.
+    vars: Vec<Tensor>,
+    flat: Tensor,
+    /// The gradient of `flat`, same layout.
+    grad: Tensor,
+    /// The hand-differentiated path for plain MLPs, when it applies.
+    fused: Option<FusedMlp>,
+}
+
+impl Network {
+    fn build(spec: &NetSpec, space: &ObsSpace, actions: ActionSpace, device: Device) -> anyhow::Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let net = spec.build(&vs.root(), space, actions)?;
+        let empty = || Tensor::zeros([0], (Kind::Float, device));
+        Ok(Network { vs, net, vars: Vec::new(), flat: empty(), grad: empty(), fused: None })
+    }
+
+    /// Variables sorted by name.
+    fn named(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// PyTorch's default initialisation of `nn.Linear` and `nn.Conv2d` (weights and biases
+    /// uniform in `±1/sqrt(fan_in)`), drawn from `rng` so that a seed fixes it whatever the thread.
+    fn init(&mut self, rng: &mut StdRng) {
+        let named = self.named();
+        let fan_in = |name: &str| -> i64 {
+            let weight = name.strip_suffix("bias").map(|p| format!("{p}weight")).unwrap_or_else(|| name.to_string());
+            let size = named.iter().find(|(n, _)| *n == weight).map(|(_, t)| t.size()).unwrap_or_default();
+            size.iter().skip(1).product::<i64>().max(1)
+        };
+        let _guard = tch::no_grad_guard();
+        for (name, var) in &named {
+            let bound = 1.0 / (fan_in(name) as f64).sqrt();
+            let values: Vec<f32> = (0..var.numel()).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            let mut var = var.shallow_clone();
+            var.copy_(&Tensor::from_slice(&values).view(var.size().as_slice()).to_device(var.device()));
+        }
+    }
+
+    /// Makes every variable not matching `frozen` a view into one flat tensor (and its gradient
+    /// a view into another), and sets up the fused path for a plain MLP with nothing frozen.
+    fn flatten(&mut self, frozen: &[String], spec: &NetSpec, batch_size: usize) {
+        let device = self.vs.device();
+        let mut trainable = Vec::new();
+        for (name, var) in self.named() {
+            if frozen.iter().any(|p| name == *p || name.starts_with(&format!("{p}."))) {
+                let _ = var.set_requires_grad(false);
+            } else {
+                trainable.push((name, var));
+            }
+        }
+        let total: i64 = trainable.iter().map(|(_, v)| v.numel() as i64).sum();
+        let flat = Tensor::zeros([total], (Kind::Float, device));
+        let grad = Tensor::zeros([total], (Kind::Float, device));
+        let _guard = tch::no_grad_guard();
+        let mut offset = 0;
+        let mut grads = std::collections::HashMap::new();
+        for (name, var) in &mut trainable {
+            let n = var.numel() as i64;
+            let size = var.size();
+            let mut view = flat.narrow(0, offset, n).view(size.as_slice());
+            view.copy_(var);
+            var.set_data(&view);
+            grads.insert(name.clone(), (var.shallow_clone(), grad.narrow(0, offset, n).view(size.as_slice())));
+            offset += n;
+        }
+        self.fused = match spec {
+            NetSpec::Mlp { hidden, dueling: false } if frozen.is_empty() => {
+                FusedMlp::new(&mut grads, hidden.len() + 1, batch_size, device)
+            }
+            _ => None,
+        };
+        self.vars = trainable.into_iter().map(|(_, v)| v).collect();
+        self.flat = flat;
+        self.grad = grad;
+    }
+
+    /// Q-values without gradient tracking.
+    fn q(&self, x: &Tensor) -> Tensor {
+        match &self.fused {
+            Some(f) => f.forward(x),
+            None => self.net.forward(x),
+        }
+    }
+}
+
+/// One layer of a [`FusedMlp`]: views into the flat parameters and gradient.
+struct FusedLayer {
+    /// `W`, `[out, in]`.
+    weight: Tensor,
+    /// `W^T`, `[in, out]`.
+    weight_t: Tensor,
+    /// `b`, `[out]`.
+    bias: Tensor,
+    /// `dL/dW`, `[out, in]`.
+    grad_weight: Tensor,
+    /// `dL/db` as a row, `[1, out]`.
+    grad_bias: Tensor,
+}
+
+/// A plain MLP (`Linear -> ReLU -> ... -> Linear`) run and differentiated by hand: each layer is
+/// one `addmm` (+ an in-place ReLU) forward and a transpose, two matrix products and a ReLU mask
+/// backward, written straight into the flat gradient. Compared with autograd this drops the
+/// graph bookkeeping and the gradient gathering, which dominate at DQN sizes (FACTS.md §6);
+/// `fused_mlp_gradients_match_autograd` checks it against autograd.
+struct FusedMlp {
+    layers: Vec<FusedLayer>,
+    /// The input of each layer in the last [`FusedMlp::forward_saving`].
+    inputs: Vec<Tensor>,
+    /// `[1, batch]` ones: `ones @ dZ` sums the rows of `dZ` (the bias gradient).
+    ones: Tensor,
+}
+
+impl FusedMlp {
+    /// Takes the `i.weight`/`i.bias` variables and gradient views of an MLP with `n_layers` layers.
+    fn new(
+        grads: &mut std::collections::HashMap<String, (Tensor, Tensor)>,
+        n_layers: usize,
+        batch_size: usize,
+        device: Device,
+    ) -> Option<Self> {
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let (weight, grad_weight) = grads.remove(&format!("{i}.weight"))?;
+            let (bias, grad_bias) = grads.remove(&format!("{i}.bias"))?;
+            layers.push(FusedLayer {
+                weight_t: weight.tr(),
+                weight,
+                grad_bias: grad_bias.unsqueeze(0),
+                bias,
+                grad_weight,
+            });
+        }
+        grads.is_empty().then(|| FusedMlp {
+            layers,
+            inputs: Vec::with_capacity(n_layers),
+            ones: Tensor::ones([1, batch_size as i64], (Kind::Float, device)),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let last = self.layers.len() - 1;
+        let mut h = x.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut z = layer.bias.addmm(&h, &layer.weight_t);
+            h = if l < last { z.relu_() } else { z };
+        }
+        h
+    }
+
+    /// [`FusedMlp::forward`], keeping each layer's input for [`FusedMlp::backward`].
+    fn forward_saving(&mut self, x: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.inputs.clear();
+        let last = self.layers.len() - 1;
+        let mut h = x.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut z = layer.bias.addmm(&h, &layer.weight_t);
+            self.inputs.push(h);
+            h = if l < last { z.relu_() } else { z };
+        }
+        h
+    }
+
+    /// Writes `dL/dtheta` into the gradient views, given `dL/dQ` for the last saved forward pass.
+    fn backward(&self, grad_q: &Tensor) {
+        let _guard = tch::no_grad_guard();
+        let mut dz = grad_q.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let input = &self.inputs[l];
+            let _ = dz.tr().mm_out(&layer.grad_weight, input);
+            let _ = self.ones.mm_out(&layer.grad_bias, &dz);
+            if l > 0 {
+                // dL/dh = dZ W, through the ReLU that produced the input (h > 0 where z > 0).
+                let dh = dz.mm(&layer.weight);
+                dz = input.threshold_backward(&dh, 0.0);
+            }
+        }
+    }
+}
+
+/// The DQN agent.
+pub struct DqnAgent {
+    cfg: DqnConfig,
+    device: Device,
+    n_actions: usize,
+    online: Network,
+    /// `None` when the config has no target network.
+    target: Option<Network>,
+    optimizer: FlatOptimizer,
+    replay: Box<dyn Replay>,
+    batch: Batch,
+    /// `discounts * (1 - terminated)` per row.
+    bootstrap: Vec<f32>,
+    tensors: BatchTensors,
+    /// The observation to act on, and a host tensor aliasing it.
+    act_f32: Vec<f32>,
+    act_u8: Vec<u8>,
+    act_host: Tensor,
+    act_device: Option<Tensor>,
+    q_host: Vec<f32>,
+    td_host: Vec<f32>,
+    grad_parts: Vec<Tensor>,
+    /// `dL/dQ`, `[B, |A|]`, zero but for the actions taken.
+    grad_q: Tensor,
+    lr: f64,
+    loss_sum: f64,
+    loss_count: u64,
+    updates: u64,
+}
+
+impl std::fmt::Debug for DqnAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DqnAgent").field("cfg", &self.cfg).field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+/// Shape of a batch of `rows` observations of `space` as the network sees it.
+fn batch_shape(space: &ObsSpace, rows: usize) -> Vec<i64> {
+    std::iter::once(rows as i64).chain(space.shape().iter().map(|&d| d as i64)).collect()
+}
+
+/// A CPU tensor reading `data` in place.
+///
+/// # Safety
+/// `data` must outlive the tensor and never be reallocated.
+unsafe fn alias<T: tch::kind::Element>(data: &[T], shape: &[i64]) -> Tensor {
+    debug_assert_eq!(data.len() as i64, shape.iter().product::<i64>());
+    Tensor::from_blob(data.as_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
+}
+
+impl DqnAgent {
+    /// Builds the networks, replay and optimizer; `seed` fixes the initial weights.
+    pub fn new(
+        cfg: &DqnConfig,
+        space: &ObsSpace,
+        actions: ActionSpace,
+        device: Device,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        cfg.validate(space).map_err(crate::error::InputError::new)?;
+        let spec = cfg.net_spec(space);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1e7_0f_d9a);
+        let mut online = Network::build(&spec, space, actions, device)?;
+        online.init(&mut rng);
+        let frozen = match &cfg.pretrained {
+            Some(p) => {
+                load_pretrained(&mut online.vs, &p.path)?;
+                let names: Vec<String> = online.named().into_iter().map(|(n, _)| n).collect();
+                for prefix in &p.freeze {
+                    if !names.iter().any(|n| n == prefix || n.starts_with(&format!("{prefix}."))) {
+                        return Err(crate::error::InputError::new(format!(
+                            "pretrained.freeze: no variable is named `{prefix}` or starts with `{prefix}.`; the network's variables are: {}",
+                            names.join(", ")
+                        ))
+                        .into());
+                    }
+                }
+                p.freeze.clone()
+            }
+            None => Vec::new(),
+        };
+        online.flatten(&frozen, &spec, cfg.batch_size);
+        let target = match cfg.target {
+            TargetSpec::None => None,
+            _ => {
+                let mut target = Network::build(&spec, space, actions, device)?;
+                target.vs.copy(&online.vs)?;
+                target.flatten(&frozen, &spec, cfg.batch_size);
+                target.vs.freeze();
+                Some(target)
+            }
+        };
+        let gamma = cfg.gamma as f32;
+        let replay: Box<dyn Replay> = match cfg.replay {
+            ReplaySpec::None => Box::new(LatestReplay::new(space, cfg.batch_size, cfg.n_step, gamma)),
+            ReplaySpec::Uniform { size } => Box::new(UniformReplay::new(space, size, cfg.n_step, gamma)),
+            ReplaySpec::Prioritized { size, alpha, epsilon, .. } => {
+                Box::new(PrioritizedReplay::new(space, size, cfg.n_step, gamma, PrioritizedConfig { alpha, epsilon }))
+            }
+        };
+        // Any storage sizes batches the same way; a small one suffices to allocate it.
+        let batch = crate::rl::replay::ReplayStorage::new(space, 2 * (cfg.n_step + 8) + 2, cfg.n_step, gamma)
+            .new_batch(cfg.batch_size);
+        let b = cfg.batch_size;
+        let bootstrap = vec![0f32; b];
+        let obs_shape = batch_shape(space, b);
+        let col = [b as i64, 1];
+        // SAFETY: the aliased buffers live in `self` (their heap storage never moves: they are
+        // refilled in place and never resized) and the tensors are dropped with it.
+        let host = unsafe {
+            let obs = |o: &ObsBatch| match o {
+                ObsBatch::F32(v) => alias(v, &obs_shape),
+                ObsBatch::U8(v) => alias(v, &obs_shape),
+            };
+            [
+                obs(&batch.obs),
+                obs(&batch.next_obs),
+                alias(&batch.actions, &col),
+                alias(&batch.returns, &col),
+                alias(&bootstrap, &col),
+                alias(&batch.weights, &col),
+            ]
+        };
+        let tensors = if device == Device::Cpu {
+            let [obs, next_obs, actions, returns, bootstrap, weights] = host.each_ref().map(|t| t.shallow_clone());
+            BatchTensors { obs, next_obs, actions, returns, bootstrap, weights, host: None }
+        } else {
+            let [obs, next_obs, actions, returns, bootstrap, weights] = host.each_ref().map(|t| t.to_device(device));
+            BatchTensors { obs, next_obs, actions, returns, bootstrap, weights, host: Some(host) }
+        };
+        let (act_f32, act_u8) = match space {
+            ObsSpace::Pixels { .. } => (Vec::new(), vec![0u8; space.flat_dim()]),
+            _ => (vec![0f32; space.flat_dim()], Vec::new()),
+        };
+        let act_shape = batch_shape(space, 1);
+        // SAFETY: as above, the buffers live as long as the agent and are never resized.
+        let act_host = unsafe {
+            if act_u8.is_empty() {
+                alias(&act_f32, &act_shape)
+            } else {
+                alias(&act_u8, &act_shape)
+            }
+        };
+        let act_device = (device != Device::Cpu).then(|| act_host.to_device(device));
+        let optimizer = FlatOptimizer::new(&cfg.optimizer, &online.flat);
+        Ok(DqnAgent {
+            cfg: cfg.clone(),
+            device,
+            n_actions: actions.n,
+            online,
+            target,
+            optimizer,
+            replay,
+            batch,
+            bootstrap,
+            tensors,
+            act_f32,
+            act_u8,
+            act_host,
+            act_device,
+            q_host: vec![0.0; actions.n],
+            td_host: vec![0.0; b],
+            grad_parts: Vec::new(),
+            grad_q: Tensor::zeros([b as i64, actions.n as i64], (Kind::Float, device)),
+            lr: cfg.lr,
+            loss_sum: 0.0,
+            loss_count: 0,
+            updates: 0,
+        })
+    }
+
+    /// One gradient step on a batch sampled from the replay buffer (what `observe` runs every
+    /// `train_freq` steps; public for benchmarks).
+    pub fn gradient_step(&mut self, rng: &mut StdRng) -> anyhow::Result<()> {
+        self.update(1.0, rng)
+    }
+
+    /// Gradient steps taken so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// The flat trainable parameters of the online network (for tests and benches).
+    pub fn parameters(&self) -> &Tensor {
+        &self.online.flat
+    }
+
+    /// The flat parameters of the target network, if there is one.
+    pub fn target_parameters(&self) -> Option<&Tensor> {
+        self.target.as_ref().map(|t| &t.flat)
+    }
+
+    /// Q-values of one observation, on the host.
+    pub fn q_values(&mut self, obs: Obs<'_>) -> &[f32] {
+        match obs {
+            Obs::Index(i) => {
+                self.act_f32.fill(0.0);
+                self.act_f32[i] = 1.0;
+            }
+            Obs::F32(x) => self.act_f32.copy_from_slice(x),
+            Obs::U8(x) => self.act_u8.copy_from_slice(x),
+        }
+        let _guard = tch::no_grad_guard();
+        let input = match &mut self.act_device {
+            Some(d) => {
+                d.copy_(&self.act_host);
+                &*d
+            }
+            None => &self.act_host,
+        };
+        let q = self.online.q(input);
+        q.copy_data(&mut self.q_host, self.n_actions);
+        &self.q_host
+    }
+
+    fn greedy(&mut self, obs: Obs<'_>) -> usize {
+        argmax(self.q_values(obs))
+    }
+
+    /// The TD targets `y` of the batch in `self.batch` as a `[B, 1]` tensor (no gradient).
+    fn targets(&mut self) -> Tensor {
+        for ((b, &d), &t) in self.bootstrap.iter_mut().zip(&self.batch.discounts).zip(&self.batch.terminated) {
+            *b = d * (1.0 - t);
+        }
+        let t = &mut self.tensors;
+        if let Some(host) = &t.host {
+            for (dst, src) in
+                [&mut t.obs, &mut t.next_obs, &mut t.actions, &mut t.returns, &mut t.bootstrap, &mut t.weights]
+                    .into_iter()
+                    .zip(host)
+            {
+                dst.copy_(src);
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
+        let next_q = bootstrap_net.q(&t.next_obs);
+        let next_v = if self.cfg.double {
+            let best = self.online.q(&t.next_obs).argmax(1, true);
+            next_q.gather(1, &best, false)
+        } else {
+            next_q.amax(1, true)
+        };
+        t.returns.addcmul(&t.bootstrap, &next_v)
+    }
+
+    /// One gradient step on a sampled batch.
+    ///
+    /// `dL/dQ(s_j, a_j) = w_j l'(delta_j) / B` is formed directly (`l'` the clipped TD error for
+    /// Huber, `2 delta` for MSE) and back-propagated by the fused MLP, or by autograd through
+    /// the surrogate `sum_j Q(s_j, a_j) dL/dQ_j` for other networks. The loss itself, its
+    /// finiteness and the new priorities come from one host copy of the TD errors.
+    fn update(&mut self, beta: f64, rng: &mut StdRng) -> anyhow::Result<()> {
+        self.replay.sample(rng, beta, &mut self.batch);
+        let target = self.targets();
+        let b = self.cfg.batch_size;
+        let t = &self.tensors;
+        let q_all = match &mut self.online.fused {
+            Some(fused) => fused.forward_saving(&t.obs),
+            None => self.online.net.forward(&t.obs),
+        };
+        let q = q_all.gather(1, &t.actions, false);
+        let delta = {
+            let _guard = tch::no_grad_guard();
+            &q - &target
+        };
+        delta.copy_data(&mut self.td_host, b);
+        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
+        let loss = host_loss(self.cfg.loss, &self.td_host, prioritized.then_some(&self.batch.weights[..]));
+        if !loss.is_finite() {
+            anyhow::bail!(
+                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                self.updates + 1
+            );
+        }
+        self.loss_sum += loss;
+        self.loss_count += 1;
+        {
+            let _guard = tch::no_grad_guard();
+            let mut grad_q = match self.cfg.loss {
+                LossKind::Huber => delta.clamp(-1.0, 1.0),
+                LossKind::Mse => delta * 2.0,
+            };
+            if prioritized {
+                let _ = grad_q.g_mul_(&t.weights);
+            }
+            let _ = grad_q.g_mul_scalar_(1.0 / b as f64);
+            match &self.online.fused {
+                Some(fused) => {
+                    let _ = self.grad_q.zero_();
+                    let _ = self.grad_q.scatter_(1, &t.actions, &grad_q);
+                    fused.backward(&self.grad_q);
+                }
+                None => {
+                    drop(_guard);
+                    let surrogate = (&q * &grad_q).sum(Kind::Float);
+                    let grads = Tensor::run_backward(&[&surrogate], &self.online.vars, false, false);
+                    self.grad_parts.clear();
+                    self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
+                    let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
+                }
+            }
+        }
+        if let Some(max_norm) = self.cfg.max_grad_norm {
+            let norm = self.online.grad.norm().double_value(&[]);
+            if !norm.is_finite() {
+                anyhow::bail!(
+                    "training diverged: the gradient norm became {norm} at gradient step {}; lower lr or set reward_scale",
+                    self.updates + 1
+                );
+            }
+            if norm > max_norm {
+                let _ = self.online.grad.g_mul_scalar_(max_norm / (norm + 1e-6));
+            }
+        }
+        self.optimizer.step(&mut self.online.flat, &mut self.online.grad, self.lr);
+        if prioritized {
+            self.replay.update_priorities(&self.batch.indices, &self.td_host);
+        }
+        if let (TargetSpec::Soft { tau }, Some(target)) = (&self.cfg.target, &mut self.target) {
+            let _guard = tch::no_grad_guard();
+            let _ = target.flat.lerp_(&self.online.flat, *tau);
+        }
+        self.updates += 1;
+        Ok(())
+    }
+}
+
+/// The mean (importance-weighted) loss of TD errors `delta`.
+fn host_loss(kind: LossKind, delta: &[f32], weights: Option<&[f32]>) -> f64 {
+    let per_row = |d: f32| -> f64 {
+        let d = d as f64;
+        match kind {
+            LossKind::Huber if d.abs() <= 1.0 => 0.5 * d * d,
+            LossKind::Huber => d.abs() - 0.5,
+            LossKind::Mse => d * d,
+        }
+    };
+    let sum: f64 = match weights {
+        Some(w) => delta.iter().zip(w).map(|(&d, &w)| w as f64 * per_row(d)).sum(),
+        None => delta.iter().map(|&d| per_row(d)).sum(),
+    };
+    sum / delta.len() as f64
+}
+
+/// Loads every variable of `vs` found in `path` (safetensors, or libtorch's format).
+fn load_pretrained(vs: &mut nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Err(crate::error::InputError::new(format!(
+            "pretrained.path {} does not exist; point it at a weights file written by `tune train` (weights.safetensors)",
+            path.display()
+        ))
+        .into());
+    }
+    let missing = vs.load_partial(path).with_context(|| format!("cannot load weights from {}", path.display()))?;
+    if missing.len() == vs.len() {
+        return Err(crate::error::InputError::new(format!(
+            "pretrained.path {}: none of the network's variables ({}) is in the file; was it written for this net?",
+            path.display(),
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+impl Agent for DqnAgent {
+    fn act(&mut self, obs: Obs<'_>, epsilon: f64, rng: &mut StdRng) -> usize {
+        if rng.random::<f64>() < epsilon {
+            rng.random_range(0..self.n_actions)
+        } else {
+            self.greedy(obs)
+        }
+    }
+
+    fn act_eval(&mut self, obs: Obs<'_>, epsilon: f64, rng: &mut StdRng) -> usize {
+        self.act(obs, epsilon, rng)
+    }
+
+    fn observe(&mut self, t: Transition<'_>, p: Progress, rng: &mut StdRng) -> anyhow::Result<()> {
+        let reward = t.reward * self.cfg.reward_scale as f32;
+        self.replay.push(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated);
+        self.lr = self.cfg.lr_schedule.value(self.cfg.lr, p);
+        if p.step >= self.cfg.learning_starts && p.step % self.cfg.train_freq == 0 && !self.replay.is_empty() {
+            let beta = match self.cfg.replay {
+                ReplaySpec::Prioritized { beta, beta_fraction, .. } => {
+                    linear_schedule(beta, 1.0, (beta_fraction * 1e6) as u64, (p.fraction * 1e6) as u64)
+                }
+                _ => 1.0,
+            };
+            for _ in 0..self.cfg.gradient_steps {
+                self.update(beta, rng)?;
+            }
+        }
+        if let (TargetSpec::Hard { every }, Some(target)) = (&self.cfg.target, &mut self.target) {
+            if p.step % every == 0 {
+                let _guard = tch::no_grad_guard();
+                target.flat.copy_(&self.online.flat);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_mean_loss(&mut self) -> anyhow::Result<Option<f64>> {
+        let mean = (self.loss_count > 0).then(|| self.loss_sum / self.loss_count as f64);
+        self.loss_sum = 0.0;
+        self.loss_count = 0;
+        Ok(mean)
+    }
+
+    fn learning_rate(&self) -> Option<f64> {
+        Some(self.lr)
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        self.online.vs.save(path).with_context(|| format!("cannot write weights to {}", path.display()))
+    }
+
+    fn load(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.online.vs.load(path).with_context(|| format!("cannot load weights from {}", path.display()))?;
+        if let Some(target) = &mut self.target {
+            let _guard = tch::no_grad_guard();
+            target.flat.copy_(&self.online.flat);
+        }
+        Ok(())
+    }
+
+    fn weights_file(&self) -> &'static str {
+        "weights.safetensors"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> ObsSpace {
+        ObsSpace::Box { low: vec![-1.0; 2], high: vec![1.0; 2] }
+    }
+
+    /// A DQN whose network is linear, `Q(s) = W s + b`, so Q-values are set by hand.
+    fn linear(cfg: DqnConfig) -> DqnAgent {
+        let cfg = DqnConfig { net: Some(NetSpec::Mlp { hidden: vec![], dueling: false }), ..cfg };
+        DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 0).unwrap()
+    }
+
+    /// Sets `[b0, b1, w00, w01, w10, w11]` (variables in name order: `0.bias`, `0.weight`).
+    fn set(flat: &mut Tensor, values: [f32; 6]) {
+        let _guard = tch::no_grad_guard();
+        flat.copy_(&Tensor::from_slice(&values));
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        let mut v = vec![0f32; t.numel()];
+        t.copy_data(&mut v, t.numel());
+        v
+    }
+
+    /// One row: `next_obs = [1, 2]`, return 0.5, discount 0.9.
+    fn fill_row(agent: &mut DqnAgent, row: usize, terminated: bool) {
+        let ObsBatch::F32(next) = &mut agent.batch.next_obs else { unreachable!() };
+        next[2 * row..2 * row + 2].copy_from_slice(&[1.0, 2.0]);
+        agent.batch.returns[row] = 0.5;
+        agent.batch.discounts[row] = 0.9;
+        agent.batch.terminated[row] = if terminated { 1.0 } else { 0.0 };
+    }
+
+    #[test]
+    fn vanilla_and_double_targets() {
+        for double in [false, true] {
+            let cfg = DqnConfig { double, batch_size: 2, ..Default::default() };
+            let mut agent = linear(cfg);
+            // Online Q(s) = s, target Q'(s) = (s1, s0).
+            set(&mut agent.online.flat, [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+            set(&mut agent.target.as_mut().unwrap().flat, [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
+            fill_row(&mut agent, 0, false);
+            fill_row(&mut agent, 1, true);
+            let y = values(&agent.targets());
+            // Vanilla: max_a Q'([1, 2]) = 2. Double: argmax_a Q([1, 2]) = 1, Q'([1, 2])_1 = 1.
+            let expected = if double { 0.5 + 0.9 * 1.0 } else { 0.5 + 0.9 * 2.0 };
+            assert!((y[0] - expected).abs() < 1e-6, "double {double}: {y:?}");
+            assert_eq!(y[1], 0.5, "terminated rows do not bootstrap");
+        }
+        // Without a target network the online network bootstraps: max Q([1, 2]) = 2.
+        let mut agent = linear(DqnConfig { target: TargetSpec::None, batch_size: 1, ..Default::default() });
+        set(&mut agent.online.flat, [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+        fill_row(&mut agent, 0, false);
+        assert!((values(&agent.targets())[0] - 2.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn truncation_bootstraps_termination_does_not() {
+        let cfg = DqnConfig { batch_size: 1, replay: ReplaySpec::Uniform { size: 32 }, ..Default::default() };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        for (terminated, truncated, expected) in [(true, false, 1.0), (false, true, 0.0)] {
+            let mut replay = UniformReplay::new(&space(), 32, 1, 0.9);
+            replay.push(Obs::F32(&[0.0, 0.0]), 1, 1.0, Obs::F32(&[1.0, 2.0]), terminated, truncated);
+            replay.sample(&mut rng, 1.0, &mut agent.batch);
+            assert_eq!(agent.batch.terminated[0], expected);
+            assert_eq!(agent.batch.discounts[0], 0.9);
+        }
+    }
+
+    fn step(agent: &mut DqnAgent, t: u64, rng: &mut StdRng) {
+        let (x, next) = ([(t - 1) as f32 * 0.01, -0.5], [t as f32 * 0.01, -0.5]);
+        let tr = Transition {
+            obs: Obs::F32(&x),
+            action: (t % 2) as usize,
+            reward: 1.0,
+            next_obs: Obs::F32(&next),
+            terminated: false,
+            truncated: false,
+        };
+        agent.observe(tr, Progress { step: t, episode: 0, fraction: 0.0 }, rng).unwrap();
+    }
+
+    #[test]
+    fn hard_target_copies_every_n_steps() {
+        let cfg = DqnConfig { target: TargetSpec::Hard { every: 3 }, learning_starts: 1_000, ..Default::default() };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        let initial = values(&agent.online.flat);
+        assert_eq!(values(agent.target_parameters().unwrap()), initial, "target starts as a copy");
+        set(&mut agent.online.flat, [1.0; 6]);
+        for t in 1..=2 {
+            step(&mut agent, t, &mut rng);
+            assert_eq!(values(agent.target_parameters().unwrap()), initial, "step {t}");
+        }
+        step(&mut agent, 3, &mut rng);
+        assert_eq!(values(agent.target_parameters().unwrap()), vec![1.0; 6]);
+    }
+
+    #[test]
+    fn soft_target_moves_by_tau_per_gradient_step() {
+        let cfg = DqnConfig {
+            target: TargetSpec::Soft { tau: 0.25 },
+            learning_starts: 0,
+            batch_size: 2,
+            replay: ReplaySpec::Uniform { size: 32 },
+            ..Default::default()
+        };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        set(&mut agent.target.as_mut().unwrap().flat, [0.0; 6]);
+        for t in 1..=3 {
+            let before = values(agent.target_parameters().unwrap());
+            let updates = agent.updates();
+            step(&mut agent, t, &mut rng);
+            assert_eq!(agent.updates(), updates + 1);
+            let online = values(agent.parameters());
+            let after = values(agent.target_parameters().unwrap());
+            for k in 0..6 {
+                assert!((after[k] - (0.25 * online[k] + 0.75 * before[k])).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_steps_follow_learning_starts_and_train_freq() {
+        let cfg = DqnConfig {
+            learning_starts: 4,
+            train_freq: 2,
+            gradient_steps: 3,
+            batch_size: 2,
+            replay: ReplaySpec::Uniform { size: 32 },
+            ..Default::default()
+        };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut counts = Vec::new();
+        for t in 1..=8 {
+            step(&mut agent, t, &mut rng);
+            counts.push(agent.updates());
+        }
+        assert_eq!(counts, vec![0, 0, 0, 3, 3, 6, 6, 9]);
+    }
+
+    #[test]
+    fn pretrained_weights_load_and_frozen_layers_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.safetensors");
+        let net = NetSpec::Mlp { hidden: vec![8], dueling: false };
+        let cfg = DqnConfig {
+            net: Some(net.clone()),
+            learning_starts: 0,
+            batch_size: 2,
+            replay: ReplaySpec::Uniform { size: 32 },
+            ..Default::default()
+        };
+        let source = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 1).unwrap();
+        source.save(&path).unwrap();
+        let source_vars = source.online.vs.variables();
+
+        let pretrained = Pretrained { path: path.clone(), freeze: vec!["0".into()] };
+        let cfg = DqnConfig { pretrained: Some(pretrained), ..cfg };
+        let mut agent = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 2).unwrap();
+        let vars = agent.online.vs.variables();
+        for name in ["0.weight", "0.bias", "1.weight", "1.bias"] {
+            assert_eq!(values(&vars[name]), values(&source_vars[name]), "{name} loaded");
+        }
+        assert_eq!(agent.parameters().numel(), 8 * 2 + 2, "only layer 1 is trainable");
+        let mut rng = StdRng::seed_from_u64(0);
+        for t in 1..=5 {
+            step(&mut agent, t, &mut rng);
+        }
+        assert_eq!(values(&vars["0.weight"]), values(&source_vars["0.weight"]), "frozen layer unchanged");
+        assert_ne!(values(&vars["1.weight"]), values(&source_vars["1.weight"]), "trainable layer learned");
+
+        let bad = DqnConfig {
+            pretrained: Some(Pretrained { path, freeze: vec!["conv9".into()] }),
+            net: Some(net),
+            ..Default::default()
+        };
+        let err = DqnAgent::new(&bad, &space(), ActionSpace { n: 2 }, Device::Cpu, 0).unwrap_err().to_string();
+        assert!(err.contains("conv9") && err.contains("0.weight"), "{err}");
+    }
+
+    #[test]
+    fn divergence_is_an_error_not_a_panic() {
+        let cfg = DqnConfig {
+            learning_starts: 0,
+            batch_size: 2,
+            replay: ReplaySpec::Uniform { size: 32 },
+            reward_scale: 1e38,
+            ..Default::default()
+        };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        let x = [0.5f32, 0.5];
+        let mut result = Ok(());
+        for t in 1..=10 {
+            let tr = Transition {
+                obs: Obs::F32(&x),
+                action: 0,
+                reward: 1e10,
+                next_obs: Obs::F32(&x),
+                terminated: false,
+                truncated: false,
+            };
+            result = agent.observe(tr, Progress { step: t, episode: 0, fraction: 0.0 }, &mut rng);
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("diverged"), "{err}");
+    }
+
+    #[test]
+    fn fused_mlp_gradients_match_autograd() {
+        let spec = NetSpec::Mlp { hidden: vec![16, 8], dueling: false };
+        let mut net = Network::build(&spec, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        net.init(&mut StdRng::seed_from_u64(3));
+        net.flatten(&[], &spec, 5);
+        let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+        let grad_q = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        let q_autograd = net.net.forward(&x);
+        let grads = Tensor::run_backward(&[(&q_autograd * &grad_q).sum(Kind::Float)], &net.vars, false, false);
+        let expected = Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0);
+        let fused = net.fused.as_mut().expect("a plain MLP takes the fused path");
+        let q_fused = fused.forward_saving(&x);
+        fused.backward(&grad_q);
+        assert!((q_fused - q_autograd).abs().max().double_value(&[]) < 1e-6);
+        let diff = (&net.grad - &expected).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "fused gradient differs from autograd by {diff}");
+        // Dueling networks and frozen layers take the autograd path.
+        let dueling = NetSpec::Mlp { hidden: vec![8], dueling: true };
+        let mut net = Network::build(&dueling, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        net.flatten(&[], &dueling, 5);
+        assert!(net.fused.is_none());
+    }
+
+    #[test]
+    fn host_loss_matches_libtorch() {
+        let q = Tensor::from_slice(&[0.5f32, 3.0, -2.5, 0.0]);
+        let y = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.2]);
+        let delta: Vec<f32> = vec![0.5, 3.0, -2.5, -0.2];
+        let huber = q.huber_loss(&y, tch::Reduction::Mean, 1.0).double_value(&[]);
+        assert!((host_loss(LossKind::Huber, &delta, None) - huber).abs() < 1e-6);
+        let mse = q.mse_loss(&y, tch::Reduction::Mean).double_value(&[]);
+        assert!((host_loss(LossKind::Mse, &delta, None) - mse).abs() < 1e-6);
+        let w = [1.0f32, 0.5, 0.25, 1.0];
+        let weighted = (q.mse_loss(&y, tch::Reduction::None) * Tensor::from_slice(&w)).mean(Kind::Float);
+        assert!((host_loss(LossKind::Mse, &delta, Some(&w)) - weighted.double_value(&[])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn autograd_and_fused_paths_train_alike() {
+        // The same plain MLP trained through either path takes the same steps.
+        let cfg = DqnConfig {
+            net: Some(NetSpec::Mlp { hidden: vec![8], dueling: false }),
+            learning_starts: 0,
+            batch_size: 4,
+            replay: ReplaySpec::Uniform { size: 32 },
+            ..Default::default()
+        };
+        let mut fused = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap();
+        let mut autograd = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap();
+        autograd.online.fused = None;
+        autograd.target.as_mut().unwrap().fused = None;
+        let (mut r1, mut r2) = (StdRng::seed_from_u64(0), StdRng::seed_from_u64(0));
+        for t in 1..=20 {
+            step(&mut fused, t, &mut r1);
+            step(&mut autograd, t, &mut r2);
+        }
+        let diff = (fused.parameters() - autograd.parameters()).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "paths diverged by {diff}");
+        assert_ne!(
+            values(fused.parameters()),
+            values(&DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap().online.flat)
+        );
+    }
+
+    #[test]
+    fn same_seed_same_initial_weights() {
+        let cfg = DqnConfig { net: Some(NetSpec::default()), ..Default::default() };
+        let a = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 7).unwrap();
+        let b = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 7).unwrap();
+        let c = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 8).unwrap();
+        assert_eq!(values(a.parameters()), values(b.parameters()));
+        assert_ne!(values(a.parameters()), values(c.parameters()));
+        // PyTorch's default bound for the first layer: 1 / sqrt(fan_in = 2).
+        assert!(values(a.parameters()).iter().all(|v| v.abs() <= 1.0 / 2f32.sqrt()));
+    }
+}

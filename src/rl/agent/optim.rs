@@ -1,0 +1,347 @@
+//! Optimizers on one flat parameter vector.
+//!
+//! At DQN sizes (a 64-64 MLP) libtorch's per-operation overhead, not arithmetic, dominates an
+//! update (FACTS.md §6), and `torch.optim.Adam` costs about ten operations per parameter tensor.
+//! Every trainable parameter of the online network is instead a view into one contiguous tensor
+//! and the gradients are gathered into another, so each optimizer step is a handful of
+//! operations whatever the number of layers: Adam is 7 (8 with AMSGrad). The update rules are
+//! PyTorch's (`torch/optim/{adam,adamw,rmsprop,sgd}.py`, single-tensor form), so a config tuned
+//! with PyTorch keeps its meaning.
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::rl::schedule::{exponential_decay, linear_schedule, Per};
+
+use super::Progress;
+
+/// The `optimizer:` section of a DQN config (the learning rate is `lr`, beside it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// Adam (Kingma & Ba 2015) with L2 `weight_decay` added to the gradient.
+    Adam {
+        /// `(beta1, beta2)`.
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Added to the denominator.
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+        /// L2 penalty.
+        #[serde(default)]
+        weight_decay: f64,
+        /// Keep the running maximum of the second moment (Reddi et al. 2018).
+        #[serde(default)]
+        amsgrad: bool,
+    },
+    /// AdamW (Loshchilov & Hutter 2019): decoupled weight decay; lab 000 uses it with AMSGrad.
+    Adamw {
+        /// `(beta1, beta2)`.
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Added to the denominator.
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+        /// Decoupled decay (PyTorch's default 0.01).
+        #[serde(default = "default_adamw_decay")]
+        weight_decay: f64,
+        /// Keep the running maximum of the second moment.
+        #[serde(default)]
+        amsgrad: bool,
+    },
+    /// RMSprop as PyTorch (`alpha` 0.99, `eps` 1e-8), optionally with momentum.
+    Rmsprop {
+        /// Smoothing constant of the squared-gradient average.
+        #[serde(default = "default_rms_alpha")]
+        alpha: f64,
+        /// Added to the denominator.
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+        /// Momentum factor.
+        #[serde(default)]
+        momentum: f64,
+    },
+    /// Stochastic gradient descent, optionally with momentum.
+    Sgd {
+        /// Momentum factor.
+        #[serde(default)]
+        momentum: f64,
+        /// L2 penalty.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_decay() -> f64 {
+    0.01
+}
+fn default_rms_alpha() -> f64 {
+    0.99
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        OptimizerSpec::Adam { betas: default_betas(), eps: default_adam_eps(), weight_decay: 0.0, amsgrad: false }
+    }
+}
+
+impl OptimizerSpec {
+    /// Checks the ranges PyTorch checks.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("optimizer.{name} must be in [0, 1), got {v}"))
+            }
+        };
+        let non_negative = |name: &str, v: f64| {
+            if v >= 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("optimizer.{name} must be a finite number >= 0, got {v}"))
+            }
+        };
+        match *self {
+            OptimizerSpec::Adam { betas, eps, weight_decay, .. }
+            | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
+                unit("betas[0]", betas.0)?;
+                unit("betas[1]", betas.1)?;
+                non_negative("eps", eps)?;
+                non_negative("weight_decay", weight_decay)
+            }
+            OptimizerSpec::Rmsprop { alpha, eps, momentum } => {
+                unit("alpha", alpha)?;
+                non_negative("eps", eps)?;
+                unit("momentum", momentum)
+            }
+            OptimizerSpec::Sgd { momentum, weight_decay } => {
+                unit("momentum", momentum)?;
+                non_negative("weight_decay", weight_decay)
+            }
+        }
+    }
+}
+
+/// How the learning rate changes from its initial `lr`.
+///
+/// `{type: exponential, factor: 0.97, floor: 1.0e-4, per: episode}` is lab 000's
+/// `MinimumExponentialLR`; `{type: linear, end: 1.0e-5}` anneals to `end` over the budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// Always `lr`.
+    #[default]
+    Constant,
+    /// `max(floor, lr * factor^t)`.
+    Exponential {
+        /// Multiplier per step or episode.
+        factor: f64,
+        /// Lower bound.
+        floor: f64,
+        /// What `t` counts (default: episodes, as lab 000).
+        #[serde(default = "per_episode")]
+        per: Per,
+    },
+    /// From `lr` to `end` linearly over the budget.
+    Linear {
+        /// The final learning rate.
+        end: f64,
+    },
+}
+
+fn per_episode() -> Per {
+    Per::Episode
+}
+
+impl LrSchedule {
+    /// The learning rate at `p`, starting from `lr`.
+    pub fn value(&self, lr: f64, p: Progress) -> f64 {
+        match *self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Exponential { factor, floor, per } => {
+                exponential_decay(lr, factor, floor, if per == Per::Step { p.step } else { p.episode })
+            }
+            LrSchedule::Linear { end } => linear_schedule(lr, end, 1_000_000, (p.fraction * 1e6) as u64),
+        }
+    }
+}
+
+/// An optimizer over one flat parameter tensor, with its state in flat tensors of the same size.
+#[derive(Debug)]
+pub struct FlatOptimizer {
+    spec: OptimizerSpec,
+    /// Steps taken (for Adam's bias corrections).
+    t: i32,
+    /// First moment (Adam) or momentum buffer (RMSprop, SGD).
+    m: Option<Tensor>,
+    /// Second moment (Adam) or squared-gradient average (RMSprop).
+    v: Option<Tensor>,
+    /// Running maximum of `v` (AMSGrad).
+    v_max: Option<Tensor>,
+    /// Scratch for the denominator.
+    denom: Option<Tensor>,
+}
+
+impl FlatOptimizer {
+    /// State for parameters shaped like `params`.
+    pub fn new(spec: &OptimizerSpec, params: &Tensor) -> Self {
+        let zeros = || Some(params.zeros_like());
+        let (m, v, v_max, denom) = match *spec {
+            OptimizerSpec::Adam { amsgrad, .. } | OptimizerSpec::Adamw { amsgrad, .. } => {
+                (zeros(), zeros(), if amsgrad { zeros() } else { None }, zeros())
+            }
+            OptimizerSpec::Rmsprop { momentum, .. } => {
+                (if momentum > 0.0 { zeros() } else { None }, zeros(), None, zeros())
+            }
+            OptimizerSpec::Sgd { momentum, .. } => (if momentum > 0.0 { zeros() } else { None }, None, None, None),
+        };
+        FlatOptimizer { spec: spec.clone(), t: 0, m, v, v_max, denom }
+    }
+
+    /// One step on `params` (updated in place) with gradient `grad` (used as scratch), at
+    /// learning rate `lr`. Runs without gradient tracking.
+    pub fn step(&mut self, params: &mut Tensor, grad: &mut Tensor, lr: f64) {
+        let _guard = tch::no_grad_guard();
+        self.t += 1;
+        if lr <= 0.0 {
+            return;
+        }
+        match self.spec {
+            OptimizerSpec::Adam { betas, eps, weight_decay, .. }
+            | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
+                if weight_decay != 0.0 {
+                    if matches!(self.spec, OptimizerSpec::Adamw { .. }) {
+                        let _ = params.g_mul_scalar_(1.0 - lr * weight_decay);
+                    } else {
+                        let _ = grad.g_add_(&(&*params * weight_decay));
+                    }
+                }
+                let (b1, b2) = betas;
+                let (m, v, denom) = (self.m.as_mut().unwrap(), self.v.as_mut().unwrap(), self.denom.as_mut().unwrap());
+                // m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2 (g is scratch from here on).
+                let _ = m.lerp_(grad, 1.0 - b1);
+                let _ = grad.square_();
+                let _ = v.lerp_(grad, 1.0 - b2);
+                let second = match self.v_max.as_mut() {
+                    Some(v_max) => {
+                        let _ = v_max.maximum_out(v_max, v);
+                        &*v_max
+                    }
+                    None => &*v,
+                };
+                // p <- p - step m / (sqrt(v) / sqrt(bias2) + eps), step = lr / bias1, with the
+                // factor -1/step folded into the denominator (tch's addcdiv_ has no `value`).
+                let step = lr / (1.0 - b1.powi(self.t));
+                let bias2_sqrt = (1.0 - b2.powi(self.t)).sqrt();
+                let _ = second.sqrt_out(denom);
+                let _ = denom.g_mul_scalar_(-1.0 / (step * bias2_sqrt)).g_add_scalar_(-eps / step);
+                let _ = params.addcdiv_(m, denom);
+            }
+            OptimizerSpec::Rmsprop { alpha, eps, momentum } => {
+                let (v, denom) = (self.v.as_mut().unwrap(), self.denom.as_mut().unwrap());
+                let _ = grad.mul_out(denom, grad);
+                let _ = v.lerp_(denom, 1.0 - alpha);
+                let _ = v.sqrt_out(denom);
+                match self.m.as_mut() {
+                    Some(buf) => {
+                        // buf <- momentum buf + g / (sqrt(v) + eps);  p <- p - lr buf.
+                        let _ = denom.g_add_scalar_(eps);
+                        let _ = buf.g_mul_scalar_(momentum).addcdiv_(grad, denom);
+                        let _ = params.g_add_(&(&*buf * -lr));
+                    }
+                    None => {
+                        let _ = denom.g_mul_scalar_(-1.0 / lr).g_add_scalar_(-eps / lr);
+                        let _ = params.addcdiv_(grad, denom);
+                    }
+                }
+            }
+            OptimizerSpec::Sgd { momentum, weight_decay } => {
+                if weight_decay != 0.0 {
+                    let _ = grad.g_add_(&(&*params * weight_decay));
+                }
+                let direction = match self.m.as_mut() {
+                    Some(buf) if self.t == 1 => {
+                        buf.copy_(grad);
+                        &*buf
+                    }
+                    Some(buf) => {
+                        let _ = buf.g_mul_scalar_(momentum).g_add_(grad);
+                        &*buf
+                    }
+                    None => &*grad,
+                };
+                let _ = params.g_add_(&(direction * -lr));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::OptimizerConfig;
+    use tch::{nn, Device, Kind};
+
+    /// Runs `steps` steps of ours and of tch's (libtorch's C++ optimizers) on the same quadratic
+    /// loss and compares the parameters.
+    fn matches_libtorch(spec: OptimizerSpec, reference: impl OptimizerConfig, lr: f64) {
+        let init = Tensor::from_slice(&[0.5f32, -1.5, 2.0, 0.25]);
+        let target = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 3.0]);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let x = vs.root().var_copy("x", &init);
+        let mut opt = reference.build(&vs, lr).unwrap();
+        let mut flat = init.copy();
+        let mut ours = FlatOptimizer::new(&spec, &flat);
+        for _ in 0..25 {
+            let loss = (&x - &target).square().sum(Kind::Float) + x.abs().sum(Kind::Float);
+            opt.backward_step(&loss);
+            let mut grad = (&flat - &target) * 2.0 + flat.sign();
+            ours.step(&mut flat, &mut grad, lr);
+        }
+        let diff = (&flat - &x).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{spec:?}: ours {flat:?} libtorch {x:?}");
+    }
+
+    #[test]
+    fn adam_matches_libtorch() {
+        matches_libtorch(OptimizerSpec::default(), nn::Adam::default(), 0.05);
+        let adam_l2 = OptimizerSpec::Adam { betas: (0.8, 0.99), eps: 1e-6, weight_decay: 0.1, amsgrad: false };
+        matches_libtorch(adam_l2, nn::Adam { beta1: 0.8, beta2: 0.99, wd: 0.1, eps: 1e-6, amsgrad: false }, 0.05);
+        let amsgrad = OptimizerSpec::Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, amsgrad: true };
+        matches_libtorch(amsgrad, nn::Adam { amsgrad: true, ..Default::default() }, 0.05);
+    }
+
+    #[test]
+    fn adamw_matches_libtorch() {
+        let spec = OptimizerSpec::Adamw { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, amsgrad: true };
+        matches_libtorch(spec, nn::AdamW { amsgrad: true, ..Default::default() }, 0.004);
+    }
+
+    #[test]
+    fn rmsprop_and_sgd_match_libtorch() {
+        let rms = OptimizerSpec::Rmsprop { alpha: 0.99, eps: 1e-8, momentum: 0.0 };
+        matches_libtorch(rms, nn::RmsProp::default(), 0.01);
+        let rms_m = OptimizerSpec::Rmsprop { alpha: 0.9, eps: 1e-8, momentum: 0.5 };
+        matches_libtorch(rms_m, nn::RmsProp { alpha: 0.9, momentum: 0.5, ..Default::default() }, 0.01);
+        matches_libtorch(OptimizerSpec::Sgd { momentum: 0.0, weight_decay: 0.0 }, nn::Sgd::default(), 0.1);
+        let sgd_m = OptimizerSpec::Sgd { momentum: 0.9, weight_decay: 0.01 };
+        matches_libtorch(sgd_m, nn::Sgd { momentum: 0.9, wd: 0.01, ..Default::default() }, 0.1);
+    }
+
+    #[test]
+    fn lr_schedules() {
+        let p = |episode, fraction| Progress { step: 0, episode, fraction };
+        assert_eq!(LrSchedule::Constant.value(0.1, p(5, 0.5)), 0.1);
+        let exp = LrSchedule::Exponential { factor: 0.97, floor: 1e-4, per: Per::Episode };
+        assert!((exp.value(0.004, p(1, 0.0)) - 0.00388).abs() < 1e-12);
+        assert_eq!(exp.value(0.004, p(10_000, 0.0)), 1e-4);
+        assert!((LrSchedule::Linear { end: 0.0 }.value(1.0, p(0, 0.25)) - 0.75).abs() < 1e-9);
+    }
+}
