@@ -113,6 +113,10 @@ impl Replay for PrioritizedReplay {
     fn update_priorities(&mut self, indices: &[usize], td_errors: &[f32]) {
         assert_eq!(indices.len(), td_errors.len(), "one TD error per index");
         self.leaves.resize(indices.len(), 0.0);
+        // The sum tree's lines are warm from sampling; the min tree's load while the powers run.
+        for &i in indices {
+            self.min.prefetch(i);
+        }
         for ((&i, &delta), leaf) in indices.iter().zip(td_errors).zip(self.leaves.iter_mut()) {
             *leaf = if self.storage.is_valid(i) {
                 let p = delta.abs() as f64 + self.config.epsilon;

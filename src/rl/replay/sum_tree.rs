@@ -78,6 +78,14 @@ impl Tree {
         }
     }
 
+    /// Starts loading the lines on the path from leaf `i` to the root.
+    fn prefetch_path(&self, i: usize) {
+        let last = self.levels.len() - 1;
+        for (l, level) in self.levels.iter().enumerate() {
+            prefetch(level.as_ptr().wrapping_add(i >> (3 * (last - l + 1))));
+        }
+    }
+
     fn root(&self, reduce: fn(&[f64; B]) -> f64) -> f64 {
         reduce(&self.levels[0][0].0)
     }
@@ -223,6 +231,12 @@ impl MinTree {
     /// [`set`](Self::set) for each `(leaves[k], values[k])`, faster for a batch.
     pub fn set_many(&mut self, leaves: &[usize], values: &[f64]) {
         self.tree.set_many(leaves, values, min);
+    }
+
+    /// Starts loading what [`set_many`](Self::set_many) will touch for leaf `i`, so that the
+    /// misses overlap with other work (a hint; no effect on results).
+    pub fn prefetch(&self, i: usize) {
+        self.tree.prefetch_path(i);
     }
 
     /// The minimum over all leaves (`+inf` when empty).
