@@ -6,7 +6,7 @@
 //! clock and by this thread's CPU time, which is steadier on a shared machine; for A/B
 //! comparisons of two builds, `-- --reps N` repeats each study N times and also prints the
 //! minimum CPU time and a hash of every suggested parameter, equal when both builds suggest the
-//! same values).
+//! same values). `-- --only memory` (or `sqlite`) runs one backend, e.g. under `perf record`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,13 +72,21 @@ fn main() {
     let quick = !args.iter().any(|a| a == "--bench");
     let reps: usize = args.iter().position(|a| a == "--reps").map_or(1, |i| args[i + 1].parse().expect("--reps N"));
     let sizes: &[usize] = if quick { &[50] } else { &[100, 500, 1000] };
+    // `--only memory` or `--only sqlite` runs one backend (for profiling one of them).
+    let only = args.iter().position(|a| a == "--only").map(|i| args[i + 1].clone());
+    let run = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
     for &n in sizes {
         let (mut mem_cpu, mut sql_cpu) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            let (mem, mc, hash) = one_study(Arc::new(InMemoryStorage::new()), n, 1);
+            let skipped = (f64::NAN, f64::NAN, 0);
+            let (mem, mc, hash) =
+                if run("memory") { one_study(Arc::new(InMemoryStorage::new()), n, 1) } else { skipped };
             let dir = tempfile::tempdir().unwrap();
-            let sqlite = Arc::new(SqliteStorage::open(&dir.path().join("bench.db")).unwrap());
-            let (sql, sc, _) = one_study(sqlite, n, 1);
+            let (sql, sc, _) = if run("sqlite") {
+                one_study(Arc::new(SqliteStorage::open(&dir.path().join("bench.db")).unwrap()), n, 1)
+            } else {
+                skipped
+            };
             println!(
                 "TPE ask+tell, 10 params, {n:>4} trials: in-memory {mem:.3} ms/trial (cpu {mc:.3}), \
                  SQLite {sql:.3} ms/trial (cpu {sc:.3})"

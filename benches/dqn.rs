@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
 use tune::rl::agent::{Agent, DqnAgent, DqnConfig, Progress, Transition};
-use tune::rl::env::{Env, EnvSpec};
+use tune::rl::env::Env;
 use tune::rl::train::{train, TrainConfig};
 
 fn config(steps: u64) -> TrainConfig {

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -37,6 +38,12 @@ use crate::storage::{InMemoryStorage, Storage};
 
 /// User attribute holding the trial's seed (derived from the study seed and its number).
 pub const SEED_ATTR: &str = "seed";
+
+/// How long `Trial::report` may hold intermediate values in memory before it stores them (in
+/// one transaction). The trial's own pruning checks see every value at once; other readers
+/// (dashboards, `tune show`, ASHA in other workers) see them at most this late. `tell`, Ctrl-C
+/// and dropping the trial store what is pending first.
+pub const REPORT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How a trial ended, given to `Study::tell`.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,12 +224,15 @@ impl Study {
             fixed,
             seed,
             device: None,
+            pending: Vec::new(),
+            last_flush: Instant::now(),
         }))
     }
 
     /// Finishes a trial. A `Complete` value that is NaN becomes FAIL; a pruned trial takes its
     /// last finite intermediate value. Returns the trial as stored.
-    pub fn tell(&self, trial: Trial, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+    pub fn tell(&self, mut trial: Trial, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+        trial.flush()?;
         self.tell_id(trial.frozen.trial_id, outcome)
     }
 
@@ -289,6 +299,9 @@ pub struct Trial {
     fixed: BTreeMap<String, Value>,
     seed: u64,
     device: Option<String>,
+    /// Reported intermediate values not stored yet, in report order.
+    pending: Vec<(i64, f64)>,
+    last_flush: Instant,
 }
 
 impl Trial {
@@ -398,9 +411,26 @@ impl Trial {
     }
 
     /// Reports an intermediate value at `step` (e.g. an evaluation's mean return).
+    /// Values reported within `REPORT_FLUSH_INTERVAL` of the last write are stored together, in
+    /// one transaction, by a later `report`, `flush` or `Study::tell`, or when the trial is
+    /// dropped: one commit per value would bound a fast objective by the file's commit rate.
     pub fn report(&mut self, step: i64, value: f64) -> anyhow::Result<()> {
-        self.shared.storage.set_trial_intermediate_value(self.frozen.trial_id, step, value)?;
         self.frozen.intermediate_values.insert(step, value);
+        self.pending.push((step, value));
+        if self.last_flush.elapsed() >= REPORT_FLUSH_INTERVAL {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the intermediate values `report` holds. On an error they stay pending, for the
+    /// next try.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            self.shared.storage.set_trial_intermediate_values(self.frozen.trial_id, &self.pending)?;
+            self.pending.clear();
+        }
+        self.last_flush = Instant::now();
         Ok(())
     }
 
@@ -432,5 +462,62 @@ impl Trial {
         self.shared.storage.set_trial_system_attr(self.frozen.trial_id, key, &value)?;
         self.frozen.system_attrs.insert(key.to_string(), value);
         Ok(())
+    }
+}
+
+impl Drop for Trial {
+    /// Stores what `report` still holds (a trial left without `tell`: a panic, an executor that
+    /// finishes it by id).
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            eprintln!("warning: trial {}: its last intermediate values were not stored: {e:#}", self.frozen.number);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::RandomSampler;
+
+    fn study() -> Study {
+        Study::in_memory("s", Direction::Minimize, Arc::new(RandomSampler::new(0))).unwrap()
+    }
+
+    #[test]
+    fn reported_values_are_stored_by_tell_and_by_drop() {
+        let study = study();
+        let storage = study.storage();
+        let mut t = study.ask().unwrap();
+        let id = t.trial_id();
+        for step in 0..50 {
+            t.report(step, step as f64).unwrap();
+            // The trial's own view (what its pruner sees) has every value at once.
+            assert_eq!(t.frozen().intermediate_values.len(), step as usize + 1);
+        }
+        study.tell(t, Outcome::Pruned).unwrap();
+        let got = storage.get_trial(id).unwrap();
+        assert_eq!(got.intermediate_values.len(), 50);
+        assert_eq!((got.state, got.value), (TrialState::Pruned, Some(49.0)));
+
+        let mut t = study.ask().unwrap();
+        let id = t.trial_id();
+        t.report(0, 1.0).unwrap();
+        t.report(1, 2.0).unwrap();
+        drop(t);
+        assert_eq!(storage.get_trial(id).unwrap().intermediate_values, BTreeMap::from([(0, 1.0), (1, 2.0)]));
+        study.tell_id(id, Outcome::Pruned).unwrap();
+        assert_eq!(storage.get_trial(id).unwrap().value, Some(2.0));
+    }
+
+    #[test]
+    fn a_report_after_the_flush_interval_stores_what_is_pending() {
+        let study = study();
+        let mut t = study.ask().unwrap();
+        t.report(0, 1.0).unwrap();
+        std::thread::sleep(REPORT_FLUSH_INTERVAL);
+        t.report(1, 2.0).unwrap();
+        let stored = study.storage().get_trial(t.trial_id()).unwrap().intermediate_values;
+        assert_eq!(stored, BTreeMap::from([(0, 1.0), (1, 2.0)]));
     }
 }

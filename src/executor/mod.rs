@@ -203,6 +203,7 @@ impl Run<'_> {
             Ok(_) => false,
         };
         let frozen = if interrupted {
+            trial.flush()?;
             self.mark_interrupted(&trial, "interrupted by Ctrl-C")?;
             self.requeue(trial.frozen(), false)?;
             self.summary.lock().unwrap().interrupted_trials += 1;

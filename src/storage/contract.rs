@@ -28,6 +28,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     params_round_trip_every_distribution(make);
     incompatible_distribution(make);
     intermediate_values_nan_and_infinities(make);
+    intermediate_values_in_one_call(make);
     values_infinities(make);
     trial_attributes_json(make);
     get_all_trials_order_and_filter(make);
@@ -343,6 +344,27 @@ pub fn intermediate_values_nan_and_infinities(make: Make) {
     s.set_trial_state_values(t.trial_id, TrialState::Pruned, Some(1e300)).unwrap();
     check(&s.get_trial(t.trial_id).unwrap());
     check(&s.get_all_trials(id, None).unwrap()[0]);
+}
+
+/// `set_trial_intermediate_values` stores a batch in order (the last of a repeated step wins)
+/// beside earlier values, and stores nothing of a batch for a finished trial.
+pub fn intermediate_values_in_one_call(make: Make) {
+    let s = make();
+    let id = s.create_new_study("s", Direction::Minimize).unwrap();
+    let t = s.start_next_trial(id, None).unwrap().unwrap();
+    s.set_trial_intermediate_value(t.trial_id, 0, 9.0).unwrap();
+    s.set_trial_intermediate_values(t.trial_id, &[]).unwrap();
+    s.set_trial_intermediate_values(t.trial_id, &[(1, 1.0), (2, f64::NAN), (1, 3.0), (0, -1.0)]).unwrap();
+    let got = s.get_trial(t.trial_id).unwrap().intermediate_values;
+    assert_eq!(got.len(), 3);
+    assert_eq!((got[&0], got[&1]), (-1.0, 3.0));
+    assert!(got[&2].is_nan());
+    assert!(s.set_trial_state_values(t.trial_id, TrialState::Complete, Some(0.0)).unwrap());
+    let r = s.set_trial_intermediate_values(t.trial_id, &[(5, 5.0), (6, 6.0)]);
+    assert!(matches!(r, Err(StorageError::TrialFinished { number: 0, state: TrialState::Complete })));
+    assert_eq!(s.get_trial(t.trial_id).unwrap().intermediate_values.len(), 3);
+    let bad = t.trial_id + 1000;
+    assert!(matches!(s.set_trial_intermediate_values(bad, &[(0, 1.0)]), Err(StorageError::TrialNotFound(_))));
 }
 
 /// Trial values of plus and minus infinity round-trip; a NaN value is not kept.

@@ -373,6 +373,11 @@ impl Storage for InMemoryStorage {
         Ok(())
     }
 
+    fn set_trial_intermediate_values(&self, trial_id: i64, values: &[(i64, f64)]) -> Result<()> {
+        self.lock().updatable(trial_id)?.frozen_mut().intermediate_values.extend(values.iter().copied());
+        Ok(())
+    }
+
     fn set_trial_user_attr(&self, trial_id: i64, key: &str, value: &Value) -> Result<()> {
         self.lock().updatable(trial_id)?.frozen_mut().user_attrs.insert(key.to_string(), value.clone());
         Ok(())

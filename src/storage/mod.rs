@@ -163,6 +163,9 @@ pub trait Storage: Send + Sync {
     fn set_trial_state_values(&self, trial_id: i64, state: TrialState, value: Option<f64>) -> Result<bool>;
     /// Records an intermediate value (NaN and infinities allowed) at a step.
     fn set_trial_intermediate_value(&self, trial_id: i64, step: i64, value: f64) -> Result<()>;
+    /// Records several intermediate values, in order (a later one wins at a repeated step), all
+    /// or none: on an error nothing is written. Backends with transactions store them in one.
+    fn set_trial_intermediate_values(&self, trial_id: i64, values: &[(i64, f64)]) -> Result<()>;
     /// Sets a trial user attribute (JSON).
     fn set_trial_user_attr(&self, trial_id: i64, key: &str, value: &Value) -> Result<()>;
     /// Sets a trial system attribute (JSON).

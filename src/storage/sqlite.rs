@@ -979,16 +979,21 @@ impl Storage for SqliteStorage {
     }
 
     fn set_trial_intermediate_value(&self, trial_id: i64, step: i64, value: f64) -> Result<()> {
+        self.set_trial_intermediate_values(trial_id, &[(step, value)])
+    }
+
+    fn set_trial_intermediate_values(&self, trial_id: i64, values: &[(i64, f64)]) -> Result<()> {
         self.write(|g| {
             g.updatable(trial_id)?;
-            let (v, kind) = value_repr(value);
-            g.conn
-                .prepare_cached(
-                    "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (trial_id, step) DO UPDATE SET \
-                     intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-                )?
-                .execute(params![trial_id, step, v, kind])?;
+            let mut insert = g.conn.prepare_cached(
+                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (trial_id, step) DO UPDATE SET \
+                 intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
+            )?;
+            for &(step, value) in values {
+                let (v, kind) = value_repr(value);
+                insert.execute(params![trial_id, step, v, kind])?;
+            }
             Ok(())
         })
     }
