@@ -79,14 +79,9 @@ fn best_value(name: FunctionName, dim: usize, seed: u64, n_trials: usize) -> f64
     study.best_trial().unwrap().and_then(|t| t.value).expect("a trial completed")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median (NumPy's `nanpercentile` at 50, as the pruners use it).
+fn median(v: Vec<f64>) -> f64 {
+    tune::pruner::nan_percentile(v, 50.0)
 }
 
 /// Optuna's results for `name`/`dim` from the reference file: median best, the best value of

@@ -26,14 +26,9 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+/// The median (NumPy's `nanpercentile` at 50, as the pruners use it).
+fn median(v: Vec<f64>) -> f64 {
+    tune::pruner::nan_percentile(v, 50.0)
 }
 
 /// P(a < b) over all pairs, ties counting half.

@@ -54,6 +54,16 @@ fn trials_of(url: &str, name: &str) -> Vec<std::sync::Arc<tune::FrozenTrial>> {
     storage.get_all_trials(id, None).unwrap()
 }
 
+/// Runs study file `file` to its end on the SQLite file `db` in `dir`, which must exit 0;
+/// returns the storage URL and the trials of study `name`.
+fn run_to_end(dir: &Path, file: &str, db: &str, name: &str) -> (String, Vec<std::sync::Arc<tune::FrozenTrial>>) {
+    let url = format!("sqlite:///{}", dir.join(db).display());
+    let out = tune(dir).args(["run", file, "--storage", &url, "--quiet"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let trials = trials_of(&url, name);
+    (url, trials)
+}
+
 /// (finished trials as (number, state, value), RUNNING count, PRAGMA integrity_check).
 fn snapshot(db: &Path) -> (Vec<(i64, String, Option<f64>)>, i64, String) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -117,10 +127,7 @@ fn diverging_and_panicking_dqn_trials_fail_and_the_study_goes_on() {
         "  agent.reward_scale: {type: categorical, choices: [1.0, 1.0e38]}\n",
         "sampler: {type: grid}\n",
     );
-    let url = format!("sqlite:///{}", dir.path().join("f.db").display());
-    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--plain"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let trials = trials_of(&url, "faults");
+    let (_, trials) = run_to_end(dir.path(), &file, "f.db", "faults");
     assert_eq!(trials.len(), 2);
     for t in &trials {
         let reason = t.system_attrs.get(FAIL_REASON_KEY).and_then(|v| v.as_str()).unwrap_or("");
@@ -169,10 +176,7 @@ fn rl_trials_run_on_the_listed_devices() {
     let dir = tempfile::tempdir().unwrap();
     let space = "  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n";
     let file = study(dir.path(), "placed", 3, space, "parallelism: {jobs: 2, devices: [cpu]}\n");
-    let url = format!("sqlite:///{}", dir.path().join("p.db").display());
-    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let trials = trials_of(&url, "placed");
+    let (_, trials) = run_to_end(dir.path(), &file, "p.db", "placed");
     assert!(trials.len() == 3 && trials.iter().all(|t| t.user_attrs["device"] == json!("cpu")));
 
     // A GPU listed in `devices`: trials train there when it exists; otherwise the file is
@@ -209,10 +213,7 @@ fn gpu_out_of_memory_fails_only_its_trial() {
         "  agent.net.hidden: {type: categorical, choices: [[64, 64], [1048576, 1048576]]}\n",
         "sampler: {type: grid}\nparallelism: {devices: [cuda:0], trials_per_device: 2}\n",
     );
-    let url = format!("sqlite:///{}", dir.path().join("o.db").display());
-    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--plain"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let trials = trials_of(&url, "oom");
+    let (_, trials) = run_to_end(dir.path(), &file, "o.db", "oom");
     let states: Vec<TrialState> = trials.iter().map(|t| t.state).collect();
     assert!(states.contains(&TrialState::Complete) && states.contains(&TrialState::Fail), "{states:?}");
     let failed = trials.iter().find(|t| t.state == TrialState::Fail).unwrap();
@@ -225,9 +226,7 @@ fn exported_best_trial_retrains_to_the_same_evaluation_curve() {
     let dir = tempfile::tempdir().unwrap();
     let space = "  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n  agent.gamma: {type: float, low: 0.9, high: 0.999}\n";
     let file = study(dir.path(), "export", 3, space, "sampler: {type: random}\npruner: {type: none}\n");
-    let url = format!("sqlite:///{}", dir.path().join("e.db").display());
-    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (url, _) = run_to_end(dir.path(), &file, "e.db", "export");
     let best = dir.path().join("best.yaml");
     let out = tune(dir.path()).args(["export", "export", "--storage", &url, "-o"]).arg(&best).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

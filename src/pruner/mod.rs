@@ -9,7 +9,7 @@ mod percentile;
 mod successive_halving;
 
 pub use nop::NopPruner;
-pub use percentile::{MedianConfig, PercentileConfig, PercentilePruner};
+pub use percentile::{nan_percentile, MedianConfig, PercentileConfig, PercentilePruner};
 pub use successive_halving::{MinResource, SuccessiveHalvingConfig, SuccessiveHalvingPruner};
 
 /// Answers one question: should this trial stop now?

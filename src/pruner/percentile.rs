@@ -192,7 +192,7 @@ fn percentile_over_trials(
 
 /// NumPy's `nanpercentile(values, q)` with the default linear method, including its
 /// interpolation formula, so thresholds agree with Optuna to the last bit.
-fn nan_percentile(mut values: Vec<f64>, q: f64) -> f64 {
+pub fn nan_percentile(mut values: Vec<f64>, q: f64) -> f64 {
     values.retain(|v| !v.is_nan());
     if values.is_empty() {
         return f64::NAN;
