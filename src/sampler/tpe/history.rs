@@ -64,7 +64,7 @@ pub struct History {
     order: Vec<Vec<u32>>,
     /// Kernel constants of the bad group's estimators, by row.
     pub constants: ConstantCache,
-    /// The last bad-group estimator and its rows, to extend when the next ask only appends
+    /// The last bad-group estimator and its rows, to insert into when the next ask only adds
     /// trials to the group (no RUNNING trials in it).
     pub above_model: Option<(ParzenEstimator, Vec<u32>)>,
 }

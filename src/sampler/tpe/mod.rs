@@ -15,8 +15,8 @@
 //!
 //! Speed: finished trials never change, so the sampler keeps a memo of what it read from them
 //! (split rankings, observation columns, sorted orders, kernel constants, and the last bad
-//! model, which an ask that only appends trials to it extends instead of rebuilding; see
-//! `history` and `ParzenEstimator::extend`). An ask then costs a few linear passes over the
+//! model, into which an ask that only adds trials to it inserts them instead of rebuilding; see
+//! `history` and `ParzenEstimator::insert`). An ask then costs a few linear passes over the
 //! trials plus one pass over the bad model's kernels per candidate (see `parzen`). The memo is
 //! a pure cache: results never depend on it (tests compare it with fresh computations).
 //!
@@ -146,16 +146,20 @@ impl TpeSampler {
     fn sample_tpe(&self, study: &StudyView, trial: &FrozenTrial, history: &mut History, salt: &str) -> Vec<f64> {
         let split = history.split(study.trials, trial, self.config.constant_liar);
         let params = self.parzen_params();
-        // The bad group keeps its kernels from one ask to the next: extend the last estimator
-        // when the group only gained trials, else build it again remembering kernel constants.
+        // The bad group keeps its kernels from one ask to the next: insert the new ones into
+        // the last estimator when the group only gained trials, else build it again
+        // remembering kernel constants.
         let mut constants = std::mem::take(&mut history.constants);
         let previous = history.above_model.take();
         let weights = default_weights(split.above.len());
         let extended = match previous {
-            Some((mut g, rows)) if split.extra_numbers.is_empty() && split.above.starts_with(&rows) => {
-                let new = &split.above[rows.len()..];
-                g.extend(&history.values(new), new, &weights, &params, &mut constants).then_some(g)
-            }
+            Some((mut g, rows)) if split.extra_numbers.is_empty() => match insertions(&rows, &split.above) {
+                Some(at) => {
+                    let new: Vec<u32> = at.iter().map(|&k| split.above[k]).collect();
+                    g.insert(&history.values(&new), &new, &at, &weights, &params, &mut constants).then_some(g)
+                }
+                None => None,
+            },
             _ => None,
         };
         let space = history.space();
@@ -240,6 +244,19 @@ impl Sampler for TpeSampler {
         history.update(study.trials);
         self.sample_tpe(study, trial, &mut history, &format!("tpe:{name}"))[0]
     }
+}
+
+/// Where `new` holds the entries that `old` lacks, when `new` is `old` with entries inserted
+/// (`old` a subsequence of it; entries are unique), else `None`.
+fn insertions(old: &[u32], new: &[u32]) -> Option<Vec<usize>> {
+    let mut at = Vec::with_capacity(new.len().saturating_sub(old.len()));
+    let mut old = old.iter().peekable();
+    for (k, x) in new.iter().enumerate() {
+        if old.next_if_eq(&x).is_none() {
+            at.push(k);
+        }
+    }
+    old.peek().is_none().then_some(at)
 }
 
 /// Optuna's `default_gamma`: how many trials form the good model, `min(⌈0.1 n⌉, 25)`.

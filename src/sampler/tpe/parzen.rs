@@ -258,16 +258,19 @@ impl ParzenEstimator {
         }
     }
 
-    /// Turns this estimator into the one `from_transformed` would build after appending
+    /// Turns this estimator into the one `from_transformed` would build after inserting
     /// observations (`new`: one column per dimension, transformed; `new_ids`: their cache ids)
-    /// to its own, with `weights` for all of them: only the new kernels and their sorted
-    /// neighbours get new widths. This is how the bad model follows a sequential study, where
-    /// each ask adds one trial to it. Returns false, changing nothing, where the widths' clip
-    /// still depends on the number of observations; the caller then builds afresh.
-    pub(crate) fn extend(
+    /// among its own, so that they end up as kernels `at` (ascending), with `weights` for all
+    /// of them: only the new kernels and their sorted neighbours get new widths. This is how
+    /// the bad model follows a sequential study, where an ask adds the last trial to it, or a
+    /// trial that a better one pushed out of the good group. Returns false, changing nothing,
+    /// where the widths' clip still depends on the number of observations; the caller then
+    /// builds afresh.
+    pub(crate) fn insert(
         &mut self,
         new: &[Vec<f64>],
         new_ids: &[u32],
+        at: &[usize],
         weights: &[f64],
         params: &ParzenParams,
         cache: &mut ConstantCache,
@@ -275,26 +278,34 @@ impl ParzenEstimator {
         let old = self.n_kernels - 1;
         let n = old + new_ids.len();
         debug_assert_eq!(weights.len(), n);
+        debug_assert!(at.len() == new_ids.len() && at.windows(2).all(|w| w[0] < w[1]) && at.last() < Some(&n));
         if old < 2 || (params.consider_magic_clip && old < 98) {
             return false;
         }
         cache.dims.resize(self.dims.len(), Vec::new());
         (self.weights, self.cum_weights, self.log_max_weight) = mixture_weights(weights, params.prior_weight);
-        self.ids.extend_from_slice(new_ids);
+        // Where each old kernel moves to (nowhere when all the new ones come last).
+        let mut moved_to = Vec::new();
+        if at.first().is_some_and(|&k| k < old) {
+            let mut inserted = at.iter().peekable();
+            moved_to.extend((0..n).filter(|k| inserted.next_if_eq(&k).is_none()).map(|k| k as u32));
+        }
+        insert_at(&mut self.ids, at, new_ids);
         // Kernels whose constant changed in some dimension get their sum recomputed.
-        let mut changed: Vec<usize> = (old..n).collect();
+        let mut changed: Vec<usize> = at.to_vec();
         for ((dim, col), remembered) in self.dims.iter_mut().zip(new).zip(&mut cache.dims) {
             match dim {
                 Dim::Cat(cd) => {
-                    cd.obs.extend(col.iter().map(|&c| (c as usize).min(cd.n_choices - 1) as u32));
+                    let obs: Vec<u32> = col.iter().map(|&c| (c as usize).min(cd.n_choices - 1) as u32).collect();
+                    insert_at(&mut cd.obs, at, &obs);
                     cd.set_probs(params.prior_weight);
                 }
-                Dim::Num(nd) => nd.extend(col, &self.ids, params, remembered, &mut changed),
+                Dim::Num(nd) => nd.insert(col, at, &moved_to, &self.ids, params, remembered, &mut changed),
             }
         }
         // The prior stays last.
         let prior = self.constant.pop().expect("an estimator has its prior kernel");
-        self.constant.resize(n, 0.0);
+        insert_at(&mut self.constant, at, &vec![0.0; at.len()]);
         self.constant.push(prior);
         changed.sort_unstable();
         changed.dedup();
@@ -384,36 +395,39 @@ impl ParzenEstimator {
 
     /// `log_pdf` at points prepared by `Points::new` for an estimator over the same space.
     pub(crate) fn log_pdf_at(&self, points: &Points) -> Vec<f64> {
+        SCRATCH.with_borrow_mut(|scratch| self.log_pdf_with(points, scratch))
+    }
+
+    fn log_pdf_with(&self, points: &Points, scratch: &mut Scratch) -> Vec<f64> {
         let kn = self.n_kernels;
         let dims = self.dim_views();
-        let mut memo = Memo::new(kn, points.n_slots);
-        let mut acc: [Vec<f64>; POINTS] = std::array::from_fn(|_| vec![0.0; kn]);
-        let mut terms = Vec::new();
-        let mut near = Vec::new();
+        let Scratch { memo, acc, terms, near } = scratch;
+        memo.start(kn, points.n_slots);
+        acc.iter_mut().for_each(|a| a.resize(kn, 0.0));
         let mut out = Vec::with_capacity(points.size);
         for first in (0..points.size).step_by(POINTS) {
             let group = first..(first + POINTS).min(points.size);
-            let tops = self.dense_pass(&dims, points, group.clone(), &mut acc);
-            for (i, (top, acc)) in group.zip(tops.into_iter().zip(&acc)) {
+            let tops = self.dense_pass(&dims, points, group.clone(), acc);
+            for (i, (top, acc)) in group.zip(tops.into_iter().zip(acc.iter())) {
                 let point = points.point(i);
                 // Categorical terms and interval masses are at most 0: `acc[k] + ln(max
                 // weight)` bounds kernel k's total. The kernel with the largest bound gives a
                 // first total to measure the others against.
-                let mut best = self.kernel_total(&dims, top, acc[top], &point, &mut memo, f64::NEG_INFINITY);
+                let mut best = self.kernel_total(&dims, top, acc[top], &point, memo, f64::NEG_INFINITY);
                 terms.clear();
                 terms.push(best);
-                indices_at_least(acc, best - NEGLIGIBLE - self.log_max_weight, &mut near);
-                for &k in &near {
+                indices_at_least(acc, best - NEGLIGIBLE - self.log_max_weight, near);
+                for &k in near.iter() {
                     let k = k as usize;
                     if k != top {
-                        let v = self.kernel_total(&dims, k, acc[k], &point, &mut memo, best - NEGLIGIBLE);
+                        let v = self.kernel_total(&dims, k, acc[k], &point, memo, best - NEGLIGIBLE);
                         if v > f64::NEG_INFINITY {
                             best = best.max(v);
                             terms.push(v);
                         }
                     }
                 }
-                out.push(log_sum_exp(&terms));
+                out.push(log_sum_exp(terms));
             }
         }
         out
@@ -523,14 +537,19 @@ impl ParzenEstimator {
                 return f64::NEG_INFINITY;
             }
             let slot = memo.mass_slot(k, iv.slot);
-            if memo.masses[slot].is_nan() {
-                let (m, is, ls) = (nd.mu[k], nd.unit[k], nd.log_sigma[k]);
-                if s + mass_bound(iv, m, is, ls) < threshold {
-                    return f64::NEG_INFINITY;
+            let mass = match memo.mass(slot) {
+                Some(mass) => mass,
+                None => {
+                    let (m, is, ls) = (nd.mu[k], nd.unit[k], nd.log_sigma[k]);
+                    if s + mass_bound(iv, m, is, ls) < threshold {
+                        return f64::NEG_INFINITY;
+                    }
+                    let mass = interval_log_mass(iv, m, is, ls);
+                    memo.set_mass(slot, mass);
+                    mass
                 }
-                memo.masses[slot] = interval_log_mass(iv, m, is, ls);
-            }
-            s += memo.masses[slot];
+            };
+            s += mass;
         }
         s
     }
@@ -922,33 +941,77 @@ unsafe fn indices_at_least_avx2(xs: &[f64], threshold: f64, out: &mut Vec<u32>) 
     }
 }
 
+/// Buffers of `log_pdf`, kept per thread so that a call allocates nothing but its result.
+#[derive(Default)]
+struct Scratch {
+    memo: Memo,
+    /// Per point of a group, every kernel's dense-pass value.
+    acc: [Vec<f64>; POINTS],
+    /// One point's kernel totals.
+    terms: Vec<f64>,
+    /// The kernels within reach of one point.
+    near: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// Per-kernel terms computed so far during one `log_pdf` call, shared by its points: the log
-/// weights, and the interval masses of each distinct stepped value.
+/// weights, and the interval masses of each distinct stepped value. An entry counts only when
+/// its stamp is the current call's, so a call starts without clearing the tables (the masses
+/// of a large estimator take a few hundred kilobytes).
+#[derive(Default)]
 struct Memo {
     n_kernels: usize,
-    log_weights: Vec<f64>,
-    masses: Vec<f64>,
+    call: u32,
+    log_weights: Vec<(u32, f64)>,
+    masses: Vec<(u32, f64)>,
 }
 
 impl Memo {
-    fn new(n_kernels: usize, n_slots: usize) -> Self {
-        Memo { n_kernels, log_weights: vec![f64::NAN; n_kernels], masses: vec![f64::NAN; n_kernels * n_slots] }
+    /// Forgets every entry and makes room for `n_kernels` kernels and `n_slots` values.
+    fn start(&mut self, n_kernels: usize, n_slots: usize) {
+        self.call = self.call.wrapping_add(1);
+        if self.call == 0 {
+            // Stamps have wrapped around: clear them once.
+            self.log_weights.iter_mut().for_each(|e| e.0 = 0);
+            self.masses.iter_mut().for_each(|e| e.0 = 0);
+            self.call = 1;
+        }
+        self.n_kernels = n_kernels;
+        if self.log_weights.len() < n_kernels {
+            self.log_weights.resize(n_kernels, (0, 0.0));
+        }
+        if self.masses.len() < n_kernels * n_slots {
+            self.masses.resize(n_kernels * n_slots, (0, 0.0));
+        }
     }
 
     #[inline]
     fn log_weight(&mut self, k: usize, f: impl FnOnce() -> f64) -> f64 {
-        let v = &mut self.log_weights[k];
-        if v.is_nan() {
-            *v = f();
+        let e = &mut self.log_weights[k];
+        if e.0 != self.call {
+            *e = (self.call, f());
         }
-        *v
+        e.1
     }
 
-    /// Where the log mass of kernel `k` on the interval remembered in `slot` goes in `masses`
-    /// (NaN until computed).
+    /// Where the log mass of kernel `k` on the interval remembered in `slot` goes in `masses`.
     #[inline]
     fn mass_slot(&self, k: usize, slot: usize) -> usize {
         slot * self.n_kernels + k
+    }
+
+    #[inline]
+    fn mass(&self, at: usize) -> Option<f64> {
+        let (stamp, mass) = self.masses[at];
+        (stamp == self.call).then_some(mass)
+    }
+
+    #[inline]
+    fn set_mass(&mut self, at: usize, mass: f64) {
+        self.masses[at] = (self.call, mass);
     }
 }
 
@@ -1020,13 +1083,16 @@ fn kernel_constant(
 }
 
 impl NumDim {
-    /// Appends observation kernels (transformed centres `col`) before the prior, keeping every
-    /// array as `numeric` would build it: each new kernel goes into the sorted order (after
-    /// equal centres, as it has the largest index), and it and its sorted neighbours get their
-    /// widths anew. Kernels whose constant changed are added to `changed`.
-    fn extend(
+    /// Inserts observation kernels (transformed centres `col`) so that they become kernels
+    /// `at`, the old ones moving to `moved_to` (empty: staying where they are), keeping every array as `numeric` would build
+    /// it: each new kernel goes into the sorted order by (centre, index), and it and its sorted
+    /// neighbours get their widths anew. Kernels whose constant changed are added to `changed`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
         &mut self,
         col: &[f64],
+        at: &[usize],
+        moved_to: &[u32],
         ids: &[u32],
         params: &ParzenParams,
         cache: &mut Vec<(f64, Constants)>,
@@ -1035,14 +1101,18 @@ impl NumDim {
         let stepped = self.step.is_some();
         let unit_scale = if stepped { 1.0 } else { std::f64::consts::FRAC_1_SQRT_2 };
         let prior = (self.mu.pop(), self.sigma.pop(), self.unit.pop(), self.constant.pop(), self.log_sigma.pop());
-        for &v in col {
-            let k = self.mu.len();
-            self.mu.push(v);
-            self.sigma.push(f64::NAN);
-            self.unit.push(f64::NAN);
-            self.constant.push(f64::NAN);
-            self.log_sigma.push(f64::NAN);
-            let q = self.order.partition_point(|&i| self.mu[i as usize].total_cmp(&v) != std::cmp::Ordering::Greater);
+        let unset = vec![f64::NAN; at.len()];
+        insert_at(&mut self.mu, at, col);
+        for v in [&mut self.sigma, &mut self.unit, &mut self.constant, &mut self.log_sigma] {
+            insert_at(v, at, &unset);
+        }
+        if !moved_to.is_empty() {
+            self.order.iter_mut().for_each(|k| *k = moved_to[*k as usize]);
+        }
+        for &k in at {
+            let v = self.mu[k];
+            let q =
+                self.order.partition_point(|&i| self.mu[i as usize].total_cmp(&v).then((i as usize).cmp(&k)).is_lt());
             self.order.insert(q, k as u32);
             for p in q.saturating_sub(1)..(q + 2).min(self.order.len()) {
                 let j = self.order[p] as usize;
@@ -1063,6 +1133,25 @@ impl NumDim {
             self.unit.push(u);
             self.constant.push(c);
             self.log_sigma.push(ls);
+        }
+    }
+}
+
+/// Inserts `new[j]` into `v` so that it lands at index `at[j]` (ascending) of the result. Only
+/// the values after the first insertion move: appending costs nothing more than a push.
+fn insert_at<T: Copy>(v: &mut Vec<T>, at: &[usize], new: &[T]) {
+    debug_assert_eq!(at.len(), new.len());
+    let Some(&first) = at.first() else { return };
+    let mut src = v.len();
+    v.extend_from_slice(new);
+    let mut placed = new.len();
+    for dst in (first..v.len()).rev() {
+        if placed > 0 && at[placed - 1] == dst {
+            placed -= 1;
+            v[dst] = new[placed];
+        } else {
+            src -= 1;
+            v[dst] = v[src];
         }
     }
 }
