@@ -3,7 +3,8 @@
 //! float, 1 log int, 1 categorical). Optuna 5.0 measures 23.7 ms/trial here, rustuna 1.05 ms.
 //!
 //! Run: `cargo bench --bench ask_tell` (prints ms/trial at 100, 500 and 1000 trials, by wall
-//! clock and by this thread's CPU time, which is steadier on a shared machine; for A/B
+//! clock and by this thread's CPU time, which is steadier on a shared machine, each the mean
+//! of studies with seeds 1 to 3, or to N with `-- --seeds N`; for A/B
 //! comparisons of two builds, `-- --reps N` repeats each study N times and also prints the
 //! minimum CPU time and a hash of every suggested parameter, equal when both builds suggest the
 //! same values). `-- --only memory` (or `sqlite`) runs one backend, e.g. under `perf record`.
@@ -42,7 +43,7 @@ fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> (f64, f64
         }
         v += t.suggest_float_log("lr", 1e-5, 1e-1).unwrap().ln().abs();
         v += t
-            .suggest(&"batch".to_string(), &tune::Distribution::int(1, 1024, true, 1).unwrap())
+            .suggest("batch", &tune::Distribution::int(1, 1024, true, 1).unwrap())
             .unwrap()
             .as_f64()
             .unwrap()
@@ -64,6 +65,18 @@ fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> (f64, f64
     (wall, cpu, hash)
 }
 
+/// `study(seed)` for seeds 1 to `seeds`: the mean wall and CPU times, and a hash of all the
+/// studies' suggestions. A study's cost depends on where its search goes (a converged study
+/// has more bad trials near each candidate), so one seed alone is a noisy figure.
+fn over_seeds(seeds: u64, mut study: impl FnMut(u64) -> (f64, f64, u64)) -> (f64, f64, u64) {
+    let (mut wall, mut cpu, mut hash) = (0.0, 0.0, 0u64);
+    for seed in 1..=seeds {
+        let (w, c, h) = study(seed);
+        (wall, cpu, hash) = (wall + w, cpu + c, hash.wrapping_mul(31).wrapping_add(h));
+    }
+    (wall / seeds as f64, cpu / seeds as f64, hash)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -72,6 +85,10 @@ fn main() {
     let quick = !args.iter().any(|a| a == "--bench");
     let reps: usize = args.iter().position(|a| a == "--reps").map_or(1, |i| args[i + 1].parse().expect("--reps N"));
     let sizes: &[usize] = if quick { &[50] } else { &[100, 500, 1000] };
+    let seeds: u64 = args
+        .iter()
+        .position(|a| a == "--seeds")
+        .map_or(if quick { 1 } else { 3 }, |i| args[i + 1].parse().expect("--seeds N"));
     // `--only memory` or `--only sqlite` runs one backend (for profiling one of them).
     let only = args.iter().position(|a| a == "--only").map(|i| args[i + 1].clone());
     let run = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
@@ -79,17 +96,22 @@ fn main() {
         let (mut mem_cpu, mut sql_cpu) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             let skipped = (f64::NAN, f64::NAN, 0);
-            let (mem, mc, hash) =
-                if run("memory") { one_study(Arc::new(InMemoryStorage::new()), n, 1) } else { skipped };
-            let dir = tempfile::tempdir().unwrap();
+            let (mem, mc, hash) = if run("memory") {
+                over_seeds(seeds, |seed| one_study(Arc::new(InMemoryStorage::new()), n, seed))
+            } else {
+                skipped
+            };
             let (sql, sc, _) = if run("sqlite") {
-                one_study(Arc::new(SqliteStorage::open(&dir.path().join("bench.db")).unwrap()), n, 1)
+                over_seeds(seeds, |seed| {
+                    let dir = tempfile::tempdir().unwrap();
+                    one_study(Arc::new(SqliteStorage::open(&dir.path().join("bench.db")).unwrap()), n, seed)
+                })
             } else {
                 skipped
             };
             println!(
-                "TPE ask+tell, 10 params, {n:>4} trials: in-memory {mem:.3} ms/trial (cpu {mc:.3}), \
-                 SQLite {sql:.3} ms/trial (cpu {sc:.3})"
+                "TPE ask+tell, 10 params, {n:>4} trials, mean of {seeds} studies: in-memory {mem:.3} ms/trial \
+                 (cpu {mc:.3}), SQLite {sql:.3} ms/trial (cpu {sc:.3})"
             );
             if reps > 1 {
                 println!("  params hash {hash:016x}");

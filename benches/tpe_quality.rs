@@ -8,6 +8,7 @@
 //! .venv/bin/python scripts/tpe_quality.py          # writes target/tpe_quality_optuna.json
 //! cargo bench --bench tpe_quality                  # or: -- --optuna FILE --seeds N --trials N
 //!                                                  #     --first-seed S (seeds S..S+N)
+//!                                                  #     --dump FILE (our values per seed)
 //! ```
 //!
 //! Columns: each side's median best value, which is lower, P(tune<optuna) (the chance that one
@@ -38,19 +39,27 @@ const CASES: [(FunctionName, usize); 7] = [
 
 struct Args {
     optuna: PathBuf,
+    /// Where to write our best value per seed (the reference file's format), if anywhere.
+    dump: Option<PathBuf>,
     first_seed: u64,
     seeds: u64,
     trials: usize,
 }
 
 fn parse_args() -> Args {
-    let mut args =
-        Args { optuna: PathBuf::from("target/tpe_quality_optuna.json"), first_seed: 0, seeds: 10, trials: 100 };
+    let mut args = Args {
+        optuna: PathBuf::from("target/tpe_quality_optuna.json"),
+        dump: None,
+        first_seed: 0,
+        seeds: 10,
+        trials: 100,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
         match a.as_str() {
             "--optuna" => args.optuna = PathBuf::from(value("--optuna")),
+            "--dump" => args.dump = Some(PathBuf::from(value("--dump"))),
             "--seeds" => args.seeds = value("--seeds").parse().expect("--seeds takes an integer"),
             "--first-seed" => args.first_seed = value("--first-seed").parse().expect("--first-seed takes an integer"),
             "--trials" => args.trials = value("--trials").parse().expect("--trials takes an integer"),
@@ -146,12 +155,15 @@ fn main() {
         "function", "dims", "optuna", "tune", "better", "P(tune<optuna)", "optuna s", "tune s"
     );
     let (mut ours_better_or_tied, mut compared) = (0, 0);
+    let mut dumped = Vec::new();
     for (name, dim) in CASES {
         let start = Instant::now();
         let seeds = args.first_seed..args.first_seed + args.seeds;
         let bests: Vec<f64> = seeds.map(|seed| best_value(name, dim, seed, args.trials)).collect();
         let secs = start.elapsed().as_secs_f64() / args.seeds as f64;
         let ours = median(bests.clone());
+        dumped.push(serde_json::json!({"function": name.as_str(), "dim": dim, "median_best": ours,
+            "best_per_seed": bests, "secs_per_study": secs}));
         let theirs = reference(&optuna, name, dim);
         let verdict = match &theirs {
             None => "-",
@@ -185,5 +197,12 @@ fn main() {
     }
     if compared > 0 {
         println!("tune is not worse on {ours_better_or_tied} of {compared} functions");
+    }
+    if let Some(path) = &args.dump {
+        let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
+        let doc = serde_json::json!({"sampler": "tune TpeSampler, defaults", "n_trials": args.trials,
+            "seeds": seeds, "results": dumped});
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("JSON")).expect("writing --dump");
+        println!("wrote {}", path.display());
     }
 }

@@ -149,6 +149,7 @@ impl CatDim {
         }
     }
 
+    #[inline]
     fn log_prob(&self, k: usize, c: usize) -> f64 {
         match self.obs.get(k) {
             None => self.log_prior,
@@ -514,7 +515,7 @@ impl ParzenEstimator {
     /// continuous exponents (that value, when exact), categorical terms, the log weight, then
     /// interval masses, always summed in that order. Gives up (negative infinity) as soon as
     /// what is left (all at most 0) cannot lift it to `threshold`.
-    #[inline]
+    #[inline(always)]
     fn kernel_total(
         &self,
         dims: &DimViews,
@@ -544,7 +545,8 @@ impl ParzenEstimator {
                     if s + mass_bound(iv, m, is, ls) < threshold {
                         return f64::NEG_INFINITY;
                     }
-                    let mass = interval_log_mass(iv, m, is, ls);
+                    let mass =
+                        memo.known.get_or_insert([m, is, iv.left, iv.right], || interval_log_mass(iv, m, is, ls));
                     memo.set_mass(slot, mass);
                     mass
                 }
@@ -967,6 +969,38 @@ struct Memo {
     call: u32,
     log_weights: Vec<(u32, f64)>,
     masses: Vec<(u32, f64)>,
+    /// Interval masses from earlier calls, which the next asks mostly need again.
+    known: KnownMasses,
+}
+
+/// A direct-mapped memo of `interval_log_mass`, keyed on every bit of its inputs (centre,
+/// `1/σ`, interval ends; `ln σ` and the interval's other fields follow from them): a kept bad
+/// model's kernels and the few stepped values that candidates near the good trials take recur
+/// from ask to ask, and an entry costs a hash where the mass costs two normal CDFs. Being keyed
+/// on the inputs, it gives exactly what the computation gives, whatever estimator asks.
+struct KnownMasses {
+    entries: Vec<([u64; 4], f64)>,
+}
+
+impl Default for KnownMasses {
+    fn default() -> Self {
+        // 4096 entries (160 KB): a large study's asks use a few hundred.
+        KnownMasses { entries: vec![([u64::MAX; 4], f64::NAN); 1 << 12] }
+    }
+}
+
+impl KnownMasses {
+    #[inline]
+    fn get_or_insert(&mut self, key: [f64; 4], f: impl FnOnce() -> f64) -> f64 {
+        let bits = key.map(f64::to_bits);
+        // Multiply-xor hashing of the four words; the top bits index the table.
+        let h = bits.iter().fold(0u64, |h, &b| (h ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29));
+        let entry = &mut self.entries[(h >> (64 - 12)) as usize];
+        if entry.0 != bits {
+            *entry = (bits, f());
+        }
+        entry.1
+    }
 }
 
 impl Memo {
