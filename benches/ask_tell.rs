@@ -42,12 +42,7 @@ fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> (f64, f64
             v += x * x;
         }
         v += t.suggest_float_log("lr", 1e-5, 1e-1).unwrap().ln().abs();
-        v += t
-            .suggest("batch", &tune::Distribution::int(1, 1024, true, 1).unwrap())
-            .unwrap()
-            .as_f64()
-            .unwrap()
-            .ln();
+        v += t.suggest("batch", &tune::Distribution::int(1, 1024, true, 1).unwrap()).unwrap().as_f64().unwrap().ln();
         let opt = t.suggest_categorical("optimizer", &choices).unwrap();
         if opt == json!("sgd") {
             v += 1.0;
