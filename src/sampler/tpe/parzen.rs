@@ -545,8 +545,8 @@ impl ParzenEstimator {
                     if s + mass_bound(iv, m, is, ls) < threshold {
                         return f64::NEG_INFINITY;
                     }
-                    let mass =
-                        memo.known.get_or_insert([m, is, iv.left, iv.right], || interval_log_mass(iv, m, is, ls));
+                    let key = [m, nd.sigma[k], iv.left, iv.right, iv.half_width];
+                    let mass = memo.known.get_or_insert(key, || interval_log_mass(iv, m, is, ls));
                     memo.set_mass(slot, mass);
                     mass
                 }
@@ -973,29 +973,34 @@ struct Memo {
     known: KnownMasses,
 }
 
-/// A direct-mapped memo of `interval_log_mass`, keyed on every bit of its inputs (centre,
-/// `1/σ`, interval ends; `ln σ` and the interval's other fields follow from them): a kept bad
+/// A direct-mapped memo of `interval_log_mass`, keyed on every bit of what its inputs are
+/// computed from (centre, `σ`, interval ends and half-width; `1/σ`, `ln σ`, the interval's
+/// centre and log-width follow from them): a kept bad
 /// model's kernels and the few stepped values that candidates near the good trials take recur
 /// from ask to ask, and an entry costs a hash where the mass costs two normal CDFs. Being keyed
 /// on the inputs, it gives exactly what the computation gives, whatever estimator asks.
 struct KnownMasses {
-    entries: Vec<([u64; 4], f64)>,
+    entries: Vec<([u64; 5], f64)>,
+}
+
+impl KnownMasses {
+    /// 4096 entries (192 KB): a large study's asks use a few hundred.
+    const BITS: u32 = 12;
 }
 
 impl Default for KnownMasses {
     fn default() -> Self {
-        // 4096 entries (160 KB): a large study's asks use a few hundred.
-        KnownMasses { entries: vec![([u64::MAX; 4], f64::NAN); 1 << 12] }
+        KnownMasses { entries: vec![([u64::MAX; 5], f64::NAN); 1 << Self::BITS] }
     }
 }
 
 impl KnownMasses {
     #[inline]
-    fn get_or_insert(&mut self, key: [f64; 4], f: impl FnOnce() -> f64) -> f64 {
+    fn get_or_insert(&mut self, key: [f64; 5], f: impl FnOnce() -> f64) -> f64 {
         let bits = key.map(f64::to_bits);
-        // Multiply-xor hashing of the four words; the top bits index the table.
+        // Multiply-xor hashing of the words; the top bits index the table.
         let h = bits.iter().fold(0u64, |h, &b| (h ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29));
-        let entry = &mut self.entries[(h >> (64 - 12)) as usize];
+        let entry = &mut self.entries[(h >> (64 - Self::BITS)) as usize];
         if entry.0 != bits {
             *entry = (bits, f());
         }
