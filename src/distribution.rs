@@ -75,7 +75,10 @@ impl Distribution {
         if log && low < 1 {
             return Err(format!("`log: true` needs low >= 1 (got low={low})"));
         }
-        let high = low + (high - low) / step * step;
+        let span = high
+            .checked_sub(low)
+            .ok_or_else(|| format!("the range from low={low} to high={high} is wider than 64-bit integers allow"))?;
+        let high = low + span / step * step;
         Ok(Distribution::Int { low, high, log, step })
     }
 
@@ -208,14 +211,54 @@ impl Distribution {
         }
     }
 
-    /// Optuna's compatibility rule: a parameter keeps one kind of distribution in a study
-    /// (categoricals must keep the same choices).
+    /// Optuna's compatibility rule (`check_distribution_compatibility`): a parameter keeps one
+    /// kind of distribution in a study, a float or int keeps its `log` setting, and a
+    /// categorical keeps its choices; ranges and steps may change.
     pub fn compatible(&self, other: &Distribution) -> bool {
+        self.incompatibility(other).is_none()
+    }
+
+    /// Why `other` cannot replace `self` in a study (see [`Distribution::compatible`]).
+    pub fn incompatibility(&self, other: &Distribution) -> Option<&'static str> {
         match (self, other) {
-            (Distribution::Float { .. }, Distribution::Float { .. }) => true,
-            (Distribution::Int { .. }, Distribution::Int { .. }) => true,
-            (Distribution::Categorical { choices: a }, Distribution::Categorical { choices: b }) => a == b,
-            _ => false,
+            (Distribution::Float { log: a, .. }, Distribution::Float { log: b, .. })
+            | (Distribution::Int { log: a, .. }, Distribution::Int { log: b, .. }) => {
+                (a != b).then_some("a parameter keeps its log setting")
+            }
+            (Distribution::Categorical { choices: a }, Distribution::Categorical { choices: b }) => {
+                (a != b).then_some("a categorical parameter keeps its choices")
+            }
+            _ => Some("a parameter keeps its type (float, int or categorical)"),
+        }
+    }
+
+    /// The distribution as a study file writes it: `{type: float, low: 0.1, high: 1, log: true}`.
+    pub fn describe(&self) -> String {
+        match self {
+            Distribution::Float { low, high, log, step } => {
+                let mut s = format!("{{type: float, low: {low}, high: {high}");
+                if *log {
+                    s.push_str(", log: true");
+                }
+                if let Some(st) = step {
+                    s.push_str(&format!(", step: {st}"));
+                }
+                s + "}"
+            }
+            Distribution::Int { low, high, log, step } => {
+                let mut s = format!("{{type: int, low: {low}, high: {high}");
+                if *log {
+                    s.push_str(", log: true");
+                }
+                if *step != 1 {
+                    s.push_str(&format!(", step: {step}"));
+                }
+                s + "}"
+            }
+            Distribution::Categorical { choices } => {
+                let c: Vec<String> = choices.iter().map(Value::to_string).collect();
+                format!("{{type: categorical, choices: [{}]}}", c.join(", "))
+            }
         }
     }
 }

@@ -35,6 +35,19 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Replaces the default panic hook, which prints Rust's panic banner to stderr, with one that
+/// prints nothing: every panic is caught where it can be explained (a trial's panic becomes its
+/// FAIL reason, the binary turns one of its own into an `Error:` line). With `RUST_BACKTRACE`
+/// set, the default hook still runs, for whoever is debugging tune itself.
+pub fn install_quiet_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            default(info);
+        }
+    }));
+}
+
 /// Shorthand for `Err(InputError)` inside an `anyhow` function.
 #[macro_export]
 macro_rules! input_err {

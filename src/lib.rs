@@ -6,6 +6,7 @@
 
 pub mod distribution;
 pub mod error;
+pub mod fault;
 pub mod frozen;
 pub mod pruner;
 pub mod sampler;

@@ -2,11 +2,19 @@
 //! (0 ok, 1 a study or trial failure to look at, 2 bad input, 130 interrupted).
 
 fn main() {
-    let code = match tune::cli::run() {
-        Ok(code) => code,
-        Err(err) => {
+    tune::error::install_quiet_panic_hook();
+    let code = match std::panic::catch_unwind(tune::cli::run) {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) => {
             eprintln!("Error: {err:#}");
             tune::error::exit_code(&err)
+        }
+        Err(panic) => {
+            eprintln!(
+                "Error: internal error: {}; this is a bug in tune, please report it (RUST_BACKTRACE=1 shows where)",
+                tune::error::panic_message(panic.as_ref())
+            );
+            1
         }
     };
     std::process::exit(code);

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::distribution::Distribution;
 use crate::error::{InputError, TrialPruned};
-use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY};
+use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY, INTERRUPTED_KEY};
 use crate::pruner::{NopPruner, Pruner};
 use crate::sampler::{Sampler, SearchSpace, StudyView};
 use crate::storage::{InMemoryStorage, Storage};
@@ -185,6 +185,22 @@ impl Study {
         Ok(self.shared.storage.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs)?)
     }
 
+    /// Best effort after `ask_within` failed on a trial it had started: the trial is failed as
+    /// interrupted (so it does not count against the budget) and, if it was enqueued, its
+    /// parameters are enqueued again. Errors are ignored: the storage may be the problem.
+    fn give_back(&self, frozen: &FrozenTrial, e: &dyn std::fmt::Display) {
+        let st = &self.shared.storage;
+        let reason = Value::from(format!("interrupted: starting the trial failed ({e:#})"));
+        let ok = st.set_trial_system_attr(frozen.trial_id, INTERRUPTED_KEY, &Value::Bool(true)).is_ok()
+            && st.set_trial_system_attr(frozen.trial_id, FAIL_REASON_KEY, &reason).is_ok()
+            && st.set_trial_state_values(frozen.trial_id, TrialState::Fail, None).is_ok();
+        if let (true, Some(fixed)) = (ok, frozen.system_attrs.get(FIXED_PARAMS_KEY)) {
+            let mut attrs = BTreeMap::new();
+            attrs.insert(FIXED_PARAMS_KEY.to_string(), fixed.clone());
+            let _ = st.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs);
+        }
+    }
+
     /// Starts a trial: the oldest WAITING one, else a new one.
     pub fn ask(&self) -> anyhow::Result<Trial> {
         Ok(self.ask_within(None)?.expect("no budget means a trial is always started"))
@@ -198,12 +214,16 @@ impl Study {
             return Ok(None);
         };
         let seed = derive_seed(s.seed, frozen.number);
-        s.storage.set_trial_user_attr(frozen.trial_id, SEED_ATTR, &Value::from(seed))?;
         let fixed: BTreeMap<String, Value> = match frozen.system_attrs.get(FIXED_PARAMS_KEY) {
-            Some(v) => serde_json::from_value(v.clone()).context("reading an enqueued trial's fixed_params")?,
-            None => BTreeMap::new(),
-        };
-        let snapshot = s.storage.get_all_trials(s.study_id, None)?;
+            Some(v) => serde_json::from_value(v.clone()).context("reading an enqueued trial's fixed_params"),
+            None => Ok(BTreeMap::new()),
+        }
+        .and_then(|fixed| {
+            s.storage.set_trial_user_attr(frozen.trial_id, SEED_ATTR, &Value::from(seed))?;
+            Ok(fixed)
+        })
+        .inspect_err(|e| self.give_back(&frozen, e))?;
+        let snapshot = s.storage.get_all_trials(s.study_id, None).inspect_err(|e| self.give_back(&frozen, e))?;
         let me = match snapshot.iter().find(|t| t.trial_id == frozen.trial_id) {
             Some(t) => (**t).clone(),
             None => frozen,

@@ -118,3 +118,98 @@ fn trials_are_placed_on_device_slots_with_at_most_their_share_at_once() {
     assert_eq!(trials.len(), 12);
     assert!(trials.iter().all(|t| t.user_attrs["placed_on"].as_str().is_some_and(|d| d.starts_with("gpu-"))));
 }
+
+/// Runs `f` on its own thread; panics if it has not returned within `limit` (a hang).
+fn within<T: Send + 'static>(limit: std::time::Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("the run did not end: it hangs")
+}
+
+/// Every write method the executor uses fails once, at its 1st, 2nd, 3rd, 5th or 8th call, with
+/// two workers, reports, pruning checks, failures, an enqueued trial and fast heartbeats: the
+/// run always ends (with the storage error, or normally when the failing call was a heartbeat
+/// the run can do without), no trial is left RUNNING, and the enqueued parameters are not lost.
+#[test]
+fn a_storage_failure_in_any_phase_ends_the_run_and_loses_nothing() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use tune::storage::{FaultKind, FaultyStorage, Storage, StorageError};
+
+    let methods = [
+        "start_next_trial",
+        "set_trial_user_attr",
+        "set_trial_param",
+        "set_trial_intermediate_values",
+        "set_trial_system_attr",
+        "set_trial_state_values",
+        "record_heartbeat",
+        "fail_stale_trials",
+    ];
+    for method in methods {
+        let mut fired = false;
+        for nth in [1, 2, 3, 5, 8] {
+            let inner = Arc::new(InMemoryStorage::new());
+            let id = inner.create_new_study("s", Direction::Minimize).unwrap();
+            let mut fixed = BTreeMap::new();
+            fixed.insert(tune::frozen::FIXED_PARAMS_KEY.to_string(), serde_json::json!({"x": 0.25}));
+            inner.create_new_trial(id, TrialState::Waiting, &fixed).unwrap();
+            let faulty = Arc::new(FaultyStorage::new(inner.clone(), method, nth, FaultKind::Error).unwrap());
+            let storage: Arc<dyn Storage> = faulty.clone();
+            let result = within(Duration::from_secs(30), move || {
+                let s = Study::load(storage, "s", Arc::new(RandomSampler::new(3)), Arc::new(NopPruner), 3).unwrap();
+                let opts = RunOptions {
+                    n_trials: Some(6),
+                    jobs: 2,
+                    heartbeat_interval: Duration::from_millis(20),
+                    grace: Duration::from_secs(5),
+                    ..RunOptions::default()
+                };
+                run_study(&s, &opts, |t| {
+                    let x = t.suggest_float("x", 0.0, 1.0)?;
+                    for step in 0..3 {
+                        std::thread::sleep(Duration::from_millis(15));
+                        t.report(step, x)?;
+                        t.should_prune()?;
+                    }
+                    if t.number() % 3 == 2 {
+                        anyhow::bail!("diverged");
+                    }
+                    Ok(x)
+                })
+            });
+            let hit = faulty.calls() >= nth;
+            fired |= hit;
+            match &result {
+                Err(e) => {
+                    assert!(hit, "{method}#{nth}: an error without the fault firing: {e:#}");
+                    assert!(e.chain().any(|c| c.is::<StorageError>()), "{method}#{nth}: {e:#}");
+                }
+                Ok(_) => assert!(
+                    !hit || matches!(method, "record_heartbeat" | "fail_stale_trials"),
+                    "{method}#{nth}: the fault fired but the run reported no error"
+                ),
+            }
+            let trials = inner.get_all_trials(id, None).unwrap();
+            assert!(
+                trials.iter().all(|t| t.state != TrialState::Running),
+                "{method}#{nth}: a trial was left RUNNING: {:?}",
+                trials.iter().map(|t| (t.number, t.state)).collect::<Vec<_>>()
+            );
+            let kept = trials.iter().any(|t| {
+                let done = t.state.is_finished() && !t.interrupted() && t.params.get("x") == Some(&0.25);
+                let waiting =
+                    t.state == TrialState::Waiting && t.system_attrs.contains_key(tune::frozen::FIXED_PARAMS_KEY);
+                done || waiting
+            });
+            assert!(kept, "{method}#{nth}: the enqueued trial was lost");
+            if result.is_ok() {
+                let finished = trials.iter().filter(|t| t.state.is_finished() && !t.interrupted()).count();
+                assert_eq!(finished, 6, "{method}#{nth}");
+            }
+        }
+        assert!(fired, "{method}: the run never made the failing call; the test proves nothing for it");
+    }
+}

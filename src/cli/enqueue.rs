@@ -47,6 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let url = a.storage.or(spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
     let storage = crate::storage::open(&url)?;
+    spec.check_against(storage.as_ref())?;
     let study =
         Study::create_or_load(storage, &spec.name, spec.direction, spec.build_sampler(0)?, spec.build_pruner()?, 0)?;
     let t = study.enqueue(&params)?;

@@ -48,6 +48,7 @@ enum Command {
 /// Parses the process arguments and runs the subcommand; returns the exit code.
 pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    crate::fault::check_env()?;
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Ls(a) => ls::run(a),

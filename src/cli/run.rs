@@ -40,8 +40,8 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let spec = StudySpec::load(&a.file)?;
-    if a.jobs == Some(0) {
-        return Err(crate::input_err!("--jobs must be at least 1"));
+    if a.jobs.is_some_and(|j| !(1..=crate::spec::MAX_JOBS).contains(&j)) {
+        return Err(crate::input_err!("--jobs must be from 1 to {}", crate::spec::MAX_JOBS));
     }
     if matches!(spec.objective, ObjectiveSpec::Rl(_)) {
         // Trainers run on these devices: a missing GPU is the file's mistake, found before any write.
@@ -56,6 +56,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let url = a.storage.clone().or_else(|| spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
     let storage = crate::storage::open(&url)?;
+    spec.check_against(storage.as_ref())?;
 
     // The seed: the file's, else the one stored when the study was created, else a fresh one.
     let stored_seed = match storage.get_study_id_from_name(&spec.name)? {
@@ -63,8 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None => None,
     };
     let seed = spec.seed.or(stored_seed).unwrap_or_else(|| rand::random::<u32>() as u64);
-    let base_dir = a.file.parent().map(PathBuf::from).unwrap_or_default();
-    let ctx = BuildContext { base_dir, log_dir: PathBuf::from("tune-logs").join(&spec.name) };
+    let ctx = BuildContext { base_dir: spec.base_dir(), log_dir: PathBuf::from("tune-logs").join(&spec.name) };
     let objective = spec.objective.build(&ctx)?;
     let study = Study::create_or_load(
         storage.clone(),

@@ -83,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cfg.device = device;
     }
     cfg.validate().map_err(|e| crate::input_err!("{}: {e}", a.config.display()))?;
-    cfg.resolve_paths(a.config.parent().unwrap_or(std::path::Path::new("")));
+    cfg.resolve_paths(&crate::spec::folder_of(&a.config));
     let stem = a.config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
     let out = a.out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{stem}-seed{}", cfg.seed)));
     let writer = RunWriter::create(&out, &cfg)?;

@@ -80,9 +80,13 @@ struct Run<'a> {
     study: &'a Study,
     opts: &'a RunOptions,
     running: Mutex<HashSet<i64>>,
+    /// Workers between starting a trial in storage and listing it in `running`.
+    starting: AtomicUsize,
     active: AtomicUsize,
     told_waiting: AtomicBool,
     summary: Mutex<RunSummary>,
+    /// The first error that ended a worker (it stops the others).
+    failure: Mutex<Option<String>>,
     done: (Mutex<bool>, Condvar),
     progress: Progress,
     start: Instant,
@@ -103,9 +107,11 @@ where
         study,
         opts,
         running: Mutex::new(HashSet::new()),
+        starting: AtomicUsize::new(0),
         active: AtomicUsize::new(slots.len()),
         told_waiting: AtomicBool::new(false),
         summary: Mutex::new(RunSummary::default()),
+        failure: Mutex::new(None),
         done: (Mutex::new(false), Condvar::new()),
         progress: Progress::new(opts.progress, opts.n_trials, study.direction()),
         start: Instant::now(),
@@ -124,6 +130,7 @@ where
             let (run, evaluate, errors) = (&run, &evaluate, &errors);
             s.spawn(move |_| {
                 if let Err(e) = run.worker(device.as_deref(), evaluate) {
+                    run.record_failure(&e);
                     study.stop_flag().store(true, Ordering::SeqCst);
                     errors.lock().unwrap().push(e);
                 }
@@ -151,24 +158,32 @@ impl Run<'_> {
     }
 
     /// One worker, whose trials run on `device`: start trials until the budget, the timeout or
-    /// a stop.
+    /// a stop. Whatever it returns, or if it panics, its guard tells the heartbeat loop that it
+    /// is gone, so that the run ends once every worker is.
     fn worker<F>(&self, device: Option<&str>, evaluate: &F) -> anyhow::Result<()>
     where
         F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
     {
+        let _gone = WorkerGuard(self);
         let budget = self.opts.n_trials;
-        let result = loop {
+        loop {
             if self.stopping() || self.timed_out() {
-                break Ok(());
+                return Ok(());
             }
-            let mut trial = match self.study.ask_within(budget)? {
+            self.starting.fetch_add(1, Ordering::SeqCst);
+            let asked = self.study.ask_within(budget);
+            if let Ok(Some(t)) = &asked {
+                self.running.lock().unwrap().insert(t.trial_id());
+            }
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+            let mut trial = match asked? {
                 Some(t) => t,
                 None => {
                     // The budget is taken. Trials still RUNNING elsewhere either finish or go
                     // stale (their worker died) and come back as WAITING: wait for that.
                     let foreign = self.foreign_running()?;
                     if foreign == 0 {
-                        break Ok(());
+                        return Ok(());
                     }
                     if !self.told_waiting.swap(true, Ordering::SeqCst) {
                         self.progress.note(&format!(
@@ -182,38 +197,24 @@ impl Run<'_> {
             };
             trial.place_on(device);
             self.run_trial(trial, evaluate)?;
-        };
-        self.finish_worker();
-        result
+        }
     }
 
-    fn run_trial<F>(&self, mut trial: Trial, evaluate: &F) -> anyhow::Result<()>
+    /// Evaluates one started trial (already listed in `running`) and records its outcome. If recording fails (a storage
+    /// error), the trial is failed as interrupted and re-queued where the storage still allows,
+    /// so that it neither stays RUNNING nor counts against the budget, and the error returns.
+    fn run_trial<F>(&self, trial: Trial, evaluate: &F) -> anyhow::Result<()>
     where
         F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
     {
         let id = trial.trial_id();
-        self.running.lock().unwrap().insert(id);
-        let result = catch_unwind(AssertUnwindSafe(|| evaluate(&mut trial)));
-        let result = match result {
-            Ok(r) => r,
-            Err(panic) => Err(anyhow::anyhow!("the objective panicked: {}", panic_message(panic.as_ref()))),
-        };
-        let interrupted = match &result {
-            Err(e) => e.chain().any(|c| c.is::<Interrupted>()) || self.stopping(),
-            Ok(_) => false,
-        };
-        let frozen = if interrupted {
-            trial.flush()?;
-            self.mark_interrupted(&trial, "interrupted by Ctrl-C")?;
-            self.requeue(trial.frozen(), false)?;
-            self.summary.lock().unwrap().interrupted_trials += 1;
-            None
-        } else {
-            let outcome = outcome_of(result);
-            Some(self.study.tell(trial, outcome)?)
-        };
+        let result = self.evaluate_and_record(trial, evaluate);
         self.running.lock().unwrap().remove(&id);
-        if let Some(t) = frozen {
+        if let Err(e) = &result {
+            self.abandon(id, e);
+        }
+        let t = result?;
+        if let Some(t) = t {
             {
                 let mut s = self.summary.lock().unwrap();
                 match t.state {
@@ -227,11 +228,73 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn mark_interrupted(&self, trial: &Trial, reason: &str) -> anyhow::Result<()> {
+    /// Runs the objective (a panic becomes the trial's failure) and tells the study; `None`
+    /// when the run was interrupted and the trial re-queued.
+    fn evaluate_and_record<F>(&self, mut trial: Trial, evaluate: &F) -> anyhow::Result<Option<FrozenTrial>>
+    where
+        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+    {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            crate::fault::maybe_panic("trial.panic");
+            evaluate(&mut trial)
+        }));
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => Err(anyhow::anyhow!("the objective panicked: {}", panic_message(panic.as_ref()))),
+        };
+        // A storage error met by the objective (suggest, report) is not the trial's fault: the
+        // run stops with it, and `run_trial` re-queues the trial.
+        if let Err(e) = &result {
+            if e.chain().any(|c| c.is::<crate::storage::StorageError>()) {
+                return result.map(|_| None);
+            }
+        }
+        let interrupted = match &result {
+            Err(e) => e.chain().any(|c| c.is::<Interrupted>()) || self.stopping(),
+            Ok(_) => false,
+        };
+        if interrupted {
+            trial.flush()?;
+            self.mark_interrupted(trial.trial_id(), &self.stop_reason())?;
+            self.requeue(trial.frozen(), false)?;
+            self.summary.lock().unwrap().interrupted_trials += 1;
+            return Ok(None);
+        }
+        Ok(Some(self.study.tell(trial, outcome_of(result))?))
+    }
+
+    /// Why running trials are being stopped, for their `fail_reason`.
+    fn stop_reason(&self) -> String {
+        match self.failure.lock().unwrap().as_deref() {
+            Some(e) => format!("interrupted: the run stopped on an error ({e})"),
+            None => "interrupted by Ctrl-C".to_string(),
+        }
+    }
+
+    /// Best effort after a storage error while trial `id` was RUNNING: fail it as interrupted
+    /// and re-queue its parameters, unless it already finished. Errors here are ignored (the
+    /// storage may be gone); a trial left RUNNING goes stale and the next run recovers it.
+    fn abandon(&self, id: i64, e: &anyhow::Error) {
+        self.record_failure(e);
+        let Ok(t) = self.study.storage().get_trial(id) else { return };
+        if t.state.is_finished() {
+            return;
+        }
+        if self.mark_interrupted(id, &format!("interrupted: tune stopped on a storage error ({e:#})")).is_ok() {
+            let _ = self.requeue(&t, false);
+        }
+    }
+
+    /// Keeps the first error of the run, for the reasons of the trials it stops.
+    fn record_failure(&self, e: &anyhow::Error) {
+        self.failure.lock().unwrap().get_or_insert_with(|| format!("{e:#}"));
+    }
+
+    fn mark_interrupted(&self, id: i64, reason: &str) -> anyhow::Result<()> {
         let st = self.study.storage();
-        st.set_trial_system_attr(trial.trial_id(), INTERRUPTED_KEY, &Value::Bool(true))?;
-        st.set_trial_system_attr(trial.trial_id(), FAIL_REASON_KEY, &Value::from(reason))?;
-        st.set_trial_state_values(trial.trial_id(), TrialState::Fail, None)?;
+        st.set_trial_system_attr(id, INTERRUPTED_KEY, &Value::Bool(true))?;
+        st.set_trial_system_attr(id, FAIL_REASON_KEY, &Value::from(reason))?;
+        st.set_trial_state_values(id, TrialState::Fail, None)?;
         Ok(())
     }
 
@@ -272,9 +335,13 @@ impl Run<'_> {
     }
 
     fn foreign_running(&self) -> anyhow::Result<usize> {
-        let mine = self.running.lock().unwrap().clone();
+        // Counted before listing: a trial this process starts meanwhile is either in `mine`
+        // or one of the `starting` ones.
+        let starting = self.starting.load(Ordering::SeqCst);
         let running = self.study.storage().get_all_trials(self.study.study_id(), Some(&[TrialState::Running]))?;
-        Ok(running.iter().filter(|t| !mine.contains(&t.trial_id)).count())
+        let mine = self.running.lock().unwrap().clone();
+        let foreign = running.iter().filter(|t| !mine.contains(&t.trial_id)).count();
+        Ok(foreign.saturating_sub(starting.max(self.starting.load(Ordering::SeqCst))))
     }
 
     fn heartbeat_loop(&self) {
@@ -302,13 +369,27 @@ impl Run<'_> {
         *guard
     }
 
-    /// The last worker to return ends the heartbeat loop.
+    /// The last worker to end ends the heartbeat loop.
     fn finish_worker(&self) {
         if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             let (lock, cvar) = &self.done;
             *lock.lock().unwrap() = true;
             cvar.notify_all();
         }
+    }
+}
+
+/// Ends its worker when dropped: on return, on an error and on a panic alike.
+struct WorkerGuard<'r, 'a>(&'r Run<'a>);
+
+impl Drop for WorkerGuard<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A bug outside any objective: the other workers stop too.
+            self.0.record_failure(&anyhow::anyhow!("a worker panicked"));
+            self.0.study.stop_flag().store(true, Ordering::SeqCst);
+        }
+        self.0.finish_worker();
     }
 }
 

@@ -198,7 +198,9 @@ impl CommandObjective {
             };
             env.push((name.clone(), value));
         }
-        let base_dir = std::path::absolute(&ctx.base_dir)
+        // An empty folder (a library caller's `Path::parent` of a bare name) is the current one.
+        let here = if ctx.base_dir.as_os_str().is_empty() { Path::new(".") } else { ctx.base_dir.as_path() };
+        let base_dir = std::path::absolute(here)
             .with_context(|| format!("resolving the study folder {}", ctx.base_dir.display()))?;
         let workdir = match &spec.workdir {
             Some(w) => base_dir.join(w),
@@ -400,6 +402,11 @@ impl CommandObjective {
 impl Objective for CommandObjective {
     fn base_config(&self) -> &Value {
         &self.base
+    }
+
+    /// The program reads its config as the base config shows it: a value keeps its kind.
+    fn check(&self, config: &Value) -> Result<(), String> {
+        crate::spec::path::same_kinds(&self.base, config)
     }
 
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {

@@ -346,6 +346,14 @@ impl Objective for FunctionObjective {
         &self.base
     }
 
+    fn check(&self, config: &Value) -> Result<(), String> {
+        self.read_x(config)?;
+        if self.name == FunctionName::LearningCurve {
+            CurveSettings::read(config)?;
+        }
+        Ok(())
+    }
+
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
         let x = self.read_x(config).map_err(anyhow::Error::msg)?;
         match self.name {

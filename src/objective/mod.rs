@@ -21,6 +21,10 @@ pub trait Objective: Send + Sync {
     /// Runs one trial with its resolved config and returns its value. Intermediate values go
     /// through `trial.report`; return `Err(TrialPruned)` when `trial.should_prune()` says so.
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64>;
+
+    /// Checks a trial config as `run` would read it, without running anything; `Err` names the
+    /// rule it breaks. The study loader calls it on the search space's edges.
+    fn check(&self, config: &Value) -> Result<(), String>;
 }
 
 /// Where an objective may read and write files.

@@ -16,7 +16,7 @@
 //! there, whatever its config says. Each trial stores its seeds, device, wall time, environment
 //! steps, steps/s, episodes and per-seed results as user attributes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -90,7 +90,7 @@ impl RlObjective {
                         "objective.config: {e}; give a trainer config file (see configs/) or a mapping"
                     ))
                 })?;
-                (cfg.to_value(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+                (cfg.to_value(), crate::spec::folder_of(&path))
             }
             Value::Object(_) => {
                 let cfg = TrainConfig::from_value(&spec.config)
@@ -124,6 +124,19 @@ impl Observer for SeedObserver {
     }
 }
 
+/// Tells the trial's thread that a seed stopped training when dropped: after it returned, and
+/// also when it panicked, so that the other seeds' rounds never wait for it.
+struct SeedDone {
+    index: usize,
+    to_trial: mpsc::Sender<(usize, Option<Evaluation>)>,
+}
+
+impl Drop for SeedDone {
+    fn drop(&mut self) {
+        let _ = self.to_trial.send((self.index, None));
+    }
+}
+
 /// What one seed's run ended with.
 struct SeedRun {
     seed: u64,
@@ -136,6 +149,10 @@ struct SeedRun {
 impl Objective for RlObjective {
     fn base_config(&self) -> &Value {
         &self.base
+    }
+
+    fn check(&self, config: &Value) -> Result<(), String> {
+        TrainConfig::from_value(config).map(|_| ())
     }
 
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
@@ -153,18 +170,20 @@ impl Objective for RlObjective {
         let mut verdicts = Vec::new();
         let mut curve = Vec::new();
         let mut pruned = false;
+        // A storage error while reporting stops every seed and ends the trial with it.
+        let mut failure: Option<anyhow::Error> = None;
         let runs: Vec<anyhow::Result<SeedRun>> = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (index, &seed) in seeds.iter().enumerate() {
                 let (tx, rx) = mpsc::channel();
                 verdicts.push(tx);
-                let done = to_trial.clone();
+                let done = SeedDone { index, to_trial: to_trial.clone() };
                 let mut observer = SeedObserver { index, to_trial: to_trial.clone(), verdict: rx };
                 let mut cfg = cfg.clone();
                 cfg.seed = seed;
                 handles.push(scope.spawn(move || -> anyhow::Result<SeedRun> {
                     let outcome = train(&cfg, &mut observer);
-                    let _ = done.send((index, None));
+                    drop(done);
                     let outcome = outcome?;
                     Ok(SeedRun {
                         seed,
@@ -199,7 +218,10 @@ impl Objective for RlObjective {
                             pruned = true;
                             Control::Stop
                         }
-                        Err(_) => Control::Stop,
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                            Control::Stop
+                        }
                     };
                     for (i, _) in &round {
                         let _ = verdicts[*i].send(verdict);
@@ -214,6 +236,9 @@ impl Objective for RlObjective {
                 })
                 .collect()
         });
+        if let Some(e) = failure {
+            return Err(e);
+        }
         let runs: Vec<SeedRun> = runs.into_iter().collect::<anyhow::Result<_>>()?;
         let wall_s = start.elapsed().as_secs_f64();
         let steps: u64 = runs.iter().map(|r| r.steps).sum();

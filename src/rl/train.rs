@@ -372,6 +372,7 @@ pub fn train(cfg: &TrainConfig, observer: &mut dyn Observer) -> anyhow::Result<T
     tch::set_num_threads(cfg.threads as i32);
     let start = Instant::now();
     let (mut env, mut agent) = build(cfg)?;
+    crate::fault::maybe_panic("train.panic");
     let mut eval_env = cfg.env.make()?;
     let eval_seed = derive(cfg.seed, 2);
     let exploration = cfg.agent.exploration().clone();

@@ -21,28 +21,33 @@
 //!   x.2: {type: categorical, choices: [-1, 0, 1]}
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_norway::Value as Yaml;
 
+use crate::distribution::Distribution;
 use crate::frozen::Direction;
 use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::pruner::{MedianConfig, NopPruner, PercentileConfig, Pruner, SuccessiveHalvingConfig};
 use crate::sampler::{GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
+use crate::storage::Storage;
 
 pub mod path;
 pub mod search_space;
 pub mod yaml;
 
-pub use search_space::{grid_values, sample_config, search_space, Condition, ParamSpec};
+pub use search_space::{edge_cases, grid_values, sample_config, search_space, Condition, EdgeCase, ParamSpec};
 pub use yaml::{parse_yaml, Doc, YamlPath};
 
 /// Sampler types a study file may name.
 pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
 /// Pruner types a study file may name.
 pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving"];
+/// Most trials one process runs at once (`jobs`, `trials_per_device`): each is a thread.
+pub const MAX_JOBS: usize = 1024;
 /// Longest study name Optuna's schema stores (`studies.study_name VARCHAR(512)`).
 pub const MAX_NAME_LEN: usize = 512;
 
@@ -75,6 +80,8 @@ pub struct StudySpec {
     pub objective: ObjectiveSpec,
     /// `search_space`: the parameters, in file order.
     pub params: Vec<ParamSpec>,
+    /// The file's text, for the line numbers of later messages.
+    text: String,
 }
 
 /// The `sampler:` section, tagged by `type`.
@@ -271,10 +278,7 @@ impl StudySpec {
         let params = search_space::parse(&doc, raw.search_space, &root.key("search_space"))?;
         let objective: ObjectiveSpec = doc.parse_tagged(raw.objective, &root.key("objective"), Some("objective"))?;
 
-        let base_dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let base_dir = folder_of(path);
         // Building must not write anything; the log folder given here is never used.
         let ctx = BuildContext { base_dir, log_dir: std::env::temp_dir().join("tune-logs").join(&raw.name) };
         let built = objective.build(&ctx).map_err(|e| objective_error(&doc, e))?;
@@ -284,6 +288,21 @@ impl StudySpec {
                 return Err(doc.error(
                     &root.key("search_space").key(p.name.clone()),
                     format!("`{}` does not exist in the objective's base config: {e}", p.name),
+                ));
+            }
+        }
+        // Every trial config the space can produce at its edges must be one the objective
+        // takes: found now, not after the budget is spent on failing trials.
+        for case in edge_cases(&params) {
+            let at = root.key("search_space").key(params[case.param].name.clone());
+            let problem = case.config(base).and_then(|config| built.check(&config));
+            if let Err(rule) = problem {
+                return Err(doc.error(
+                    &at,
+                    format!(
+                        "{} gives a trial config the objective refuses: {rule}; narrow the range or change the choices",
+                        case.describe(&params)
+                    ),
                 ));
             }
         }
@@ -302,6 +321,7 @@ impl StudySpec {
             heartbeat: raw.heartbeat,
             objective,
             params,
+            text: text.to_string(),
         };
         if matches!(spec.sampler, SamplerSpec::Grid) {
             let values =
@@ -342,15 +362,52 @@ impl StudySpec {
 
     /// The folder of the study file, against which the objective's relative paths resolve.
     pub fn base_dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        folder_of(&self.path)
+    }
+
+    /// Refuses a search space that the study of this name in `storage`, if there is one,
+    /// cannot take under Optuna's rule (a parameter keeps its type, its log setting and its
+    /// choices; its range may move): every new trial would fail on it. Nothing is written.
+    pub fn check_against(&self, storage: &dyn Storage) -> anyhow::Result<()> {
+        let Some(id) = storage.get_study_id_from_name(&self.name)? else { return Ok(()) };
+        let mut stored: BTreeMap<&str, (i64, &Distribution)> = BTreeMap::new();
+        let trials = storage.get_all_trials(id, None)?;
+        for t in &trials {
+            for (name, d) in &t.distributions {
+                stored.insert(name, (t.number, d));
+            }
         }
+        let doc = Doc::new(&self.path, &self.text);
+        for p in &self.params {
+            let Some((number, old)) = stored.get(p.name.as_str()) else { continue };
+            if let Some(rule) = old.incompatibility(&p.distribution) {
+                return Err(doc.error(
+                    &YamlPath::root().key("search_space").key(p.name.clone()),
+                    format!(
+                        "study `{}` already has trials (the last #{number}) where `{}` is {}, but the file now says {}; {rule} within a study, as in Optuna. Give the study a new `name:` to search this space, or put the stored distribution back",
+                        self.name,
+                        p.name,
+                        old.describe(),
+                        p.distribution.describe()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// An input error about this (already loaded) file, without a line number.
     fn error(&self, at: &str, msg: impl std::fmt::Display) -> anyhow::Error {
         crate::input_err!("{}: {at}: {msg}", self.path.display())
+    }
+}
+
+/// The folder a file named by `path` lies in, `.` for a bare file name (`Path::parent` gives an
+/// empty path there, which cannot be made absolute or joined meaningfully).
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -430,13 +487,13 @@ fn no_settings(doc: &Doc, rest: &Yaml, at: &YamlPath, what: &str) -> anyhow::Res
 
 fn check_parallelism(doc: &Doc, p: &Parallelism) -> anyhow::Result<()> {
     let at = YamlPath::root().key("parallelism");
-    if p.jobs < 1 {
-        return Err(doc.error(&at.key("jobs"), format!("jobs must be at least 1 (got {})", p.jobs)));
+    if !(1..=MAX_JOBS).contains(&p.jobs) {
+        return Err(doc.error(&at.key("jobs"), format!("jobs must be from 1 to {MAX_JOBS} (got {})", p.jobs)));
     }
-    if p.trials_per_device < 1 {
+    if !(1..=MAX_JOBS).contains(&p.trials_per_device) {
         return Err(doc.error(
             &at.key("trials_per_device"),
-            format!("trials_per_device must be at least 1 (got {})", p.trials_per_device),
+            format!("trials_per_device must be from 1 to {MAX_JOBS} (got {})", p.trials_per_device),
         ));
     }
     for (i, d) in p.devices.iter().enumerate() {

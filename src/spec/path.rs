@@ -31,6 +31,51 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Result<&'a Value, String> {
     Ok(cur)
 }
 
+/// Checks that every value of `config` has the kind (number, string, boolean, list, mapping)
+/// of the value at the same place in `base`, where `base` has one that is not null; the error
+/// names the path and both kinds.
+///
+/// ```
+/// use serde_json::json;
+/// use tune::spec::path::same_kinds;
+/// let base = json!({"x": [0.0, 0.0], "opt": {"lr": 0.1, "name": "adam"}});
+/// assert!(same_kinds(&base, &json!({"x": [1, 2, 3], "opt": {"lr": 2, "name": "sgd"}})).is_ok());
+/// assert_eq!(
+///     same_kinds(&base, &json!({"x": 0.5, "opt": {"lr": 0.1, "name": "adam"}})).unwrap_err(),
+///     "`x` is a list in the base config, so it cannot become a number (0.5)"
+/// );
+/// ```
+pub fn same_kinds(base: &Value, config: &Value) -> Result<(), String> {
+    fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "list",
+            Value::Object(_) => "mapping",
+        }
+    }
+    fn walk(base: &Value, config: &Value, at: &str) -> Result<(), String> {
+        let join = |seg: &str| if at.is_empty() { seg.to_string() } else { format!("{at}.{seg}") };
+        match (base, config) {
+            (Value::Null, _) => Ok(()),
+            (Value::Object(b), Value::Object(c)) => c
+                .iter()
+                .filter_map(|(k, v)| b.get(k).map(|bv| (k, bv, v)))
+                .try_for_each(|(k, bv, v)| walk(bv, v, &join(k))),
+            (Value::Array(b), Value::Array(c)) => {
+                b.iter().zip(c).enumerate().try_for_each(|(i, (bv, v))| walk(bv, v, &join(&i.to_string())))
+            }
+            (b, c) if kind(b) == kind(c) => Ok(()),
+            (b, c) => {
+                Err(format!("`{at}` is a {} in the base config, so it cannot become a {} ({c})", kind(b), kind(c)))
+            }
+        }
+    }
+    walk(base, config, "")
+}
+
 /// Replaces the value at `path` in `v` with `new`. Only existing entries are replaced: a path
 /// that does not exist is an error (a typo must not silently add a key nobody reads).
 ///

@@ -383,6 +383,100 @@ pub fn sample_config(params: &[ParamSpec], base: &Value, trial: &mut Trial) -> a
     Ok(config)
 }
 
+/// One trial config a search space can produce at an edge: parameter `param` at `value` (its
+/// low or high end, or one of its choices), with the parameters its conditions name set so
+/// that it is active, and every other parameter at its base value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeCase {
+    /// Index of the parameter at its edge.
+    pub param: usize,
+    /// `low`, `high` or `choice`.
+    pub edge: &'static str,
+    /// `(name, value)` written into the base config, in search-space order (the parameter
+    /// itself and what activates it).
+    pub assignment: Vec<(String, Value)>,
+}
+
+impl EdgeCase {
+    /// The base config with this case's values written in.
+    pub fn config(&self, base: &Value) -> Result<Value, String> {
+        let mut config = base.clone();
+        for (name, value) in &self.assignment {
+            path::set(&mut config, name, value.clone())?;
+        }
+        Ok(config)
+    }
+
+    /// `agent.gamma = 3.0 (its high end)`, with the activating parameters after it.
+    pub fn describe(&self, params: &[ParamSpec]) -> String {
+        let me = &params[self.param].name;
+        let value =
+            |n: &str| self.assignment.iter().find(|(k, _)| k == n).map(|(_, v)| v.to_string()).unwrap_or_default();
+        let mut s = match self.edge {
+            "choice" => format!("`{me}` = {} (one of its choices)", value(me)),
+            edge => format!("`{me}` = {} (its {edge} end)", value(me)),
+        };
+        let others: Vec<String> =
+            self.assignment.iter().filter(|(k, _)| k != me).map(|(k, v)| format!("`{k}` = {v}")).collect();
+        if !others.is_empty() {
+            s.push_str(&format!(", with {} to make it active", others.join(" and ")));
+        }
+        s
+    }
+}
+
+/// The edges of every parameter: low and high of a range (high as snapped to its step), every
+/// choice of a categorical. A conditional parameter's cases also set the parameters its
+/// conditions name (the first value each condition accepts, recursively), so that it is active
+/// as it would be in a trial; a parameter whose conditions cannot all hold at once is skipped.
+pub fn edge_cases(params: &[ParamSpec]) -> Vec<EdgeCase> {
+    let mut out = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let edges: Vec<(&'static str, Value)> = match &p.distribution {
+            Distribution::Categorical { choices } => choices.iter().map(|c| ("choice", c.clone())).collect(),
+            d @ Distribution::Float { low, high, .. } => {
+                vec![("low", d.to_external(*low)), ("high", d.to_external(*high))]
+            }
+            d @ Distribution::Int { low, high, .. } => {
+                vec![("low", d.to_external(*low as f64)), ("high", d.to_external(*high as f64))]
+            }
+        };
+        let mut needed: BTreeMap<usize, Value> = BTreeMap::new();
+        if !activate(params, i, &mut needed) {
+            continue;
+        }
+        for (edge, value) in edges {
+            let mut assignment: Vec<(String, Value)> =
+                needed.iter().map(|(&j, v)| (params[j].name.clone(), v.clone())).collect();
+            assignment.push((p.name.clone(), value));
+            // Search-space order: the activating parameters come before the one they enable.
+            assignment.sort_by_key(|(n, _)| params.iter().position(|q| &q.name == n));
+            out.push(EdgeCase { param: i, edge, assignment });
+        }
+    }
+    out
+}
+
+/// Adds to `needed` the values that make parameter `i` active; false when two conditions
+/// demand different values of one parameter.
+fn activate(params: &[ParamSpec], i: usize, needed: &mut BTreeMap<usize, Value>) -> bool {
+    for c in &params[i].when {
+        let Some(j) = params.iter().position(|q| q.name == c.param) else { return false };
+        let Some(v) = c.values.first() else { return false };
+        match needed.get(&j) {
+            Some(have) if !c.values.contains(have) => return false,
+            Some(_) => {}
+            None => {
+                needed.insert(j, v.clone());
+                if !activate(params, j, needed) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,5 +639,34 @@ mod tests {
         assert!(e.contains("s.yaml: search_space (line 1, column 15): expected a mapping"), "{e}");
         let e = err("search_space:\n  c: {low: 1}\n");
         assert!(e.contains("search_space.c (line 2, column 6): missing required key `type`; expected one of: float, int, categorical"), "{e}");
+    }
+
+    #[test]
+    fn edge_cases_cover_both_ends_every_choice_and_activate_conditions() {
+        let p = load(
+            "search_space:
+  a: {type: categorical, choices: [u, p]}
+  b: {type: float, low: 0.5, high: 3, when: {a: p}}
+  c: {type: int, low: 1, high: 9, step: 4, when: {b: 0.5}}
+",
+        )
+        .unwrap();
+        let cases = edge_cases(&p);
+        let shown: Vec<Vec<(String, Value)>> = cases.iter().map(|c| c.assignment.clone()).collect();
+        let pair = |k: &str, v: Value| (k.to_string(), v);
+        assert_eq!(
+            shown,
+            vec![
+                vec![pair("a", json!("u"))],
+                vec![pair("a", json!("p"))],
+                vec![pair("a", json!("p")), pair("b", json!(0.5))],
+                vec![pair("a", json!("p")), pair("b", json!(3.0))],
+                vec![pair("a", json!("p")), pair("b", json!(0.5)), pair("c", json!(1))],
+                vec![pair("a", json!("p")), pair("b", json!(0.5)), pair("c", json!(9))],
+            ]
+        );
+        assert_eq!(cases[3].describe(&p), "`b` = 3.0 (its high end), with `a` = \"p\" to make it active");
+        let base = json!({"a": "u", "b": 1.0, "c": 5});
+        assert_eq!(cases[5].config(&base).unwrap(), json!({"a": "p", "b": 0.5, "c": 9}));
     }
 }

@@ -341,7 +341,7 @@ fn no_budget() {
 #[test]
 fn zero_jobs() {
     let e = err(&format!("{MINIMAL}parallelism: {{jobs: 0}}\n"));
-    has(&e, &["parallelism.jobs (line 7, column 21)", "jobs must be at least 1 (got 0)"]);
+    has(&e, &["parallelism.jobs (line 7, column 21)", "jobs must be from 1 to 1024 (got 0)"]);
 }
 
 #[test]

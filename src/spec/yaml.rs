@@ -109,8 +109,12 @@ impl<'a> Doc<'a> {
     }
 
     /// Parses the text into a YAML value tree (syntax errors only; an empty document is null).
+    /// A whole number beyond 64 bits is reported at its key with the range numbers may take.
     pub fn value(&self) -> anyhow::Result<Yaml> {
         serde_norway::from_str::<Yaml>(self.text).map_err(|e| {
+            if let Some(err) = self.out_of_range(&e) {
+                return err;
+            }
             let pos = e.location().map(|l| (l.line(), l.column()));
             let mut msg = e.to_string();
             if let Some((line, column)) = pos {
@@ -118,6 +122,33 @@ impl<'a> Doc<'a> {
             }
             self.error_at(&YamlPath::root(), pos, format!("invalid YAML: {msg}"))
         })
+    }
+
+    /// The error for a parse failure on an integer that fits no 64-bit type (the parser reads
+    /// it as a 128-bit one, which no YAML value holds): the number is replaced by a marker and
+    /// the text parsed again, so that the marker's YAML path names the key.
+    fn out_of_range(&self, e: &serde_norway::Error) -> Option<anyhow::Error> {
+        let msg = e.to_string();
+        if !(msg.contains(" as u128") || msg.contains(" as i128")) {
+            return None;
+        }
+        let start = e.location()?.index();
+        let len = self.text.get(start..)?.find(|c: char| !(c.is_ascii_alphanumeric() || "+-_".contains(c)))?;
+        let number = &self.text[start..start + len];
+        const MARK: &str = "__tune_out_of_range__";
+        let marked = format!("{}{MARK}{}", &self.text[..start], &self.text[start + len..]);
+        let path = serde_norway::from_str::<Yaml>(&marked).ok().and_then(|v| find_string(&v, MARK))?;
+        let pos = e.location().map(|l| (l.line(), l.column()));
+        let range = match path.0.last() {
+            Some(Seg::Key(k)) if path.0.len() == 1 && k == "n_trials" => "1 to 18446744073709551615".to_string(),
+            Some(Seg::Key(k)) if path.0.len() == 1 && k == "seed" => "0 to 18446744073709551615 (2^64 - 1)".to_string(),
+            Some(Seg::Key(k)) if path.0.first() == Some(&Seg::Key("search_space".into())) && k != "when" => {
+                "-9223372036854775808 to 9223372036854775807 for an int parameter (write a float, e.g. 1.0e30, for a float one)"
+                    .to_string()
+            }
+            _ => "-9223372036854775808 to 18446744073709551615 (64 bits)".to_string(),
+        };
+        Some(self.error_at(&path, pos, format!("{number} is out of range; a whole number here must lie in {range}")))
     }
 
     /// Deserializes `value`, found at `at`, into `T`; errors carry the full YAML path.
@@ -222,6 +253,26 @@ pub fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> anyhow::Resul
     let doc = Doc::new(path, text);
     let value = doc.value()?;
     doc.parse(value, &YamlPath::root())
+}
+
+/// The path of the first string equal to `s` in `v` (depth first, document order).
+fn find_string(v: &Yaml, s: &str) -> Option<YamlPath> {
+    match v {
+        Yaml::String(x) if x == s => Some(YamlPath::root()),
+        Yaml::Mapping(m) => m.iter().find_map(|(k, v)| {
+            let key = match k {
+                Yaml::String(k) => k.clone(),
+                other => serde_norway::to_string(other).unwrap_or_default().trim().to_string(),
+            };
+            find_string(v, s).map(|tail| YamlPath::root().key(key).join(&tail))
+        }),
+        Yaml::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_string(v, s).map(|tail| YamlPath::root().index(i).join(&tail))),
+        Yaml::Tagged(t) => find_string(&t.value, s),
+        _ => None,
+    }
 }
 
 /// The value at `path` below `v`.

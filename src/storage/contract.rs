@@ -309,8 +309,13 @@ pub fn incompatible_distribution(make: Make) {
         s.set_trial_param(t1.trial_id, "c", 0.0, &cat2),
         Err(StorageError::IncompatibleDistribution { .. })
     ));
-    // Other bounds, a log scale or a step keep the kind: allowed.
-    s.set_trial_param(t1.trial_id, "x", 5.0, &Distribution::float(1.0, 10.0, true, None).unwrap()).unwrap();
+    // A log scale is part of the kind (Optuna 5.0's `check_distribution_compatibility`).
+    assert!(matches!(
+        s.set_trial_param(t1.trial_id, "x", 5.0, &Distribution::float(1.0, 10.0, true, None).unwrap()),
+        Err(StorageError::IncompatibleDistribution { .. })
+    ));
+    // Other bounds or a step keep the kind: allowed.
+    s.set_trial_param(t1.trial_id, "x", 5.0, &Distribution::float(1.0, 10.0, false, Some(0.5)).unwrap()).unwrap();
     s.set_trial_param(t1.trial_id, "c", 0.0, &cat).unwrap();
     let got = s.get_trial(t1.trial_id).unwrap();
     assert_eq!(got.params.len(), 2);

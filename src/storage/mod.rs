@@ -12,9 +12,11 @@ use crate::distribution::Distribution;
 use crate::frozen::{Direction, FrozenTrial, TrialState};
 
 pub mod contract;
+pub mod faulty;
 mod memory;
 mod sqlite;
 
+pub use faulty::{FaultKind, FaultyStorage};
 pub use memory::InMemoryStorage;
 pub use sqlite::SqliteStorage;
 
@@ -211,8 +213,19 @@ pub trait Storage: Send + Sync {
 }
 
 /// Opens a storage from a URL: `memory`, `sqlite:///relative.db`, `sqlite:////abs.db`, or a
-/// plain path to a `.db` file.
+/// plain path to a `.db` file. With `TUNE_FAULT` naming storage points (tests), the storage is
+/// wrapped in a [`FaultyStorage`] for each.
 pub fn open(url: &str) -> Result<Arc<dyn Storage>> {
+    let mut storage = open_backend(url)?;
+    for p in crate::fault::points() {
+        if let Some(method) = p.name.strip_prefix("storage.") {
+            storage = Arc::new(FaultyStorage::new(storage, method, p.nth, p.kind).map_err(StorageError::Sql)?);
+        }
+    }
+    Ok(storage)
+}
+
+fn open_backend(url: &str) -> Result<Arc<dyn Storage>> {
     if url == "memory" || url == ":memory:" {
         return Ok(Arc::new(InMemoryStorage::new()));
     }

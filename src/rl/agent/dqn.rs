@@ -254,6 +254,11 @@ impl DqnConfig {
             return Err("exploration type `ucb` is for tabular agents; use linear, exponential or constant".into());
         }
         self.optimizer.validate()?;
+        if let Some(NetSpec::Mlp { hidden, .. }) = &self.net {
+            if let Some((i, w)) = hidden.iter().enumerate().find(|(_, w)| **w < 1) {
+                return Err(format!("net.hidden[{i}] must be at least 1 unit wide, got {w}"));
+            }
+        }
         if let ObsSpace::Pixels { .. } = space {
             if matches!(self.net, Some(NetSpec::Mlp { .. })) {
                 return Err("net.type mlp needs vector observations; use net.type nature_cnn for pixels".into());
