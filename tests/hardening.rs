@@ -173,3 +173,72 @@ fn files_named_without_a_folder_work_for_every_objective_and_subcommand() {
         conn.query_row("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'", [], |r| r.get(0)).unwrap();
     assert_eq!(complete, 1);
 }
+
+/// Every whole number in every shipped trainer config, set to 0 and to -1, is either refused
+/// by validation (the message `tune` prints, exit 2) or trains without a panic: sizes and
+/// counts of zero (hidden widths, batch, buffer, frame stack, evaluation episodes, ...) never
+/// reach tch or an index. Atari configs are validated only (their episodes are long).
+#[test]
+fn every_count_at_zero_is_refused_or_trains_without_panicking() {
+    use serde_json::Value;
+    use tune::rl::train::{train, TrainConfig};
+
+    fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                m.iter().for_each(|(k, v)| leaves(v, if at.is_empty() { k.clone() } else { format!("{at}.{k}") }, out))
+            }
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| leaves(v, format!("{at}.{i}"), out)),
+            Value::Number(n) if n.is_u64() || n.is_i64() => out.push(at),
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    let mut refused = Vec::new();
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        // Every config on the CPU (the Breakout one asks for a GPU).
+        let mut raw: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        raw["device"] = Value::from("cpu");
+        let base = TrainConfig::from_value(&raw).unwrap().to_value();
+        let atari = base["env"]["id"].as_str().is_some_and(|id| id.starts_with("ALE/") || id.contains("NoFrameskip"));
+        let mut paths = Vec::new();
+        leaves(&base, String::new(), &mut paths);
+        for p in &paths {
+            for bad in [0i64, -1] {
+                let mut v = base.clone();
+                tune::spec::path::set(&mut v, p, Value::from(bad)).unwrap();
+                let cfg = match TrainConfig::from_value(&v) {
+                    Err(_) => {
+                        refused.push(format!("{p}={bad}"));
+                        continue;
+                    }
+                    Ok(c) => c,
+                };
+                checked += 1;
+                if atari {
+                    continue;
+                }
+                let mut cfg = cfg;
+                if !p.starts_with("budget") {
+                    cfg.budget.steps = Some(300);
+                    cfg.budget.episodes = None;
+                }
+                cfg.eval.episodes = cfg.eval.episodes.min(2);
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(&cfg, &mut ())));
+                assert!(outcome.is_ok(), "{}: {p} = {bad} passed validation, then training panicked", path.display());
+            }
+        }
+    }
+    assert!(checked > 20, "too few configs were trained: {checked}");
+    for must in [
+        "agent.net.hidden.0=0",
+        "agent.batch_size=0",
+        "agent.replay.size=0",
+        "eval.episodes=0",
+        "frame_stack=0",
+        "threads=0",
+    ] {
+        assert!(refused.iter().any(|r| r.ends_with(must)), "{must} was not refused; refused: {refused:?}");
+    }
+}

@@ -500,3 +500,139 @@ fn parallelism_slots() {
     assert_eq!(p(&["cuda:0", "cuda:1"], 2).slots(3), some(&["cuda:0", "cuda:0", "cuda:1", "cuda:1"]));
     assert_eq!(p(&["cuda:0", "cpu"], 2).slots(3), some(&["cuda:0", "cuda:0", "cpu", "cpu", "cpu"]));
 }
+
+/// The trainer config every rl case below starts from.
+fn rl_study(space: &str) -> String {
+    format!(
+        "name: s\ndirection: maximize\nn_trials: 10\nobjective: {{type: rl, config: {}/configs/per_cartpole.yaml}}\nsearch_space:\n{space}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn search_space_edges_the_objective_refuses_are_caught_at_load() {
+    // rl: a range whose high end breaks a rule of the agent.
+    let e = err(&rl_study("  agent.gamma: {type: float, low: 0.5, high: 3.0}\n"));
+    has(
+        &e,
+        &["search_space.agent.gamma (line 6", "`agent.gamma` = 3.0 (its high end)", "gamma must be in [0, 1], got 3"],
+    );
+    // rl: a low end, an int, a categorical choice with a zero size.
+    let e = err(&rl_study("  agent.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n  agent.batch_size: {type: int, low: 0, high: 64}\n"));
+    has(&e, &["search_space.agent.batch_size (line 7", "= 0 (its low end)", "batch_size must be at least 1"]);
+    let e = err(&rl_study("  agent.net.hidden: {type: categorical, choices: [[64, 64], [0]]}\n"));
+    has(&e, &["search_space.agent.net.hidden", "= [0] (one of its choices)", "net.hidden[0] must be at least 1"]);
+    let e = err(&rl_study("  agent.replay.type: {type: categorical, choices: [prioritized, uniformm]}\n"));
+    has(&e, &["search_space.agent.replay.type", "\"uniformm\" (one of its choices)"]);
+    // function: `x` of learning_curve is a list of numbers, not one.
+    let e = err("name: s\ndirection: minimize\nn_trials: 400\nobjective: {type: function, name: learning_curve}\nsearch_space:\n  x: {type: float, low: -1, high: 1}\n");
+    has(&e, &["search_space.x (line 6", "`x` must be a list of 2 numbers"]);
+    // A conditional parameter is checked with its condition met, and says so.
+    let e = err("name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: function, name: learning_curve, config: {opt: adam}}\nsearch_space:\n  opt: {type: categorical, choices: [adam, sgd]}\n  lr: {type: float, low: 0.0, high: 1.0, when: {opt: sgd}}\n");
+    has(
+        &e,
+        &[
+            "search_space.lr (line 7",
+            "`lr` = 0.0 (its low end), with `opt` = \"sgd\" to make it active",
+            "`lr` must be a number > 0",
+        ],
+    );
+    // command: a value keeps the kind it has in the base config.
+    let e = err("name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: command, command: [true], config: {x: [1, 2], o: {lr: 0.1}}}\nsearch_space:\n  x: {type: float, low: -1, high: 1}\n");
+    has(&e, &["search_space.x (line 6", "`x` is a list in the base config, so it cannot become a number"]);
+    let e = err("name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: command, command: [true], config: {x: [1, 2], o: {lr: 0.1}}}\nsearch_space:\n  o.lr: {type: categorical, choices: [0.1, fast]}\n");
+    has(&e, &["search_space.o.lr", "`o.lr` is a number in the base config, so it cannot become a string"]);
+    // What the objectives take still loads.
+    let (_d, ok) = load("name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: command, command: [true], config: {x: [1, 2], o: {lr: 0.1}}}\nsearch_space:\n  x: {type: categorical, choices: [[0, 1], [2, 3, 4]]}\n  o.lr: {type: int, low: 1, high: 3}\n");
+    ok.unwrap();
+    let (_d, ok) = load(&rl_study("  agent.gamma: {type: float, low: 0.5, high: 1.0}\n  agent.net.hidden: {type: categorical, choices: [[64, 64], [32]]}\n"));
+    ok.unwrap();
+}
+
+#[test]
+fn numbers_beyond_64_bits_name_their_key_line_and_range() {
+    let big = |line: &str| err(&MINIMAL.replace("n_trials: 10\n", line));
+    has(
+        &big("n_trials: 99999999999999999999999\n"),
+        &["n_trials (line 3, column 11)", "99999999999999999999999 is out of range", "1 to 18446744073709551615"],
+    );
+    has(&big("n_trials: 10\nseed: 18446744073709551616\n"), &["seed (line 4, column 7)", "0 to 18446744073709551615"]);
+    has(
+        &big("n_trials: 10\nseed: -1\n"),
+        &["seed (line 4", "-1 is out of range; expected a whole number from 0 to 18446744073709551615"],
+    );
+    has(&big("n_trials: -99999999999999999999\n"), &["n_trials (line 3", "is out of range"]);
+    has(&big("n_trials: 10\nheartbeat: {retries: 99999999999}\n"), &["heartbeat.retries (line 4", "0 to 4294967295"]);
+    let space = |entry: &str| err(&MINIMAL.replace("  x.0: {type: float, low: -5, high: 5}\n", entry));
+    has(
+        &space("  x.0: {type: int, low: -5, high: 5, step: 99999999999999999999}\n"),
+        &["search_space.x.0.step (line 6", "is out of range", "for an int parameter"],
+    );
+    has(
+        &space("  x.0: {type: int, low: 0, high: 18446744073709551615}\n"),
+        &["search_space.x.0.high (line 6", "from -9223372036854775808 to 9223372036854775807"],
+    );
+    has(
+        &space("  x.0: {type: int, low: -9000000000000000000, high: 9000000000000000000}\n"),
+        &["search_space.x.0.low", "wider than 64-bit integers allow"],
+    );
+    has(
+        &space("  x.0: {type: float, low: -5, high: 5, step: 1e400}\n"),
+        &["search_space.x.0.step (line 6", "1e400 is out of range"],
+    );
+    has(&big("n_trials: 10\nparallelism: {jobs: 100000}\n"), &["parallelism.jobs (line 4", "from 1 to 1024"]);
+}
+
+#[test]
+fn resuming_with_an_incompatible_search_space_is_refused_up_front() {
+    use crate::storage::{InMemoryStorage, Storage};
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let first = "name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: function, name: sphere, dim: 2}\nsearch_space:\n  x.0: {type: float, low: -5, high: 5}\n  x.1: {type: categorical, choices: [-1, 0, 1]}\n";
+    let (_d, spec) = load(first);
+    let spec = spec.unwrap();
+    spec.check_against(storage.as_ref()).unwrap(); // no study yet
+    let study = Study::create_or_load(
+        storage.clone(),
+        "s",
+        spec.direction,
+        Arc::new(RandomSampler::new(1)),
+        spec.build_pruner().unwrap(),
+        1,
+    )
+    .unwrap();
+    let objective =
+        spec.objective.build(&crate::objective::BuildContext { base_dir: ".".into(), log_dir: "/tmp".into() }).unwrap();
+    for _ in 0..2 {
+        let mut t = study.ask().unwrap();
+        let config = sample_config(&spec.params, objective.base_config(), &mut t).unwrap();
+        let v = objective.run(&config, &mut t);
+        study.tell(t, crate::study::outcome_of(v)).unwrap();
+    }
+    let check = |text: &str| {
+        let (_d, spec) = load(text);
+        spec.unwrap().check_against(storage.as_ref())
+    };
+    // Compatible, as in Optuna: a range moved, a step added.
+    check(&first.replace("low: -5, high: 5}", "low: -2, high: 8, step: 0.5}")).unwrap();
+    let refused = |text: String, parts: &[&str]| {
+        let e = check(&text).unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        has(&format!("{e:#}"), parts);
+    };
+    refused(
+        first.replace("x.0: {type: float, low: -5, high: 5}", "x.0: {type: int, low: -5, high: 5}"),
+        &[
+            "search_space.x.0 (line 6",
+            "study `s` already has trials",
+            "{type: float, low: -5, high: 5}",
+            "{type: int, low: -5, high: 5}",
+            "keeps its type",
+            "new `name:`",
+        ],
+    );
+    refused(first.replace("low: -5, high: 5}", "low: 0.1, high: 5, log: true}"), &["x.0", "keeps its log setting"]);
+    refused(
+        first.replace("choices: [-1, 0, 1]", "choices: [-1, 1]"),
+        &["search_space.x.1 (line 7", "keeps its choices", "[-1, 0, 1]"],
+    );
+}

@@ -358,6 +358,17 @@ fn humanize(msg: &str, tag: Option<&str>) -> (Option<String>, String) {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = msg.strip_prefix(prefix) {
             if let Some((got, want)) = rest.split_once(", expected ") {
+                if let Some(range) = int_range(want).filter(|_| got.starts_with("integer ")) {
+                    let n = ticks.first().cloned().unwrap_or_default();
+                    return (None, format!("{n} is out of range; expected a whole number from {range}"));
+                }
+                let huge = got
+                    .strip_prefix("string \"")
+                    .and_then(|g| g.strip_suffix('"'))
+                    .filter(|g| g.parse::<f64>().is_ok_and(f64::is_infinite));
+                if let (Some(g), "f64" | "f32") = (huge, want) {
+                    return (None, format!("{g} is out of range; a number must lie within ±1.7976931348623157e308"));
+                }
                 return (
                     None,
                     format!("expected {}, got {}", expectation(want), got.replace("unit value", "an empty value")),
@@ -366,6 +377,20 @@ fn humanize(msg: &str, tag: Option<&str>) -> (Option<String>, String) {
         }
     }
     (None, msg.to_string())
+}
+
+/// The range of serde's integer type `want`, for out-of-range messages.
+fn int_range(want: &str) -> Option<String> {
+    Some(match want {
+        "u64" => format!("0 to {}", u64::MAX),
+        "u32" => format!("0 to {}", u32::MAX),
+        "u16" => format!("0 to {}", u16::MAX),
+        "u8" => format!("0 to {}", u8::MAX),
+        "usize" => format!("0 to {}", usize::MAX),
+        "i64" => format!("{} to {}", i64::MIN, i64::MAX),
+        "i32" => format!("{} to {}", i32::MIN, i32::MAX),
+        _ => return None,
+    })
 }
 
 /// serde's name for an expected type, in the user's words.

@@ -17,4 +17,3 @@ pub fn db_counts(db: &Path) -> (i64, i64, String) {
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     (finished, running, integrity)
 }
-
