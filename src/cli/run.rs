@@ -40,6 +40,12 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let spec = StudySpec::load(&a.file)?;
+    if a.timeout.is_some_and(|t| !(t > 0.0 && t <= crate::spec::MAX_SECONDS)) {
+        return Err(crate::input_err!(
+            "--timeout must be a positive number of seconds, at most {:e}",
+            crate::spec::MAX_SECONDS
+        ));
+    }
     if a.jobs.is_some_and(|j| !(1..=crate::spec::MAX_JOBS).contains(&j)) {
         return Err(crate::input_err!("--jobs must be from 1 to {}", crate::spec::MAX_JOBS));
     }

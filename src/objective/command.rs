@@ -181,8 +181,11 @@ impl CommandObjective {
             }
         };
         let timeout = match spec.timeout {
-            Some(t) if !(t.is_finite() && t > 0.0) => {
-                return Err(input(format!("objective.timeout must be a positive number of seconds, got {t}")));
+            Some(t) if !(t > 0.0 && t <= crate::spec::MAX_SECONDS) => {
+                return Err(input(format!(
+                    "objective.timeout must be a positive number of seconds, at most {:e}, got {t}",
+                    crate::spec::MAX_SECONDS
+                )));
             }
             t => t,
         };

@@ -200,6 +200,9 @@ pub struct FunctionObjective {
     base: Value,
 }
 
+/// Most dimensions a test function takes (each is a search-space parameter).
+pub const MAX_DIM: usize = 100_000;
+
 /// The defaults of `learning_curve` besides `x`.
 fn learning_curve_defaults() -> Value {
     json!({"lr": 0.01, "steps": 30, "noise": 0.0, "step_sleep_ms": 0})
@@ -233,6 +236,9 @@ impl FunctionObjective {
             (None, Some(d)) => d,
             (None, None) => x_len.unwrap_or(2),
         };
+        if dim > MAX_DIM {
+            return Err(InputError::new(format!("objective.dim: at most {MAX_DIM} dimensions (got {dim})")).into());
+        }
         if dim < name.min_dim() {
             return Err(InputError::new(format!(
                 "objective.dim: {} needs at least {} dimension(s) (got {dim})",

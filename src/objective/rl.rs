@@ -76,8 +76,12 @@ pub struct RlObjective {
 impl RlObjective {
     /// Reads and checks the base config.
     pub fn new(spec: &RlSpec, ctx: &BuildContext) -> anyhow::Result<Self> {
-        if spec.seeds == 0 {
-            return Err(InputError::new("objective.seeds must be at least 1").into());
+        if !(1..=crate::spec::MAX_JOBS).contains(&spec.seeds) {
+            return Err(InputError::new(format!(
+                "objective.seeds must be from 1 to {} (each seed trains on its own thread)",
+                crate::spec::MAX_JOBS
+            ))
+            .into());
         }
         if spec.k == 0 {
             return Err(InputError::new("objective.k must be at least 1").into());

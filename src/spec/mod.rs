@@ -46,6 +46,9 @@ pub use yaml::{parse_yaml, Doc, YamlPath};
 pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
 /// Pruner types a study file may name.
 pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving"];
+/// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
+/// set, and no study runs that long.
+pub const MAX_SECONDS: f64 = 1.0e9;
 /// Most trials one process runs at once (`jobs`, `trials_per_device`): each is a thread.
 pub const MAX_JOBS: usize = 1024;
 /// Longest study name Optuna's schema stores (`studies.study_name VARCHAR(512)`).
@@ -259,10 +262,11 @@ impl StudySpec {
             return Err(doc.error(&root.key("n_trials"), "n_trials must be at least 1"));
         }
         if let Some(t) = raw.timeout {
-            if !(t > 0.0 && t.is_finite()) {
-                return Err(
-                    doc.error(&root.key("timeout"), format!("timeout must be a positive number of seconds (got {t})"))
-                );
+            if !(t > 0.0 && t <= MAX_SECONDS) {
+                return Err(doc.error(
+                    &root.key("timeout"),
+                    format!("timeout must be a positive number of seconds, at most {MAX_SECONDS:e} (got {t})"),
+                ));
             }
         }
         if raw.n_trials.is_none() && raw.timeout.is_none() {
@@ -519,11 +523,16 @@ fn check_parallelism(doc: &Doc, p: &Parallelism) -> anyhow::Result<()> {
 
 fn check_heartbeat(doc: &Doc, h: &Heartbeat) -> anyhow::Result<()> {
     let at = YamlPath::root().key("heartbeat");
-    if !(h.interval > 0.0 && h.interval.is_finite()) {
+    if !(h.interval > 0.0 && h.interval <= MAX_SECONDS) {
         return Err(doc.error(
             &at.key("interval"),
-            format!("interval must be a positive number of seconds (got {})", h.interval),
+            format!("interval must be a positive number of seconds, at most {MAX_SECONDS:e} (got {})", h.interval),
         ));
+    }
+    if h.grace > MAX_SECONDS {
+        return Err(
+            doc.error(&at.key("grace"), format!("grace must be at most {MAX_SECONDS:e} seconds (got {})", h.grace))
+        );
     }
     if !(h.grace > h.interval && h.grace.is_finite()) {
         return Err(doc.error(

@@ -636,3 +636,18 @@ fn resuming_with_an_incompatible_search_space_is_refused_up_front() {
         &["search_space.x.1 (line 7", "keeps its choices", "[-1, 0, 1]"],
     );
 }
+
+#[test]
+fn durations_and_counts_too_large_to_run_are_refused() {
+    let with = |line: &str| err(&MINIMAL.replace("n_trials: 10\n", &format!("n_trials: 10\n{line}\n")));
+    has(&with("timeout: 1.0e300"), &["timeout (line 4", "at most 1e9"]);
+    has(&with("heartbeat: {interval: 1.0e300, grace: 1.0e301}"), &["heartbeat.interval (line 4", "at most 1e9"]);
+    has(&with("heartbeat: {interval: 10, grace: 1.0e300}"), &["heartbeat.grace (line 4", "at most 1e9"]);
+    let e = err(&MINIMAL.replace("name: sphere, dim: 2}", "name: sphere, dim: 1000000000}"));
+    has(&e, &["objective.dim", "at most 100000 dimensions"]);
+    let e = err(&rl_study("  agent.lr: {type: float, low: 1e-4, high: 1e-2}\n")
+        .replace("type: rl,", "type: rl, seeds: 100000,"));
+    has(&e, &["objective", "seeds must be from 1 to 1024"]);
+    let e = err("name: s\ndirection: minimize\nn_trials: 4\nobjective: {type: command, command: [true], timeout: 1.0e300, config: {x: 1}}\nsearch_space:\n  x: {type: float, low: -1, high: 1}\n");
+    has(&e, &["objective.timeout", "at most 1e9"]);
+}
