@@ -242,3 +242,25 @@ fn every_count_at_zero_is_refused_or_trains_without_panicking() {
         assert!(refused.iter().any(|r| r.ends_with(must)), "{must} was not refused; refused: {refused:?}");
     }
 }
+
+#[test]
+fn resuming_with_an_incompatible_search_space_exits_2_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "curve.yaml", CURVE);
+    tune(dir.path()).args(["run", "curve.yaml", "--quiet", "--n-trials", "3"]).assert().success();
+    let db = dir.path().join("tune.db");
+    let before = std::fs::read(&db).unwrap();
+    let changed = CURVE.replace("x.0: {type: float, low: -5, high: 5}", "x.0: {type: int, low: -5, high: 5}");
+    write(dir.path(), "curve.yaml", &changed);
+    tune(dir.path()).args(["run", "curve.yaml", "--quiet"]).assert().code(2).stderr(
+        predicate::str::contains("search_space.x.0 (line 13")
+            .and(predicate::str::contains("{type: float, low: -5, high: 5}"))
+            .and(predicate::str::contains("{type: int, low: -5, high: 5}"))
+            .and(predicate::str::contains("new `name:`")),
+    );
+    tune(dir.path()).args(["enqueue", "curve.yaml", "-p", "x.0=1"]).assert().code(2);
+    assert_eq!(std::fs::read(&db).unwrap(), before, "a refused resume must not write");
+    // A moved range is compatible, as in Optuna.
+    write(dir.path(), "curve.yaml", &CURVE.replace("low: -5, high: 5}", "low: -2, high: 9}"));
+    tune(dir.path()).args(["run", "curve.yaml", "--quiet", "--n-trials", "5"]).assert().success();
+}
