@@ -11,6 +11,7 @@
 
 use serde::Deserialize;
 
+use super::is_first_in_interval_step;
 use super::Pruner;
 use crate::frozen::{Direction, FrozenTrial, TrialState};
 use crate::sampler::StudyView;
@@ -147,16 +148,6 @@ impl Pruner for PercentilePruner {
             Direction::Minimize => best > threshold,
         }
     }
-}
-
-/// True when `step` is the first step the trial reported inside its current check window:
-/// a trial that reports every 3 steps with `interval_steps = 5` is still checked once per
-/// window, at the first report after the window opens (Optuna's `_is_first_in_interval_step`).
-fn is_first_in_interval_step(step: i64, trial: &FrozenTrial, n_warmup_steps: i64, interval_steps: i64) -> bool {
-    let nearest_lower_pruning_step =
-        (step - n_warmup_steps).div_euclid(interval_steps) * interval_steps + n_warmup_steps;
-    let second_last_step = trial.intermediate_values.keys().copied().filter(|&s| s != step).max().unwrap_or(-1);
-    second_last_step < nearest_lower_pruning_step
 }
 
 /// The trial's best intermediate value, ignoring NaN; NaN when every value is NaN

@@ -11,7 +11,7 @@
 //! timeout: 600                # seconds; at least one of n_trials / timeout
 //! seed: 42                    # optional
 //! sampler: {type: tpe, n_startup_trials: 10}   # tpe (default) | random | grid
-//! pruner: {type: median, n_warmup_steps: 5}    # median (default) | percentile | successive_halving | none
+//! pruner: {type: median, n_warmup_steps: 5}    # median (default) | percentile | successive_halving | threshold | patient | none
 //! parallelism: {jobs: 2, devices: [cuda:0], trials_per_device: 1}
 //! heartbeat: {interval: 10, grace: 60, retries: 1}
 //! objective: {type: function, name: sphere, dim: 3}
@@ -31,7 +31,9 @@ use serde_norway::Value as Yaml;
 use crate::distribution::Distribution;
 use crate::frozen::Direction;
 use crate::objective::{BuildContext, ObjectiveSpec};
-use crate::pruner::{MedianConfig, NopPruner, PercentileConfig, Pruner, SuccessiveHalvingConfig};
+use crate::pruner::{
+    MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig, ThresholdConfig,
+};
 use crate::sampler::{GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use crate::storage::Storage;
 
@@ -45,7 +47,7 @@ pub use yaml::{parse_yaml, Doc, YamlPath};
 /// Sampler types a study file may name.
 pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
 /// Pruner types a study file may name.
-pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving"];
+pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving", "threshold", "patient"];
 /// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
 /// set, and no study runs that long.
 pub const MAX_SECONDS: f64 = 1.0e9;
@@ -115,6 +117,33 @@ pub enum PrunerSpec {
     Percentile(PercentileConfig),
     /// `{type: successive_halving, ...}`: keep the best `1/reduction_factor` at each rung.
     SuccessiveHalving(SuccessiveHalvingConfig),
+    /// `{type: threshold, lower, upper, ...}`: stop trials whose latest value leaves a range or is NaN.
+    Threshold(ThresholdConfig),
+    /// `{type: patient, patience, min_delta, wrapped: {...}}`: ask `wrapped` (or prune) only
+    /// once a trial's last `patience + 1` reports are all worse than its earlier best.
+    Patient {
+        /// Patience and minimum improvement.
+        config: PatientConfig,
+        /// The pruner consulted once the trial stalls; `None` prunes it then.
+        wrapped: Option<Box<PrunerSpec>>,
+    },
+}
+
+impl PrunerSpec {
+    /// Builds the pruner (settings were validated when the file was read).
+    pub fn build(&self) -> Result<Box<dyn Pruner>, String> {
+        Ok(match self {
+            PrunerSpec::None => Box::new(NopPruner),
+            PrunerSpec::Median(c) => Box::new(c.build()?),
+            PrunerSpec::Percentile(c) => Box::new(c.build()?),
+            PrunerSpec::SuccessiveHalving(c) => Box::new(c.build()?),
+            PrunerSpec::Threshold(c) => Box::new(c.build()?),
+            PrunerSpec::Patient { config, wrapped } => {
+                let inner = wrapped.as_ref().map(|w| w.build()).transpose()?;
+                Box::new(config.build(inner)?)
+            }
+        })
+    }
 }
 
 impl Default for PrunerSpec {
@@ -355,13 +384,7 @@ impl StudySpec {
 
     /// The pruner of the study.
     pub fn build_pruner(&self) -> anyhow::Result<Arc<dyn Pruner>> {
-        let err = |e: String| self.error("pruner", e);
-        Ok(match &self.pruner {
-            PrunerSpec::None => Arc::new(NopPruner),
-            PrunerSpec::Median(c) => Arc::new(c.build().map_err(err)?),
-            PrunerSpec::Percentile(c) => Arc::new(c.build().map_err(err)?),
-            PrunerSpec::SuccessiveHalving(c) => Arc::new(c.build().map_err(err)?),
-        })
+        Ok(Arc::from(self.pruner.build().map_err(|e| self.error("pruner", e))?))
     }
 
     /// The folder of the study file, against which the objective's relative paths resolve.
@@ -439,9 +462,16 @@ fn parse_sampler(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<SamplerSpec> 
 
 /// Reads the `pruner:` section (default: median with Optuna's defaults), checking its values.
 fn parse_pruner(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<PrunerSpec> {
-    let at = YamlPath::root().key("pruner");
-    let Some(value) = value else { return Ok(PrunerSpec::default()) };
-    let (ty, rest) = doc.tagged(value, &at, "pruner", PRUNER_TYPES, true)?;
+    match value {
+        None => Ok(PrunerSpec::default()),
+        Some(value) => parse_pruner_at(doc, value, &YamlPath::root().key("pruner")),
+    }
+}
+
+/// Reads a pruner section found at `at` (the study's, or one a `patient` pruner wraps).
+fn parse_pruner_at(doc: &Doc, value: Yaml, at: &YamlPath) -> anyhow::Result<PrunerSpec> {
+    let at = at.clone();
+    let (ty, mut rest) = doc.tagged(value, &at, "pruner", PRUNER_TYPES, true)?;
     let bad = |e: String| doc.error(&at.join(&blame(&e)), e);
     Ok(match ty.as_str() {
         "none" => {
@@ -458,10 +488,24 @@ fn parse_pruner(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<PrunerSpec> {
             c.build().map_err(bad)?;
             PrunerSpec::Percentile(c)
         }
-        _ => {
+        "successive_halving" => {
             let c: SuccessiveHalvingConfig = doc.parse(rest, &at)?;
             c.build().map_err(bad)?;
             PrunerSpec::SuccessiveHalving(c)
+        }
+        "threshold" => {
+            let c: ThresholdConfig = doc.parse(rest, &at)?;
+            c.build().map_err(bad)?;
+            PrunerSpec::Threshold(c)
+        }
+        _ => {
+            let wrapped = match rest.as_mapping_mut().and_then(|m| m.remove("wrapped")) {
+                None | Some(Yaml::Null) => None,
+                Some(w) => Some(Box::new(parse_pruner_at(doc, w, &at.key("wrapped"))?)),
+            };
+            let config: PatientConfig = doc.parse(rest, &at)?;
+            config.build(None).map_err(bad)?;
+            PrunerSpec::Patient { config, wrapped }
         }
     })
 }

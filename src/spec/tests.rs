@@ -137,7 +137,13 @@ fn other_samplers_and_pruners_load() {
         ("random", "none"),
         ("{type: grid}", "{type: percentile, percentile: 25}"),
         ("grid", "{type: successive_halving, min_resource: 3, reduction_factor: 3}"),
+        ("random", "{type: threshold, lower: 0.0}"),
+        ("random", "{type: threshold, upper: 1.0e6, n_warmup_steps: 3, interval_steps: 2}"),
+        ("random", "{type: patient, patience: 3}"),
+        ("random", "{type: patient, patience: 2, min_delta: 0.5, wrapped: {type: median, n_warmup_steps: 2}}"),
+        ("random", "{type: patient, patience: 1, wrapped: {type: patient, patience: 2, wrapped: threshold_none}}"),
     ] {
+        let pruner = pruner.replace("threshold_none", "none");
         let text = MINIMAL.replace("low: -5, high: 5}", "low: -5, high: 5, step: 1}")
             + &format!("sampler: {sampler}\npruner: {pruner}\n");
         let (_dir, spec) = load(&text);
@@ -257,7 +263,7 @@ fn unknown_pruner() {
         &e,
         &[
             "pruner.type (line 7",
-            "unknown pruner type `hyperband`; expected one of: none, median, percentile, successive_halving",
+            "unknown pruner type `hyperband`; expected one of: none, median, percentile, successive_halving, threshold, patient",
         ],
     );
 }
@@ -266,6 +272,29 @@ fn unknown_pruner() {
 fn bad_pruner_setting() {
     let e = err(&format!("{MINIMAL}pruner: {{type: percentile, percentile: 150}}\n"));
     has(&e, &["pruner.percentile (line 7, column 40)", "between 0 and 100"]);
+}
+
+#[test]
+fn bad_threshold_and_patient_settings() {
+    let e = err(&format!("{MINIMAL}pruner: {{type: threshold}}\n"));
+    has(&e, &["pruner (line 7", "Neither `lower` nor `upper` is given"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: threshold, lower: 3, upper: 1}}\n"));
+    has(&e, &["pruner.lower (line 7", "must not be above `upper`"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: threshold, lower: 0, interval_steps: 0}}\n"));
+    has(&e, &["pruner.interval_steps (line 7", ">= 1"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: patient}}\n"));
+    has(&e, &["pruner", "missing required key `patience`"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: patient, patience: -1}}\n"));
+    has(&e, &["pruner.patience (line 7", "is out of range"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: patient, patience: 2, min_delta: -0.5}}\n"));
+    has(&e, &["pruner.min_delta (line 7", "must be a number >= 0"]);
+    // A wrapped pruner's mistakes are reported at its own path.
+    let e = err(&format!(
+        "{MINIMAL}pruner:\n  type: patient\n  patience: 2\n  wrapped: {{type: percentile, percentile: 150}}\n"
+    ));
+    has(&e, &["pruner.wrapped.percentile (line 10", "between 0 and 100"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: patient, patience: 2, wrapped: {{type: medain}}}}\n"));
+    has(&e, &["pruner.wrapped.type (line 7", "unknown pruner type `medain`", "did you mean `median`?"]);
 }
 
 #[test]
