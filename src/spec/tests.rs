@@ -592,6 +592,9 @@ fn numbers_beyond_64_bits_name_their_key_line_and_range() {
     );
     has(&big("n_trials: -99999999999999999999\n"), &["n_trials (line 3", "is out of range"]);
     has(&big("n_trials: 10\nheartbeat: {retries: 99999999999}\n"), &["heartbeat.retries (line 4", "0 to 4294967295"]);
+    // The number is the very end of the file.
+    let e = err(&format!("{MINIMAL}seed: 99999999999999999999"));
+    has(&e, &["seed (line 7", "99999999999999999999 is out of range"]);
     let space = |entry: &str| err(&MINIMAL.replace("  x.0: {type: float, low: -5, high: 5}\n", entry));
     has(
         &space("  x.0: {type: int, low: -5, high: 5, step: 99999999999999999999}\n"),

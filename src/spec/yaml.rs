@@ -133,7 +133,8 @@ impl<'a> Doc<'a> {
             return None;
         }
         let start = e.location()?.index();
-        let len = self.text.get(start..)?.find(|c: char| !(c.is_ascii_alphanumeric() || "+-_".contains(c)))?;
+        let rest = self.text.get(start..)?;
+        let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || "+-_".contains(c))).unwrap_or(rest.len());
         let number = &self.text[start..start + len];
         const MARK: &str = "__tune_out_of_range__";
         let marked = format!("{}{MARK}{}", &self.text[..start], &self.text[start + len..]);
