@@ -229,6 +229,10 @@ impl Study {
             None => frozen,
         };
         let view = StudyView { direction: s.direction, trials: &snapshot };
+        // Hyperband shows the sampler only the trial's bracket.
+        let narrowed = if s.sampler.sees_whole_study() { None } else { s.pruner.sampler_trials(&view, &me) };
+        let snapshot = narrowed.unwrap_or(snapshot);
+        let view = StudyView { direction: s.direction, trials: &snapshot };
         let relative_space = s.sampler.infer_relative_search_space(&view, &me);
         let relative = if relative_space.is_empty() {
             BTreeMap::new()

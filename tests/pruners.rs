@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tune::pruner::{MedianConfig, PatientConfig, Pruner, ThresholdConfig};
+use tune::pruner::{HyperbandConfig, MaxResource, MedianConfig, PatientConfig, Pruner, ThresholdConfig};
 use tune::sampler::StudyView;
 use tune::{Direction, FrozenTrial, TrialState};
 
@@ -110,4 +110,72 @@ fn patient_pruner_alone_and_wrapping_median_decides_as_optuna() {
         }
     }
     assert!(alone > 20 && wrapped > 5, "the fixture must exercise both forms: {alone} / {wrapped}");
+}
+
+/// Replays studies that Optuna ran one trial at a time with its `HyperbandPruner`: each trial
+/// must stop at the same report, fall in the same bracket, and its sampler must be shown the
+/// same trials (wherever Optuna's pruner had set up its brackets by then; see
+/// `src/pruner/hyperband.rs` for why tune filters from the start).
+#[test]
+fn hyperband_pruner_decides_and_filters_as_optuna() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pruners/optuna_hyperband.json");
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (mut pruned, mut compared_views, mut brackets_used) = (0, 0, std::collections::BTreeSet::new());
+    for case in f["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let direction = if case["direction"] == "maximize" { Direction::Maximize } else { Direction::Minimize };
+        let cfg = &case["config"];
+        let config = HyperbandConfig {
+            min_resource: cfg.get("min_resource").map_or(1, |v| v.as_i64().unwrap()),
+            max_resource: match cfg.get("max_resource") {
+                Some(v) if v.is_i64() => MaxResource::Steps(v.as_i64().unwrap()),
+                _ => MaxResource::Auto,
+            },
+            reduction_factor: cfg.get("reduction_factor").map_or(3, |v| v.as_i64().unwrap()),
+            bootstrap_count: cfg.get("bootstrap_count").map_or(0, |v| v.as_u64().unwrap() as usize),
+        };
+        let pruner = config.build(name).unwrap();
+        let mut done: Vec<Arc<FrozenTrial>> = vec![];
+        for t in case["trials"].as_array().unwrap() {
+            let number = t["number"].as_i64().unwrap();
+            let curve = points(&t["curve"]);
+            let at = |k: usize, state| {
+                let mut all = done.clone();
+                all.push(Arc::new(trial(number, state, &curve[..k])));
+                all
+            };
+            // The sampler's view, as the trial starts.
+            let all = at(0, TrialState::Running);
+            let view = StudyView { direction, trials: &all };
+            let saw = &t["sampler_saw"];
+            if saw["initialized"].as_bool().unwrap() {
+                let want: Vec<i64> = serde_json::from_value(saw["numbers"].clone()).unwrap();
+                let got: Vec<i64> = match pruner.sampler_trials(&view, all.last().unwrap()) {
+                    Some(ts) => ts.iter().map(|t| t.number).collect(),
+                    None => all.iter().map(|t| t.number).collect(),
+                };
+                assert_eq!(got, want, "{name}: trial {number}'s sampler view");
+                compared_views += 1;
+            }
+            // Ask after every report until pruned.
+            let (mut reports, mut state) = (curve.len(), TrialState::Complete);
+            for k in 1..=curve.len() {
+                let all = at(k, TrialState::Running);
+                if pruner.prune(&StudyView { direction, trials: &all }, all.last().unwrap()) {
+                    (reports, state) = (k, TrialState::Pruned);
+                    break;
+                }
+            }
+            let want = (t["reports"].as_u64().unwrap() as usize, t["state"].as_str().unwrap());
+            assert_eq!((reports, state.as_str()), want, "{name}: trial {number}");
+            let finished = trial(number, state, &curve[..reports]);
+            done.push(Arc::new(finished));
+            let all_done = StudyView { direction, trials: &done };
+            let bracket = pruner.bracket_of(&all_done, number).unwrap_or(0);
+            assert_eq!(bracket as u64, t["bracket"].as_u64().unwrap(), "{name}: trial {number}'s bracket");
+            brackets_used.insert((name.to_string(), bracket));
+            pruned += usize::from(state == TrialState::Pruned);
+        }
+    }
+    assert!(pruned > 100 && compared_views > 300 && brackets_used.len() > 15, "the fixture must exercise Hyperband: {pruned} pruned, {compared_views} views, {} brackets", brackets_used.len());
 }

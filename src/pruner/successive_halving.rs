@@ -12,7 +12,10 @@
 //! is stateless and reads them back from the intermediate values instead: a trial's value at a
 //! rung is its value at its first reported step at or past the rung's end. That is exactly what
 //! Optuna records when the objective asks `should_prune` after every report, as ours do.
-//! A PRUNED trial counts at the rungs it passed plus the one it was stopped at.
+//! A PRUNED trial counts at the rungs it passed plus the one it was stopped at; when its last
+//! report jumped past several rungs, which of them it passed is decided again against the
+//! trials that finished before it, as Optuna decided it then (trials running at that moment,
+//! which Optuna also counted, are not known afterwards).
 //!
 //! With `min_resource: auto`, trials that finished before the first trial completed (the one
 //! the estimate comes from, itself included) count at no rung, as in Optuna, which had no rungs
@@ -25,13 +28,13 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 use serde::Deserialize;
 
-use super::Pruner;
+use super::{Pruner, StepsOrAuto};
 use crate::frozen::{Direction, FrozenTrial, TrialState};
 use crate::sampler::StudyView;
 
 /// The resource (step count) at which the first rung ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(try_from = "RawMinResource")]
+#[serde(try_from = "StepsOrAuto")]
 pub enum MinResource {
     /// `max(last_step / 100, 1)` of the first trial to complete with intermediate values
     /// (Optuna's heuristic); no pruning until one has.
@@ -41,22 +44,14 @@ pub enum MinResource {
     Steps(i64),
 }
 
-/// How `min_resource` is written in YAML: an integer or the string `auto`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawMinResource {
-    Steps(i64),
-    Text(String),
-}
-
-impl TryFrom<RawMinResource> for MinResource {
+impl TryFrom<StepsOrAuto> for MinResource {
     type Error = String;
 
-    fn try_from(raw: RawMinResource) -> Result<Self, String> {
+    fn try_from(raw: StepsOrAuto) -> Result<Self, String> {
         match raw {
-            RawMinResource::Steps(n) => Ok(MinResource::Steps(n)),
-            RawMinResource::Text(s) if s == "auto" => Ok(MinResource::Auto),
-            RawMinResource::Text(s) => Err(format!("`min_resource` must be an integer >= 1 or \"auto\" (got \"{s}\")")),
+            StepsOrAuto::Steps(n) => Ok(MinResource::Steps(n)),
+            StepsOrAuto::Text(s) if s == "auto" => Ok(MinResource::Auto),
+            StepsOrAuto::Text(s) => Err(format!("`min_resource` must be an integer >= 1 or \"auto\" (got \"{s}\")")),
         }
     }
 }
@@ -137,29 +132,71 @@ impl SuccessiveHalvingPruner {
         min_resource.saturating_mul(factor)
     }
 
-    /// The values a trial recorded at each rung it reached, by rung (see the module notes).
+    /// The values a trial that was not pruned recorded at each rung it reached, by rung: its
+    /// value at its first report at or past each rung's end (see the module notes).
     fn rung_values(&self, t: &FrozenTrial, min_resource: i64) -> Vec<f64> {
-        let Some(last) = t.last_step() else {
-            return vec![];
-        };
         let mut out = vec![];
         for rung in 0.. {
             let end = self.rung_end(min_resource, rung);
-            let Some((&step, &value)) = t.intermediate_values.range(end..).next() else {
+            let Some((_, &value)) = t.intermediate_values.range(end..).next() else {
                 break;
             };
-            // A pruned trial's last check stopped at the first rung it reached then.
-            let stopped_before = t.state == TrialState::Pruned
-                && step == last
-                && rung > 0
-                && self.rung_end(min_resource, rung - 1) > second_last_step(t, last);
             // Optuna prunes a NaN value before recording it.
-            if stopped_before || value.is_nan() {
+            if value.is_nan() {
                 break;
             }
             out.push(value);
         }
         out
+    }
+
+    /// The values a PRUNED trial recorded: those of the rungs it passed before its last
+    /// report, then, at its last report, each rung that report reached, up to and including
+    /// the first where it was not promotable against `earlier` (the rung values of the trials
+    /// that finished before it). A report that jumps past several rungs is judged at each in
+    /// turn, so Optuna may have recorded more than the first.
+    fn pruned_rung_values(&self, t: &FrozenTrial, min_resource: i64, earlier: &[Vec<f64>], direction: Direction) -> Vec<f64> {
+        let mut out = self.rung_values(t, min_resource);
+        let Some(last) = t.last_step() else { return out };
+        let previous = second_last_step(t, last);
+        let before = (0..).take_while(|&k| self.rung_end(min_resource, k) <= previous).count();
+        if out.len() <= before {
+            return out;
+        }
+        let value = out[before];
+        for rung in before..out.len() {
+            let mut competing: Vec<f64> = earlier.iter().filter_map(|v| v.get(rung).copied()).collect();
+            competing.push(value);
+            if competing.len() <= self.config.bootstrap_count
+                || !is_promotable(value, competing, self.config.reduction_factor, direction)
+            {
+                out.truncate(rung + 1);
+                break;
+            }
+        }
+        out
+    }
+
+    /// The rung values of `trials` as Optuna recorded them, finished trials in the order they
+    /// finished (a pruned trial's depend on those before it), then running ones.
+    fn recorded_rung_values<'t>(
+        &self,
+        trials: impl Iterator<Item = &'t Arc<FrozenTrial>>,
+        min_resource: i64,
+        direction: Direction,
+    ) -> Vec<Vec<f64>> {
+        let mut order: Vec<&FrozenTrial> = trials.map(|t| &**t).collect();
+        order.sort_by_key(|t| (!t.state.is_finished(), completion_key(t)));
+        let mut done: Vec<Vec<f64>> = Vec::with_capacity(order.len());
+        for t in order {
+            let v = if t.state == TrialState::Pruned {
+                self.pruned_rung_values(t, min_resource, &done, direction)
+            } else {
+                self.rung_values(t, min_resource)
+            };
+            done.push(v);
+        }
+        done
     }
 }
 
@@ -168,9 +205,12 @@ fn second_last_step(t: &FrozenTrial, last: i64) -> i64 {
     t.intermediate_values.range(..last).next_back().map_or(-1, |(&s, _)| s)
 }
 
+/// When a trial finished, and its number.
+pub(super) type CompletionKey = (Option<NaiveDateTime>, i64);
+
 /// When a trial finished, for ordering trials by completion (number breaks ties and stands in
 /// for hand-built trials without times).
-fn completion_key(t: &FrozenTrial) -> (Option<NaiveDateTime>, i64) {
+pub(super) fn completion_key(t: &FrozenTrial) -> CompletionKey {
     (t.datetime_complete, t.number)
 }
 
@@ -212,15 +252,17 @@ impl Pruner for SuccessiveHalvingPruner {
         // Rungs ended at or before the previous report were passed at earlier checks.
         let previous = second_last_step(trial, step);
         let mut rung = (0..).take_while(|&k| self.rung_end(min_resource, k) <= previous).count();
-        let others: Vec<Vec<f64>> = study
-            .trials
-            .iter()
-            .filter(|t| t.trial_id != trial.trial_id)
-            // With `auto`, trials that finished before `min_resource` was known were never
-            // checked against a rung, so Optuna recorded nothing for them.
-            .filter(|t| !(t.state.is_finished() && known_since.is_some_and(|k| completion_key(t) <= k)))
-            .map(|t| self.rung_values(t, min_resource))
-            .collect();
+        let others = self.recorded_rung_values(
+            study
+                .trials
+                .iter()
+                .filter(|t| t.trial_id != trial.trial_id)
+                // With `auto`, trials that finished before `min_resource` was known were never
+                // checked against a rung, so Optuna recorded nothing for them.
+                .filter(|t| !(t.state.is_finished() && known_since.is_some_and(|k| completion_key(t) <= k))),
+            min_resource,
+            study.direction,
+        );
         loop {
             if step < self.rung_end(min_resource, rung) {
                 return false;
@@ -363,17 +405,23 @@ mod tests {
     fn a_pruned_trial_counts_only_up_to_the_rung_it_was_stopped_at() {
         let pruner = fixed(1, 2); // rungs end at 1, 2, 4
                                   // Pruned at its first check, at step 4: Optuna recorded only rung 0.
+        let pruned = |t: &FrozenTrial, earlier: &[Vec<f64>]| pruner.pruned_rung_values(t, 1, earlier, Direction::Minimize);
         let p = trial(0, TrialState::Pruned, &[(4, 0.0)]);
-        assert_eq!(pruner.rung_values(&p, 1), vec![0.0]);
+        // Alone it would have been promoted everywhere; pruned, it must have failed at rung 0
+        // against a better earlier trial there.
+        assert_eq!(pruned(&p, &[vec![-1.0]]), vec![0.0]);
+        // Promoted at rung 0 (best of two) but not at rung 1, where an earlier trial was better:
+        // rungs 0 and 1 recorded from the one report.
+        assert_eq!(pruned(&p, &[vec![1.0, -1.0]]), vec![0.0, 0.0]);
         // Passed rung 0 at step 1, pruned at rung 1 at step 3: rungs 0 and 1 recorded.
         let p = trial(0, TrialState::Pruned, &[(1, 1.0), (3, 2.0)]);
-        assert_eq!(pruner.rung_values(&p, 1), vec![1.0, 2.0]);
+        assert_eq!(pruned(&p, &[vec![0.0, 0.0]]), vec![1.0, 2.0]);
         // A completed trial that jumped records every rung it passed.
         let c = trial(0, TrialState::Complete, &[(4, 0.0)]);
         assert_eq!(pruner.rung_values(&c, 1), vec![0.0, 0.0, 0.0]);
         // NaN is never recorded.
         let n = trial(0, TrialState::Pruned, &[(1, f64::NAN)]);
-        assert!(pruner.rung_values(&n, 1).is_empty());
+        assert!(pruned(&n, &[]).is_empty());
     }
 
     #[test]

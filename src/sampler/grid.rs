@@ -108,6 +108,10 @@ fn nth_free(r: usize, taken: &[usize]) -> usize {
 }
 
 impl Sampler for GridSampler {
+    fn sees_whole_study(&self) -> bool {
+        true
+    }
+
     fn infer_relative_search_space(&self, _study: &StudyView, _trial: &FrozenTrial) -> SearchSpace {
         self.space.clone()
     }

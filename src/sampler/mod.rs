@@ -44,6 +44,13 @@ pub trait Sampler: Send + Sync {
         BTreeMap::new()
     }
 
+    /// True when the sampler must see every trial of the study even where the pruner narrows
+    /// the view ([`crate::pruner::Pruner::sampler_trials`]): the grid sampler, which tracks
+    /// the points every trial holds (Optuna's reads the storage directly for this).
+    fn sees_whole_study(&self) -> bool {
+        false
+    }
+
     /// Samples one parameter on its own.
     fn sample_independent(&self, study: &StudyView, trial: &FrozenTrial, name: &str, dist: &Distribution) -> f64;
 }

@@ -32,7 +32,7 @@ use crate::distribution::Distribution;
 use crate::frozen::Direction;
 use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::pruner::{
-    MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig, ThresholdConfig,
+    HyperbandConfig, MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig, ThresholdConfig,
 };
 use crate::sampler::{GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use crate::storage::Storage;
@@ -47,7 +47,7 @@ pub use yaml::{parse_yaml, Doc, YamlPath};
 /// Sampler types a study file may name.
 pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
 /// Pruner types a study file may name.
-pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving", "threshold", "patient"];
+pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"];
 /// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
 /// set, and no study runs that long.
 pub const MAX_SECONDS: f64 = 1.0e9;
@@ -117,6 +117,9 @@ pub enum PrunerSpec {
     Percentile(PercentileConfig),
     /// `{type: successive_halving, ...}`: keep the best `1/reduction_factor` at each rung.
     SuccessiveHalving(SuccessiveHalvingConfig),
+    /// `{type: hyperband, ...}`: successive halving in brackets that cut early or late, each
+    /// trial's bracket fixed by its number.
+    Hyperband(HyperbandConfig),
     /// `{type: threshold, lower, upper, ...}`: stop trials whose latest value leaves a range or is NaN.
     Threshold(ThresholdConfig),
     /// `{type: patient, patience, min_delta, wrapped: {...}}`: ask `wrapped` (or prune) only
@@ -130,16 +133,18 @@ pub enum PrunerSpec {
 }
 
 impl PrunerSpec {
-    /// Builds the pruner (settings were validated when the file was read).
-    pub fn build(&self) -> Result<Box<dyn Pruner>, String> {
+    /// Builds the pruner of study `study_name` (settings were validated when the file was
+    /// read; Hyperband's brackets depend on the name).
+    pub fn build(&self, study_name: &str) -> Result<Box<dyn Pruner>, String> {
         Ok(match self {
             PrunerSpec::None => Box::new(NopPruner),
             PrunerSpec::Median(c) => Box::new(c.build()?),
             PrunerSpec::Percentile(c) => Box::new(c.build()?),
             PrunerSpec::SuccessiveHalving(c) => Box::new(c.build()?),
+            PrunerSpec::Hyperband(c) => Box::new(c.build(study_name)?),
             PrunerSpec::Threshold(c) => Box::new(c.build()?),
             PrunerSpec::Patient { config, wrapped } => {
-                let inner = wrapped.as_ref().map(|w| w.build()).transpose()?;
+                let inner = wrapped.as_ref().map(|w| w.build(study_name)).transpose()?;
                 Box::new(config.build(inner)?)
             }
         })
@@ -384,7 +389,7 @@ impl StudySpec {
 
     /// The pruner of the study.
     pub fn build_pruner(&self) -> anyhow::Result<Arc<dyn Pruner>> {
-        Ok(Arc::from(self.pruner.build().map_err(|e| self.error("pruner", e))?))
+        Ok(Arc::from(self.pruner.build(&self.name).map_err(|e| self.error("pruner", e))?))
     }
 
     /// The folder of the study file, against which the objective's relative paths resolve.
@@ -492,6 +497,11 @@ fn parse_pruner_at(doc: &Doc, value: Yaml, at: &YamlPath) -> anyhow::Result<Prun
             let c: SuccessiveHalvingConfig = doc.parse(rest, &at)?;
             c.build().map_err(bad)?;
             PrunerSpec::SuccessiveHalving(c)
+        }
+        "hyperband" => {
+            let c: HyperbandConfig = doc.parse(rest, &at)?;
+            c.build("").map_err(bad)?;
+            PrunerSpec::Hyperband(c)
         }
         "threshold" => {
             let c: ThresholdConfig = doc.parse(rest, &at)?;

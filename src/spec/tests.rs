@@ -258,12 +258,13 @@ fn unknown_sampler() {
 
 #[test]
 fn unknown_pruner() {
-    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband}}\n"));
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperbnad}}\n"));
     has(
         &e,
         &[
             "pruner.type (line 7",
-            "unknown pruner type `hyperband`; expected one of: none, median, percentile, successive_halving, threshold, patient",
+            "unknown pruner type `hyperbnad`; expected one of: none, median, percentile, successive_halving, hyperband, threshold, patient",
+            "did you mean `hyperband`?",
         ],
     );
 }
@@ -295,6 +296,31 @@ fn bad_threshold_and_patient_settings() {
     has(&e, &["pruner.wrapped.percentile (line 10", "between 0 and 100"]);
     let e = err(&format!("{MINIMAL}pruner: {{type: patient, patience: 2, wrapped: {{type: medain}}}}\n"));
     has(&e, &["pruner.wrapped.type (line 7", "unknown pruner type `medain`", "did you mean `median`?"]);
+}
+
+#[test]
+fn bad_hyperband_settings() {
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, min_resource: 0}}\n"));
+    has(&e, &["pruner.min_resource (line 7", "must be an integer >= 1"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, min_resource: 10, max_resource: 5}}\n"));
+    has(&e, &["pruner.max_resource (line 7", "must be an integer >= min_resource (10)"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, max_resource: all}}\n"));
+    has(&e, &["pruner", "`max_resource` must be an integer >= min_resource or \"auto\" (got \"all\")"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, reduction_factor: 1}}\n"));
+    has(&e, &["pruner.reduction_factor (line 7", ">= 2"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, bootstrap_count: 2}}\n"));
+    has(&e, &["pruner.bootstrap_count (line 7", "needs a fixed `max_resource`"]);
+    let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, max_resource: 9000000000000000000}}\n"));
+    has(&e, &["pruner.max_resource (line 7", "gives 40 brackets, too many", "raise `reduction_factor`"]);
+    for ok in [
+        "pruner: {type: hyperband}\n",
+        "pruner: {type: hyperband, min_resource: 2, max_resource: 64, reduction_factor: 2, bootstrap_count: 1}\n",
+    ] {
+        let (_dir, spec) = load(&format!("{MINIMAL}{ok}"));
+        let spec = spec.unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        spec.build_pruner().unwrap();
+        spec.build_sampler(1).unwrap();
+    }
 }
 
 #[test]
