@@ -24,10 +24,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use quality::{median, prob_better, reference, z_score};
 use serde_json::Value;
 use tune::objective::functions::FunctionName;
 use tune::sampler::{TpeConfig, TpeSampler};
-use tune::{Direction, Study};
+
+#[path = "common/quality.rs"]
+mod quality;
 
 /// The functions and dimensions compared (the same list as the Python script).
 const CASES: [(FunctionName, usize); 7] = [
@@ -74,78 +77,13 @@ fn parse_args() -> Args {
 }
 
 /// The best value of one TPE study on `name` in `dim` dimensions.
-fn best_value(name: FunctionName, dim: usize, seed: u64, n_trials: usize) -> f64 {
-    let bounds = name.bounds(dim);
-    let sampler = Arc::new(TpeSampler::new(TpeConfig::default(), seed));
-    let study = Study::in_memory("tpe-quality", Direction::Minimize, sampler).unwrap();
-    study
-        .optimize(n_trials, |trial| {
-            let x = bounds
-                .iter()
-                .enumerate()
-                .map(|(i, &(lo, hi))| trial.suggest_float(&format!("x.{i}"), lo, hi))
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            Ok(name.eval(&x))
-        })
-        .unwrap();
-    study.best_trial().unwrap().and_then(|t| t.value).expect("a trial completed")
-}
-
-/// The median (NumPy's `nanpercentile` at 50, as the pruners use it).
-fn median(v: Vec<f64>) -> f64 {
-    tune::pruner::nan_percentile(v, 50.0)
-}
-
-/// Optuna's results for `name`/`dim` from the reference file: median best, the best value of
-/// each seed, and seconds per study.
-fn reference(optuna: &Option<Value>, name: FunctionName, dim: usize) -> Option<(f64, Vec<f64>, f64)> {
-    let r =
-        optuna.as_ref()?["results"].as_array()?.iter().find(|r| r["function"] == name.as_str() && r["dim"] == dim)?;
-    let per_seed = r["best_per_seed"].as_array()?.iter().filter_map(Value::as_f64).collect();
-    Some((r["median_best"].as_f64()?, per_seed, r["secs_per_study"].as_f64().unwrap_or(f64::NAN)))
-}
-
-/// The chance that one of our studies ends better than one of Optuna's (ties count half):
-/// the Mann-Whitney common-language effect size. Medians of 10 seeds are noisy; this uses
-/// every pair of studies, and 0.5 means "no difference".
-fn prob_tune_better(ours: &[f64], theirs: &[f64]) -> f64 {
-    let wins: f64 = ours
-        .iter()
-        .flat_map(|a| {
-            theirs.iter().map(move |b| {
-                if a < b {
-                    1.0
-                } else if a == b {
-                    0.5
-                } else {
-                    0.0
-                }
-            })
-        })
-        .sum();
-    wins / (ours.len() * theirs.len()) as f64
-}
-
-/// How many standard errors `p` (from `prob_tune_better` over `n1` and `n2` studies) lies from
-/// 0.5, the value when both samplers perform alike (the normal approximation of the
-/// Mann-Whitney U statistic): below -1.64, ours is worse at the 5% level (one-sided).
-fn z_score(p: f64, n1: usize, n2: usize) -> f64 {
-    let (n1, n2) = (n1 as f64, n2 as f64);
-    (p - 0.5) / ((n1 + n2 + 1.0) / (12.0 * n1 * n2)).sqrt()
+fn tpe_best(name: FunctionName, dim: usize, seed: u64, n_trials: usize) -> f64 {
+    quality::best_value(name, dim, Arc::new(TpeSampler::new(TpeConfig::default(), seed)), n_trials)
 }
 
 fn main() {
     let args = parse_args();
-    let optuna: Option<Value> = match std::fs::read_to_string(&args.optuna) {
-        Ok(text) => Some(serde_json::from_str(&text).expect("the reference file is JSON")),
-        Err(_) => {
-            eprintln!(
-                "no Optuna reference at {} (run `.venv/bin/python scripts/tpe_quality.py`); printing ours only",
-                args.optuna.display()
-            );
-            None
-        }
-    };
+    let optuna: Option<Value> = quality::read_reference(&args.optuna, "tpe_quality.py");
     if let Some(o) = &optuna {
         if o["n_trials"].as_u64() != Some(args.trials as u64)
             || o["seeds"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect::<Vec<u64>>())
@@ -170,7 +108,7 @@ fn main() {
     for (name, dim) in CASES {
         let start = Instant::now();
         let seeds = args.first_seed..args.first_seed + args.seeds;
-        let bests: Vec<f64> = seeds.map(|seed| best_value(name, dim, seed, args.trials)).collect();
+        let bests: Vec<f64> = seeds.map(|seed| tpe_best(name, dim, seed, args.trials)).collect();
         let secs = start.elapsed().as_secs_f64() / args.seeds as f64;
         let ours = median(bests.clone());
         dumped.push(serde_json::json!({"function": name.as_str(), "dim": dim, "median_best": ours,
@@ -190,7 +128,7 @@ fn main() {
         }
         let (their_median, p, z, their_secs) = match &theirs {
             Some((t, per_seed, s)) => {
-                let p = prob_tune_better(&bests, per_seed);
+                let p = prob_better(&bests, per_seed);
                 let z = z_score(p, bests.len(), per_seed.len());
                 significantly_worse += usize::from(z < -1.64);
                 (format!("{t:.6}"), format!("{p:.2}"), format!("{z:+.1}"), format!("{s:.3}"))

@@ -10,10 +10,12 @@ use rand::SeedableRng;
 use crate::distribution::Distribution;
 use crate::frozen::{Direction, FrozenTrial};
 
+pub mod gp;
 mod grid;
 mod random;
 pub mod tpe;
 
+pub use gp::{GpConfig, GpSampler};
 pub use grid::GridSampler;
 pub use random::RandomSampler;
 pub use tpe::{TpeConfig, TpeSampler};

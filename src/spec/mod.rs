@@ -34,7 +34,7 @@ use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::pruner::{
     HyperbandConfig, MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig, ThresholdConfig,
 };
-use crate::sampler::{GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
+use crate::sampler::{GpConfig, GpSampler, GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use crate::storage::Storage;
 
 pub mod path;
@@ -45,7 +45,7 @@ pub use search_space::{edge_cases, grid_values, sample_config, search_space, Con
 pub use yaml::{parse_yaml, Doc, YamlPath};
 
 /// Sampler types a study file may name.
-pub const SAMPLER_TYPES: &[&str] = &["tpe", "random", "grid"];
+pub const SAMPLER_TYPES: &[&str] = &["tpe", "gp", "random", "grid"];
 /// Pruner types a study file may name.
 pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"];
 /// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
@@ -94,6 +94,8 @@ pub struct StudySpec {
 pub enum SamplerSpec {
     /// `{type: tpe, ...}`: the Tree-structured Parzen Estimator, settings as Optuna's.
     Tpe(TpeConfig),
+    /// `{type: gp, ...}`: Gaussian-process Bayesian optimisation, settings as Optuna's.
+    Gp(GpConfig),
     /// `{type: random}`: every parameter uniform over its range.
     Random,
     /// `{type: grid}`: every combination of the parameters' finite value sets, once each.
@@ -376,6 +378,7 @@ impl StudySpec {
                 c.validate().map_err(|e| self.error("sampler", e))?;
                 Arc::new(TpeSampler::new(c.clone(), seed))
             }
+            SamplerSpec::Gp(c) => Arc::new(GpSampler::new(c.clone(), seed)),
             SamplerSpec::Random => Arc::new(RandomSampler::new(seed)),
             SamplerSpec::Grid => {
                 let values = grid_values(&self.params)
@@ -454,6 +457,7 @@ fn parse_sampler(doc: &Doc, value: Option<Yaml>) -> anyhow::Result<SamplerSpec> 
             c.validate().map_err(|e| doc.error(&at.join(&blame(&e)), e))?;
             SamplerSpec::Tpe(c)
         }
+        "gp" => SamplerSpec::Gp(doc.parse(rest, &at)?),
         "random" => {
             no_settings(doc, &rest, &at, "the random sampler")?;
             SamplerSpec::Random

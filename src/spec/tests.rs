@@ -249,11 +249,11 @@ fn unknown_sampler() {
         &e,
         &[
             "sampler.type (line 7, column 17)",
-            "unknown sampler type `tpee`; expected one of: tpe, random, grid (did you mean `tpe`?)",
+            "unknown sampler type `tpee`; expected one of: tpe, gp, random, grid (did you mean `tpe`?)",
         ],
     );
     let e = err(&format!("{MINIMAL}sampler: cmaes\n"));
-    has(&e, &["sampler (line 7", "unknown sampler type `cmaes`; expected one of: tpe, random, grid"]);
+    has(&e, &["sampler (line 7", "unknown sampler type `cmaes`; expected one of: tpe, gp, random, grid"]);
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn bad_threshold_and_patient_settings() {
 }
 
 #[test]
-fn bad_hyperband_settings() {
+fn bad_hyperband_and_gp_settings() {
     let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, min_resource: 0}}\n"));
     has(&e, &["pruner.min_resource (line 7", "must be an integer >= 1"]);
     let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, min_resource: 10, max_resource: 5}}\n"));
@@ -312,9 +312,16 @@ fn bad_hyperband_settings() {
     has(&e, &["pruner.bootstrap_count (line 7", "needs a fixed `max_resource`"]);
     let e = err(&format!("{MINIMAL}pruner: {{type: hyperband, max_resource: 9000000000000000000}}\n"));
     has(&e, &["pruner.max_resource (line 7", "gives 40 brackets, too many", "raise `reduction_factor`"]);
+    let e = err(&format!("{MINIMAL}sampler: {{type: gp, n_startup: 3}}\n"));
+    has(&e, &["sampler", "n_startup", "n_startup_trials"]);
+    let e = err(&format!("{MINIMAL}sampler: {{type: gp, n_startup_trials: -1}}\n"));
+    has(&e, &["sampler.n_startup_trials (line 7", "out of range"]);
+    let e = err(&format!("{MINIMAL}sampler: {{type: gp, deterministic_objective: maybe}}\n"));
+    has(&e, &["sampler.deterministic_objective (line 7"]);
     for ok in [
         "pruner: {type: hyperband}\n",
         "pruner: {type: hyperband, min_resource: 2, max_resource: 64, reduction_factor: 2, bootstrap_count: 1}\n",
+        "sampler: {type: gp, n_startup_trials: 3, deterministic_objective: true}\n",
     ] {
         let (_dir, spec) = load(&format!("{MINIMAL}{ok}"));
         let spec = spec.unwrap_or_else(|e| panic!("{ok}: {e:#}"));
