@@ -64,6 +64,12 @@ fn run_to_end(dir: &Path, file: &str, db: &str, name: &str) -> (String, Vec<std:
     (url, trials)
 }
 
+/// Finished trials in `db`, `None` while its schema is not yet written.
+fn finished_count(db: &Path) -> Option<i64> {
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')", [], |r| r.get(0)).ok()
+}
+
 /// (finished trials as (number, state, value), RUNNING count, PRAGMA integrity_check).
 fn snapshot(db: &Path) -> (Vec<(i64, String, Option<f64>)>, i64, String) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -94,7 +100,8 @@ fn kill_9_during_a_dqn_study_then_resume_loses_nothing() {
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < Duration::from_secs(120), "no trial finished within 2 minutes");
-        if db.exists() && snapshot(&db).0.len() >= 2 {
+        // The file exists a moment before its tables do: count only once they are there.
+        if db.exists() && finished_count(&db).is_some_and(|n| n >= 2) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

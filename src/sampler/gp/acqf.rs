@@ -90,7 +90,7 @@ impl Acquisition<'_> {
     pub fn values(&self, xs: &[f64]) -> Vec<f64> {
         match self {
             Acquisition::LogEi { gp, best } => {
-                let (means, vars, _) = gp.posterior_batch(xs);
+                let (means, vars) = gp.posterior_batch(xs);
                 means.iter().zip(&vars).map(|(&m, &v)| log_ei_of(m, v, *best).0).collect()
             }
             Acquisition::QLogEi(q) => xs.chunks(q.gp.d()).map(|x| q.value(x, None)).collect(),

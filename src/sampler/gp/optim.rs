@@ -36,6 +36,8 @@ const MAX_EXHAUSTIVE: usize = 16;
 /// L-BFGS stopping gradient (Optuna's `pgtol = sqrt(tol)`, `tol = 1e-4`) and iterations.
 const LBFGS_GRAD_TOL: f64 = 1e-2;
 const LBFGS_MAX_ITERS: u64 = 200;
+/// scipy's default relative cost tolerance for L-BFGS-B (`factr = 1e7` times machine epsilon).
+pub(super) const SCIPY_FTOL: f64 = 1e7 * f64::EPSILON;
 /// How far inside a bound a continuous start is moved.
 const BOUND_NUDGE: f64 = 1e-6;
 
@@ -162,7 +164,12 @@ impl<'a> LocalSearch<'a> {
             .map(|(&i, s)| (1.0 - 2.0 * x[i].clamp(BOUND_NUDGE, 1.0 - BOUND_NUDGE)).acos() / s)
             .collect();
         let problem = Ascent { search: self, base: x.to_vec(), scale: scale.clone(), last: RefCell::new(None) };
-        let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 10).with_tolerance_grad(LBFGS_GRAD_TOL) else {
+        // scipy's L-BFGS-B (Optuna's) also stops once an iteration gains less than
+        // factr * eps = 2.2e-9 relative to the value; argmin's cost test is absolute.
+        let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 10)
+            .with_tolerance_grad(LBFGS_GRAD_TOL)
+            .and_then(|s| s.with_tolerance_cost(SCIPY_FTOL * f.abs().max(1.0)))
+        else {
             return false;
         };
         let Ok(result) = Executor::new(problem, solver).configure(|s| s.param(v0).max_iters(LBFGS_MAX_ITERS)).run()
