@@ -124,7 +124,10 @@ fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let (seeds, trials) = if smoke { (1, 15) } else { (args.seeds, args.trials) };
     let optuna = if smoke { None } else { quality::read_reference(&args.optuna, "gp_quality.py") };
-    println!("GP search quality: median best value over {seeds} seeds (from {}) x {trials} trials (lower is better)", args.first_seed);
+    println!(
+        "GP search quality: median best value over {seeds} seeds (from {}) x {trials} trials (lower is better)",
+        args.first_seed
+    );
     println!(
         "{:<11} {:>4} {:>12} {:>12} {:>9} {:>6} {:>12} {:>9} {:>6} {:>9} {:>9}",
         "function", "dims", "optuna gp", "tune gp", "P(<opt)", "z", "tune tpe", "P(<tpe)", "z", "optuna s", "tune s"
@@ -166,15 +169,16 @@ fn main() {
         );
     }
     if optuna.is_some() {
-        println!("tune's GP is significantly worse than Optuna's (one-sided 5%, z < -1.64) on {worse} of {}", CASES.len());
+        println!(
+            "tune's GP is significantly worse than Optuna's (one-sided 5%, z < -1.64) on {worse} of {}",
+            CASES.len()
+        );
     }
     let counts = if smoke { vec![20] } else { args.overhead.clone() };
     let timed = if args.time_optuna && !smoke { time_optuna(&counts) } else { None };
     for (n, s) in overhead(&counts) {
-        let theirs = timed
-            .as_ref()
-            .or(optuna.as_ref())
-            .and_then(|o: &Value| o["secs_per_trial_at"][n.to_string()].as_f64());
+        let theirs =
+            timed.as_ref().or(optuna.as_ref()).and_then(|o: &Value| o["secs_per_trial_at"][n.to_string()].as_f64());
         match theirs {
             Some(t) => println!(
                 "sampler time per trial at {n} trials: tune {:.2} ms, optuna {:.1} ms: {:.0}x faster",

@@ -177,5 +177,9 @@ fn hyperband_pruner_decides_and_filters_as_optuna() {
             pruned += usize::from(state == TrialState::Pruned);
         }
     }
-    assert!(pruned > 100 && compared_views > 300 && brackets_used.len() > 15, "the fixture must exercise Hyperband: {pruned} pruned, {compared_views} views, {} brackets", brackets_used.len());
+    assert!(
+        pruned > 100 && compared_views > 300 && brackets_used.len() > 15,
+        "the fixture must exercise Hyperband: {pruned} pruned, {compared_views} views, {} brackets",
+        brackets_used.len()
+    );
 }

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Pruner, SuccessiveHalvingConfig, SuccessiveHalvingPruner};
 use super::successive_halving::{completion_key, CompletionKey};
 use super::{MinResource, StepsOrAuto};
+use super::{Pruner, SuccessiveHalvingConfig, SuccessiveHalvingPruner};
 use crate::frozen::{FrozenTrial, TrialState};
 use crate::sampler::StudyView;
 
@@ -209,11 +209,14 @@ impl HyperbandPruner {
     }
 
     /// `trial`'s bracket and the trials in it, once there are brackets.
-    fn bracket_trials(&self, study: &StudyView, trial: &FrozenTrial) -> Option<(usize, Vec<Arc<FrozenTrial>>, Option<CompletionKey>)> {
+    fn bracket_trials(
+        &self,
+        study: &StudyView,
+        trial: &FrozenTrial,
+    ) -> Option<(usize, Vec<Arc<FrozenTrial>>, Option<CompletionKey>)> {
         let (brackets, known_since) = self.brackets(study.trials)?;
         let mine = brackets.of(&self.study_name, trial.number);
-        let same =
-            study.trials.iter().filter(|t| brackets.of(&self.study_name, t.number) == mine).cloned().collect();
+        let same = study.trials.iter().filter(|t| brackets.of(&self.study_name, t.number) == mine).cloned().collect();
         Some((mine, same, known_since))
     }
 }
@@ -286,13 +289,22 @@ mod tests {
             HyperbandConfig { reduction_factor: 1, ..HyperbandConfig::default() },
             HyperbandConfig { min_resource: 10, max_resource: MaxResource::Steps(5), ..HyperbandConfig::default() },
             HyperbandConfig { bootstrap_count: 2, ..HyperbandConfig::default() },
-            HyperbandConfig { max_resource: MaxResource::Steps(i64::MAX), reduction_factor: 2, ..HyperbandConfig::default() },
-            HyperbandConfig { max_resource: MaxResource::Steps(i64::MAX), reduction_factor: 3, ..HyperbandConfig::default() },
+            HyperbandConfig {
+                max_resource: MaxResource::Steps(i64::MAX),
+                reduction_factor: 2,
+                ..HyperbandConfig::default()
+            },
+            HyperbandConfig {
+                max_resource: MaxResource::Steps(i64::MAX),
+                reduction_factor: 3,
+                ..HyperbandConfig::default()
+            },
         ];
         for c in bad {
             assert!(c.build("s").is_err(), "{c:?}");
         }
-        let ok = HyperbandConfig { max_resource: MaxResource::Steps(100), bootstrap_count: 2, ..HyperbandConfig::default() };
+        let ok =
+            HyperbandConfig { max_resource: MaxResource::Steps(100), bootstrap_count: 2, ..HyperbandConfig::default() };
         ok.build("s").unwrap();
     }
 

@@ -155,7 +155,13 @@ impl SuccessiveHalvingPruner {
     /// the first where it was not promotable against `earlier` (the rung values of the trials
     /// that finished before it). A report that jumps past several rungs is judged at each in
     /// turn, so Optuna may have recorded more than the first.
-    fn pruned_rung_values(&self, t: &FrozenTrial, min_resource: i64, earlier: &[Vec<f64>], direction: Direction) -> Vec<f64> {
+    fn pruned_rung_values(
+        &self,
+        t: &FrozenTrial,
+        min_resource: i64,
+        earlier: &[Vec<f64>],
+        direction: Direction,
+    ) -> Vec<f64> {
         let mut out = self.rung_values(t, min_resource);
         let Some(last) = t.last_step() else { return out };
         let previous = second_last_step(t, last);
@@ -405,7 +411,8 @@ mod tests {
     fn a_pruned_trial_counts_only_up_to_the_rung_it_was_stopped_at() {
         let pruner = fixed(1, 2); // rungs end at 1, 2, 4
                                   // Pruned at its first check, at step 4: Optuna recorded only rung 0.
-        let pruned = |t: &FrozenTrial, earlier: &[Vec<f64>]| pruner.pruned_rung_values(t, 1, earlier, Direction::Minimize);
+        let pruned =
+            |t: &FrozenTrial, earlier: &[Vec<f64>]| pruner.pruned_rung_values(t, 1, earlier, Direction::Minimize);
         let p = trial(0, TrialState::Pruned, &[(4, 0.0)]);
         // Alone it would have been promoted everywhere; pruned, it must have failed at rung 0
         // against a better earlier trial there.

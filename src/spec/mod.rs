@@ -32,7 +32,8 @@ use crate::distribution::Distribution;
 use crate::frozen::Direction;
 use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::pruner::{
-    HyperbandConfig, MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig, ThresholdConfig,
+    HyperbandConfig, MedianConfig, NopPruner, PatientConfig, PercentileConfig, Pruner, SuccessiveHalvingConfig,
+    ThresholdConfig,
 };
 use crate::sampler::{GpConfig, GpSampler, GridSampler, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use crate::storage::Storage;
@@ -47,7 +48,8 @@ pub use yaml::{parse_yaml, Doc, YamlPath};
 /// Sampler types a study file may name.
 pub const SAMPLER_TYPES: &[&str] = &["tpe", "gp", "random", "grid"];
 /// Pruner types a study file may name.
-pub const PRUNER_TYPES: &[&str] = &["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"];
+pub const PRUNER_TYPES: &[&str] =
+    &["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"];
 /// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
 /// set, and no study runs that long.
 pub const MAX_SECONDS: f64 = 1.0e9;

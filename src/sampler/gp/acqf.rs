@@ -166,7 +166,9 @@ impl<'a> QLogEi<'a> {
         }
         let centred = DMatrix::from_fn(r, QMC_SAMPLES, |a, s| fantasies[(s, a)] - mu[a]);
         let b = chol.solve(&centred);
-        let running_best = (0..QMC_SAMPLES).map(|s| fantasies.row(s).iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v)) - best).collect();
+        let running_best = (0..QMC_SAMPLES)
+            .map(|s| fantasies.row(s).iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v)) - best)
+            .collect();
         Some(QLogEi { gp, best, xr, lr, b, vr, z, running_best })
     }
 
@@ -206,7 +208,7 @@ impl<'a> QLogEi<'a> {
         let cond_var = cond_var_raw.max(0.0);
         let sd = cond_var.sqrt();
         let shift = self.b.transpose() * &c; // per sample: c . B[:, s]
-        // log(mean_s max(eps, max(running_best_s, y_s - best))).
+                                             // log(mean_s max(eps, max(running_best_s, y_s - best))).
         let mut total = 0.0;
         let mut active = vec![];
         for s in 0..QMC_SAMPLES {

@@ -192,7 +192,9 @@ impl CostFunction for Likelihood<'_> {
     type Output = f64;
 
     fn cost(&self, theta: &Vec<f64>) -> Result<f64, ArgminError> {
-        self.evaluate(theta).map(|(f, _)| f).ok_or_else(|| argmin::argmin_error!(ConditionViolated, "the covariance is not positive definite"))
+        self.evaluate(theta)
+            .map(|(f, _)| f)
+            .ok_or_else(|| argmin::argmin_error!(ConditionViolated, "the covariance is not positive definite"))
     }
 }
 
@@ -201,7 +203,9 @@ impl Gradient for Likelihood<'_> {
     type Gradient = Vec<f64>;
 
     fn gradient(&self, theta: &Vec<f64>) -> Result<Vec<f64>, ArgminError> {
-        self.evaluate(theta).map(|(_, g)| g).ok_or_else(|| argmin::argmin_error!(ConditionViolated, "the covariance is not positive definite"))
+        self.evaluate(theta)
+            .map(|(_, g)| g)
+            .ok_or_else(|| argmin::argmin_error!(ConditionViolated, "the covariance is not positive definite"))
     }
 }
 
@@ -235,7 +239,12 @@ impl Regressor {
     }
 
     /// L-BFGS from `start`; `None` when it fails.
-    fn optimise(sqd: &[DMatrix<f64>], y: &DVector<f64>, start: &KernelParams, deterministic: bool) -> Option<KernelParams> {
+    fn optimise(
+        sqd: &[DMatrix<f64>],
+        y: &DVector<f64>,
+        start: &KernelParams,
+        deterministic: bool,
+    ) -> Option<KernelParams> {
         let problem = Likelihood { sqd, y, deterministic, last: RefCell::new(None) };
         let mut theta0: Vec<f64> = start.inverse_squared_lengthscales.iter().map(|v| v.ln()).collect();
         theta0.push(start.scale.ln());
@@ -249,14 +258,19 @@ impl Regressor {
             .ok()?;
         let result = Executor::new(problem, solver).configure(|s| s.param(theta0).max_iters(1000)).run().ok()?;
         let theta = result.state().get_best_param()?.clone();
-        let (isl, scale, noise, _) =
-            Likelihood { sqd, y, deterministic, last: RefCell::new(None) }.unpack(&theta);
+        let (isl, scale, noise, _) = Likelihood { sqd, y, deterministic, last: RefCell::new(None) }.unpack(&theta);
         let params = KernelParams { inverse_squared_lengthscales: isl, scale, noise };
         params.is_finite().then_some(params)
     }
 
     /// The GP with fixed `params`; `None` when the covariance cannot be factored.
-    fn new(x: Vec<f64>, d: usize, y: &DVector<f64>, is_categorical: &[bool], params: KernelParams) -> Option<Regressor> {
+    fn new(
+        x: Vec<f64>,
+        d: usize,
+        y: &DVector<f64>,
+        is_categorical: &[bool],
+        params: KernelParams,
+    ) -> Option<Regressor> {
         let n = y.len();
         let mut r = Regressor {
             x,
@@ -426,7 +440,9 @@ mod tests {
         let y = DVector::from_column_slice(&y);
         for deterministic in [false, true] {
             let p = Likelihood { sqd: &sqd, y: &y, deterministic, last: RefCell::new(None) };
-            for theta in [vec![0.0, 0.0, 0.0, 0.0, 0.0], vec![1.2, -0.7, 0.3, -0.4, -3.0], vec![-2.0, 2.0, 0.5, 1.0, -8.0]] {
+            for theta in
+                [vec![0.0, 0.0, 0.0, 0.0, 0.0], vec![1.2, -0.7, 0.3, -0.4, -3.0], vec![-2.0, 2.0, 0.5, 1.0, -8.0]]
+            {
                 let (_, g) = p.evaluate(&theta).unwrap();
                 for j in 0..theta.len() {
                     let h = 1e-6;

@@ -78,7 +78,12 @@ fn mixed_spaces_give_values_of_each_distribution() {
             let s = ((k * 3) % 11) as f64 / 10.0;
             let c = (k % 3) as f64;
             let value = (x.log10() + 2.0).powi(2) + (n - 17.0).abs() / 10.0 + s + c;
-            Arc::new(trial(k, TrialState::Complete, &[("c", c, &dc), ("n", n, &dn), ("s", s, &ds), ("x", x, &dx)], Some(value)))
+            Arc::new(trial(
+                k,
+                TrialState::Complete,
+                &[("c", c, &dc), ("n", n, &dn), ("s", s, &ds), ("x", x, &dx)],
+                Some(value),
+            ))
         })
         .collect();
     let me = trial(15, TrialState::Running, &[], None);
@@ -148,11 +153,8 @@ fn a_running_trial_pushes_the_proposal_elsewhere() {
 #[test]
 fn beats_random_search_on_a_smooth_function() {
     let run = |gp: bool, seed: u64| -> f64 {
-        let sampler: Arc<dyn Sampler> = if gp {
-            Arc::new(GpSampler::new(GpConfig::default(), seed))
-        } else {
-            Arc::new(RandomSampler::new(seed))
-        };
+        let sampler: Arc<dyn Sampler> =
+            if gp { Arc::new(GpSampler::new(GpConfig::default(), seed)) } else { Arc::new(RandomSampler::new(seed)) };
         let study = Study::in_memory("q", Direction::Minimize, sampler).unwrap();
         study
             .optimize(25, |t| {
