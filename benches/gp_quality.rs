@@ -19,7 +19,8 @@
 //! difference) and its z (below -1.64 ours is worse at the 5% level, one-sided), then tune's
 //! TPE median and P(gp<tpe) with its z, and seconds per study. The overhead lines time a Branin
 //! study (the objective costs nothing): the mean seconds per trial over the 10 trials before
-//! each count, and the ratio to Optuna's.
+//! each count, and the ratios to Optuna's with greenlet (its batched acquisition search, Optuna
+//! at its best) and without (what `pip install optuna` alone gives).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,15 +88,26 @@ fn gp(seed: u64) -> Arc<GpSampler> {
     Arc::new(GpSampler::new(GpConfig::default(), seed))
 }
 
-/// Mean seconds per trial over the 10 trials before each count, on one Branin study.
+/// Mean seconds per trial over the 10 trials before each count, on a Branin study; the
+/// median of 5 studies (a 10-trial window of ours lasts 0.1 s, short enough for this shared
+/// machine's hiccups to move a single study's figure by half).
 fn overhead(counts: &[usize]) -> Vec<(usize, f64)> {
     let Some(&last) = counts.iter().max() else { return vec![] };
-    let mut stamps = vec![];
-    quality::study_of(FunctionName::Branin, 2, gp(0), last, |_| stamps.push(Instant::now()));
+    let runs: Vec<Vec<Instant>> = (0..5)
+        .map(|_| {
+            let mut stamps = vec![];
+            quality::study_of(FunctionName::Branin, 2, gp(0), last, |_| stamps.push(Instant::now()));
+            stamps
+        })
+        .collect();
     counts
         .iter()
         .filter(|&&n| n >= 11)
-        .map(|&n| (n, stamps[n - 1].duration_since(stamps[n - 11]).as_secs_f64() / 10.0))
+        .map(|&n| {
+            let per_run: Vec<f64> =
+                runs.iter().map(|s| s[n - 1].duration_since(s[n - 11]).as_secs_f64() / 10.0).collect();
+            (n, median(per_run))
+        })
         .collect()
 }
 
@@ -177,16 +189,15 @@ fn main() {
     let counts = if smoke { vec![20] } else { args.overhead.clone() };
     let timed = if args.time_optuna && !smoke { time_optuna(&counts) } else { None };
     for (n, s) in overhead(&counts) {
-        let theirs =
-            timed.as_ref().or(optuna.as_ref()).and_then(|o: &Value| o["secs_per_trial_at"][n.to_string()].as_f64());
-        match theirs {
-            Some(t) => println!(
-                "sampler time per trial at {n} trials: tune {:.2} ms, optuna {:.1} ms: {:.0}x faster",
-                s * 1e3,
-                t * 1e3,
-                t / s
-            ),
-            None => println!("sampler time per trial at {n} trials: tune {:.2} ms", s * 1e3),
+        let source = timed.as_ref().or(optuna.as_ref());
+        let at = |key: &str| source.and_then(|o: &Value| o[key][n.to_string()].as_f64());
+        let mut line = format!("sampler time per trial at {n} trials: tune {:.2} ms", s * 1e3);
+        if let Some(t) = at("secs_per_trial_at") {
+            line += &format!("; optuna {:.1} ms ({:.0}x)", t * 1e3, t / s);
         }
+        if let Some(t) = at("secs_per_trial_without_greenlet_at") {
+            line += &format!("; optuna without greenlet {:.1} ms ({:.0}x)", t * 1e3, t / s);
+        }
+        println!("{line}");
     }
 }

@@ -12,6 +12,10 @@ prints both side by side, with tune's TPE next to them:
     .venv/bin/python scripts/gp_quality.py                  # writes target/gp_quality_optuna.json
     cargo bench --bench gp_quality                          # reads it, runs ours, prints the table
 
+The overhead is timed twice: with greenlet, which lets Optuna batch its acquisition searches (its
+best), and in a child process with greenlet hidden (`--no-greenlet`), as `pip install optuna`
+alone gives (Optuna then warns and searches one start at a time).
+
 Optuna's GP takes about 0.3 s a trial here, so the defaults (5 functions x 20 seeds x 60 trials,
 overhead at 100 and 300 trials) take about 45 minutes on one core: run it in the background.
 """
@@ -22,7 +26,13 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+
+if "--no-greenlet" in sys.argv:
+    sys.modules["greenlet"] = None  # Optuna's `from greenlet import greenlet` then fails
 
 import optuna
 
@@ -63,6 +73,7 @@ def main():
     parser.add_argument("--trials", type=int, default=60, help="trials per study")
     parser.add_argument("--overhead", default="100,300", help="trial counts to time (empty: none)")
     parser.add_argument("--out", default="target/gp_quality_optuna.json", help="JSON file to write")
+    parser.add_argument("--no-greenlet", action="store_true", help="hide greenlet from Optuna (overhead only)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -82,6 +93,16 @@ def main():
     per_trial = overhead(counts) if counts else {}
     for n, s in per_trial.items():
         print(f"overhead at {n} trials: {s * 1000:.1f} ms/trial", flush=True)
+    without = {}
+    if counts and not args.no_greenlet:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "plain.json")
+            subprocess.run([sys.executable, __file__, "--seeds", "0", "--overhead", args.overhead,
+                            "--no-greenlet", "--out", out], check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                without = json.load(f)["secs_per_trial_at"]
+        for n, s in without.items():
+            print(f"overhead at {n} trials without greenlet: {s * 1000:.1f} ms/trial", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -92,7 +113,9 @@ def main():
                 "n_trials": args.trials,
                 "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
                 "results": results,
+                "greenlet": not args.no_greenlet and "greenlet" in sys.modules and sys.modules["greenlet"] is not None,
                 "secs_per_trial_at": per_trial,
+                "secs_per_trial_without_greenlet_at": without,
             },
             f,
             indent=2,

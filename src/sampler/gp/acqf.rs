@@ -5,6 +5,7 @@
 //! where a running one already looks.
 
 use nalgebra::{DMatrix, DVector};
+use rayon::prelude::*;
 use statrs::function::erf::{erfc, erfc_inv};
 
 use super::regressor::Regressor;
@@ -93,7 +94,7 @@ impl Acquisition<'_> {
                 let (means, vars) = gp.posterior_batch(xs);
                 means.iter().zip(&vars).map(|(&m, &v)| log_ei_of(m, v, *best).0).collect()
             }
-            Acquisition::QLogEi(q) => xs.chunks(q.gp.d()).map(|x| q.value(x, None)).collect(),
+            Acquisition::QLogEi(q) => xs.par_chunks(q.gp.d()).map(|x| q.value(x, None)).collect(),
         }
     }
 }
@@ -158,7 +159,7 @@ impl<'a> QLogEi<'a> {
             let u = sobol_burley::sample(i as u32, dim as u32, seed) as f64 + 0.5f64.powi(25);
             -std::f64::consts::SQRT_2 * erfc_inv(2.0 * u)
         };
-        let zr = DMatrix::from_fn(QMC_SAMPLES, r, |s, a| normal(s, a));
+        let zr = DMatrix::from_fn(QMC_SAMPLES, r, &normal);
         let z: Vec<f64> = (0..QMC_SAMPLES).map(|s| normal(s, r)).collect();
         let mut fantasies = &zr * lr.transpose();
         for mut row in fantasies.row_iter_mut() {
@@ -184,7 +185,7 @@ impl<'a> QLogEi<'a> {
         } else {
             let mut kx = DVector::zeros(gp.n());
             gp.kernel_row(x, &mut kx);
-            let (m, v) = gp.posterior(x);
+            let (m, v) = gp.posterior_of_row(&kx);
             (m, v, kx)
         };
         // Posterior cross-covariance with the running trials: k(x, X_r) - k(x, X) V_r.
@@ -252,7 +253,7 @@ mod tests {
         let mean = y.iter().sum::<f64>() / 10.0;
         let sd = (y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 10.0).sqrt();
         let y: Vec<f64> = y.iter().map(|v| (v - mean) / sd).collect();
-        Regressor::fit(x, 3, &y, &[false, false, true], None, false)
+        Regressor::fit(x, 3, &y, &[false, false, true], None, false).unwrap()
     }
 
     /// Checks `value_grad` against central differences on the numeric coordinates.

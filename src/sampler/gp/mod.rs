@@ -12,6 +12,7 @@
 //! uninterrupted one by where that fit converged.
 
 mod acqf;
+mod lbfgs;
 mod optim;
 mod regressor;
 mod space;
@@ -109,20 +110,26 @@ impl Sampler for GpSampler {
             .filter(|t| space.keys().all(|k| t.params.contains_key(k)))
             .map(|t| &**t)
             .collect();
-        if complete.len() < self.config.n_startup_trials || complete.is_empty() {
-            return BTreeMap::new();
-        }
         let dims: Vec<Dim> = space.values().map(Dim::new).collect();
         let d = dims.len();
         let coords = |t: &FrozenTrial| -> Vec<f64> {
             space.keys().zip(&dims).map(|(name, dim)| dim.normalize(t.params[name])).collect()
         };
+        // A value the GP cannot place (an enqueued 0 on a log range) would poison the kernel.
+        let placeable = |t: &FrozenTrial| coords(t).iter().all(|u| u.is_finite());
+        let complete: Vec<&FrozenTrial> = complete.into_iter().filter(|t| placeable(t)).collect();
+        if complete.len() < self.config.n_startup_trials || complete.is_empty() {
+            return BTreeMap::new();
+        }
         let x: Vec<f64> = complete.iter().flat_map(|t| coords(t)).collect();
         let sign = if study.direction == Direction::Minimize { -1.0 } else { 1.0 };
         let y = standardise(&complete.iter().map(|t| sign * t.value.unwrap_or(0.0)).collect::<Vec<_>>());
         let is_categorical: Vec<bool> = dims.iter().map(|dim| dim.kind == space::Kind::Categorical).collect();
         let start = self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let gp = Regressor::fit(x, d, &y, &is_categorical, start.as_ref(), self.config.deterministic_objective);
+        let Some(gp) = Regressor::fit(x, d, &y, &is_categorical, start.as_ref(), self.config.deterministic_objective)
+        else {
+            return BTreeMap::new();
+        };
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(gp.params.clone());
 
         let best = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -136,6 +143,7 @@ impl Sampler for GpSampler {
             .rev()
             .filter(|t| t.state == TrialState::Running && t.number != trial.number)
             .filter(|t| space.keys().all(|k| t.params.contains_key(k)))
+            .filter(|t| placeable(t))
             .take(MAX_RUNNING)
             .flat_map(|t| coords(t))
             .collect();

@@ -17,12 +17,12 @@ use std::cell::RefCell;
 
 use argmin::core::{CostFunction, Error as ArgminError, Executor, Gradient, State};
 use argmin::solver::brent::BrentOpt;
-use argmin::solver::linesearch::MoreThuenteLineSearch;
-use argmin::solver::quasinewton::LBFGS;
 use rand::rngs::StdRng;
 use rand::Rng;
+use rayon::prelude::*;
 
 use super::acqf::Acquisition;
+use super::lbfgs;
 use super::space::{Dim, Kind};
 
 /// Sobol candidates scored before the local searches (Optuna's `n_preliminary_samples`).
@@ -36,8 +36,6 @@ const MAX_EXHAUSTIVE: usize = 16;
 /// L-BFGS stopping gradient (Optuna's `pgtol = sqrt(tol)`, `tol = 1e-4`) and iterations.
 const LBFGS_GRAD_TOL: f64 = 1e-2;
 const LBFGS_MAX_ITERS: u64 = 200;
-/// scipy's default relative cost tolerance for L-BFGS-B (`factr = 1e7` times machine epsilon).
-pub(super) const SCIPY_FTOL: f64 = 1e7 * f64::EPSILON;
 /// How far inside a bound a continuous start is moved.
 const BOUND_NUDGE: f64 = 1e-6;
 
@@ -83,9 +81,10 @@ pub(super) fn maximise(acq: &Acquisition, dims: &[Dim], best_x: &[f64], rng: &mu
     let mut begin: Vec<Vec<f64>> = starts.iter().map(|&i| xs[i * d..(i + 1) * d].to_vec()).collect();
     begin.push(best_x.to_vec());
     let search = LocalSearch::new(acq, dims);
-    let mut best = (begin[0].clone(), f64::NEG_INFINITY);
-    for x in begin {
-        let (x, v) = search.run(x);
+    // The searches are independent: spread over rayon's threads, taken in order.
+    let found: Vec<(Vec<f64>, f64)> = begin.into_par_iter().map(|x| search.run(x)).collect();
+    let mut best = (found[0].0.clone(), f64::NEG_INFINITY);
+    for (x, v) in found {
         if v > best.1 || best.1.is_nan() {
             best = (x, v);
         }
@@ -164,25 +163,12 @@ impl<'a> LocalSearch<'a> {
             .map(|(&i, s)| (1.0 - 2.0 * x[i].clamp(BOUND_NUDGE, 1.0 - BOUND_NUDGE)).acos() / s)
             .collect();
         let problem = Ascent { search: self, base: x.to_vec(), scale: scale.clone(), last: RefCell::new(None) };
-        // scipy's L-BFGS-B (Optuna's) also stops once an iteration gains less than
-        // factr * eps = 2.2e-9 relative to the value; argmin's cost test is absolute.
-        let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 10)
-            .with_tolerance_grad(LBFGS_GRAD_TOL)
-            .and_then(|s| s.with_tolerance_cost(SCIPY_FTOL * f.abs().max(1.0)))
-        else {
-            return false;
-        };
-        let Ok(result) = Executor::new(problem, solver).configure(|s| s.param(v0).max_iters(LBFGS_MAX_ITERS)).run()
-        else {
-            return false;
-        };
-        let state = result.state();
-        let Some(v) = state.get_best_param() else { return false };
-        if state.get_iter() == 0 {
+        let Some((v, iters)) = lbfgs::minimise(problem, v0, LBFGS_GRAD_TOL, LBFGS_MAX_ITERS) else { return false };
+        if iters == 0 {
             return false;
         }
         let mut candidate = x.to_vec();
-        for ((&i, s), vi) in self.continuous.iter().zip(&scale).zip(v) {
+        for ((&i, s), vi) in self.continuous.iter().zip(&scale).zip(&v) {
             candidate[i] = (1.0 - (vi * s).cos()) / 2.0;
         }
         let value = self.acq.value(&candidate);
@@ -280,7 +266,7 @@ struct Ascent<'a> {
     search: &'a LocalSearch<'a>,
     base: Vec<f64>,
     scale: Vec<f64>,
-    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: RefCell<lbfgs::LastEval>,
 }
 
 impl Ascent<'_> {

@@ -205,3 +205,31 @@ fn parallel_workers_take_running_trials_into_account() {
     let best = study.best_trial().unwrap().unwrap().value.unwrap();
     assert!(best > -0.02, "best {best}");
 }
+
+#[test]
+fn values_the_gp_cannot_place_are_left_out_not_fatal() {
+    // An enqueued 0 on a log range normalises to -inf: such trials are left out of the fit
+    // and of the running set instead of poisoning the kernel.
+    let dl = Distribution::float(1e-3, 1.0, true, None).unwrap();
+    let d = Distribution::float(0.0, 1.0, false, None).unwrap();
+    let mut trials: Vec<Arc<FrozenTrial>> = (0..12)
+        .map(|k| {
+            let (x, y) = (10f64.powf(-3.0 * ((k * 7) % 11) as f64 / 10.0), ((k * 3 + 5) % 13) as f64 / 12.0);
+            Arc::new(trial(k, TrialState::Complete, &[("x", x, &dl), ("y", y, &d)], Some(quadratic(x, y))))
+        })
+        .collect();
+    trials.push(Arc::new(trial(12, TrialState::Complete, &[("x", 0.0, &dl), ("y", 0.5, &d)], Some(-10.0))));
+    trials.push(Arc::new(trial(13, TrialState::Running, &[("x", 0.0, &dl), ("y", 0.2, &d)], None)));
+    let me = trial(14, TrialState::Running, &[], None);
+    trials.push(Arc::new(me.clone()));
+    let view = StudyView { direction: Direction::Minimize, trials: &trials };
+    let sampler = GpSampler::new(GpConfig::default(), 3);
+    let space = sampler.infer_relative_search_space(&view, &me);
+    let p = sampler.sample_relative(&view, &me, &space);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p["x"] >= 1e-3 && p["x"] <= 1.0 && p["y"] >= 0.0 && p["y"] <= 1.0, "{p:?}");
+    // Below n_startup_trials once the unplaceable ones are left out: random.
+    let few: Vec<Arc<FrozenTrial>> = trials[3..].to_vec();
+    let view = StudyView { direction: Direction::Minimize, trials: &few };
+    assert!(sampler.sample_relative(&view, &me, &space).is_empty());
+}
