@@ -146,6 +146,8 @@ struct Likelihood<'a> {
     d: usize,
     y: &'a [f64],
     deterministic: bool,
+    /// [`column_blocks`] of the covariance: the units of the parallel passes.
+    blocks: Vec<(usize, usize, usize, usize)>,
     work: RefCell<Work>,
 }
 
@@ -185,7 +187,8 @@ impl<'a> Likelihood<'a> {
             stack: faer::dyn_stack::MemBuffer::new(req),
             last: None,
         };
-        Likelihood { sqd, d, y, deterministic, work: RefCell::new(work) }
+        let blocks = column_blocks(n, if n >= PARALLEL_FROM { PAIR_BLOCKS } else { 1 });
+        Likelihood { sqd, d, y, deterministic, blocks, work: RefCell::new(work) }
     }
 
     fn unpack(&self, theta: &[f64]) -> (Vec<f64>, f64, f64, f64) {
@@ -211,13 +214,12 @@ impl<'a> Likelihood<'a> {
         let Work { c, inv, k, alpha, stack, last } = &mut *work;
         let (d, n) = (self.d, self.y.len());
         let (isl, scale, noise, dnoise) = self.unpack(theta);
-        let blocks = column_blocks(n, if n >= PARALLEL_FROM { PAIR_BLOCKS } else { 1 });
-        let sqd = self.sqd.as_slice();
+        let (blocks, sqd) = (&self.blocks, self.sqd.as_slice());
         // The kernel and its derivative in r2, sharing one sqrt and one exp per pair; blocks
         // of columns on rayon's threads.
         let mut parts = Vec::with_capacity(blocks.len());
         let (mut c_rest, mut k_rest) = (c.as_mut_slice(), k.as_mut_slice());
-        for &(b0, b1, p0, p1) in &blocks {
+        for &(b0, b1, p0, p1) in blocks {
             let (cb, cr) = c_rest.split_at_mut((b1 - b0) * n);
             let (kb, kr) = k_rest.split_at_mut(p1 - p0);
             parts.push((b0, p0, cb, kb));
