@@ -9,12 +9,25 @@
 //! | prioritized replay (Schaul et al. 2016) | `replay: {type: prioritized, alpha, beta}` |
 //! | dueling (Wang et al. 2016) | `net: {type: mlp, dueling: true}` |
 //! | n-step returns (Sutton 1988; Hessel et al. 2018) | `n_step: 3` |
+//! | C51 (Bellemare et al. 2017) | `head: {type: c51, atoms: 51, v_min: -10, v_max: 10}` |
+//! | QR-DQN (Dabney et al. 2018) | `head: {type: qr, quantiles: 200, kappa: 1}` |
+//! | Munchausen (Vieillard et al. 2020) | `munchausen: {alpha: 0.9, tau: 0.03, clip: -1}`, any head |
 //!
 //! The target of row `j` is `y_j = G_j + gamma^m (1 - terminated_j) Q'(s'_j, a*_j)` with
 //! `a* = argmax_a Q'(s', a)` (vanilla) or `argmax_a Q(s', a)` (double), where `Q'` is the target
 //! network (the online one when there is none), and the loss is
 //! `mean_j w_j L(Q(s_j, a_j) - y_j)`, `w` the importance weights of prioritized replay (1
-//! otherwise) and `L` the Huber or squared error.
+//! otherwise) and `L` the Huber or squared error. Distributional heads replace `Q` by a
+//! distribution and `L` by its own loss ([`super::head`]); everything else is shared.
+//!
+//! Munchausen-DQN (Vieillard, Pietquin and Geist 2020, "Munchausen Reinforcement Learning",
+//! eq. 2 and Appendix B.1) replaces the bootstrap by the soft value of the target network's
+//! policy `pi = softmax(q' / tau)` and adds the scaled, clipped log-policy of the action taken:
+//! `y = G + alpha [tau log pi(a|s)]_{l0}^0 + gamma^m (1 - terminated) sum_a' pi(a'|s')
+//! (q'(s', a') - tau log pi(a'|s'))`, with `log pi` computed by the log-sum-exp trick. With a
+//! distributional head the bonus shifts the target's atoms or quantiles, and the next state's
+//! distribution is the `pi`-mixture of every action's, each shifted by `-tau log pi(a'|s')`
+//! (the distributional form of Vieillard et al.'s M-IQN).
 //!
 //! Speed (FACTS.md §6: libtorch's per-operation overhead dominates at these sizes): trainable
 //! parameters are views into one flat tensor ([`FlatOptimizer`]), so target syncs, gradient
@@ -31,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+use super::head::{Head, HeadSpec, Target};
 use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 use super::{argmax, Agent, Exploration, Progress, Transition};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
@@ -44,6 +58,8 @@ use crate::rl::schedule::linear_schedule;
 pub struct DqnConfig {
     /// The Q-network (default: a 64-64 MLP for vectors, the Nature CNN for pixels).
     pub net: Option<NetSpec>,
+    /// What the network outputs per action: an expected value, or a distribution (C51, QR-DQN).
+    pub head: HeadSpec,
     /// Discount factor.
     pub gamma: f64,
     /// Steps per return (1 is the classic one-step target).
@@ -52,6 +68,9 @@ pub struct DqnConfig {
     pub double: bool,
     /// The target network.
     pub target: TargetSpec,
+    /// Munchausen-DQN's target (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub munchausen: Option<Munchausen>,
     /// The replay buffer.
     pub replay: ReplaySpec,
     /// Transitions per gradient step.
@@ -62,8 +81,10 @@ pub struct DqnConfig {
     pub train_freq: u64,
     /// Gradient steps per phase.
     pub gradient_steps: u32,
-    /// The per-transition loss.
-    pub loss: LossKind,
+    /// The per-transition loss of the expected head (default Huber); distributional heads have
+    /// their own and refuse this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossKind>,
     /// The optimizer.
     pub optimizer: OptimizerSpec,
     /// Initial learning rate.
@@ -84,16 +105,18 @@ impl Default for DqnConfig {
     fn default() -> Self {
         DqnConfig {
             net: None,
+            head: HeadSpec::Expected,
             gamma: 0.99,
             n_step: 1,
             double: false,
             target: TargetSpec::Hard { every: 500 },
+            munchausen: None,
             replay: ReplaySpec::Uniform { size: 100_000 },
             batch_size: 64,
             learning_starts: 1000,
             train_freq: 1,
             gradient_steps: 1,
-            loss: LossKind::Huber,
+            loss: None,
             optimizer: OptimizerSpec::default(),
             lr: 1e-3,
             lr_schedule: LrSchedule::Constant,
@@ -121,6 +144,24 @@ pub enum TargetSpec {
         /// Interpolation weight in `(0, 1]`.
         tau: f64,
     },
+}
+
+/// `munchausen: {alpha: 0.9, tau: 0.03, clip: -1}` (Vieillard et al. 2020's values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Munchausen {
+    /// Weight of the log-policy bonus.
+    pub alpha: f64,
+    /// Entropy temperature of the softmax policy.
+    pub tau: f64,
+    /// Lower clip `l0` of `tau log pi(a|s)` (at most 0).
+    pub clip: f64,
+}
+
+impl Default for Munchausen {
+    fn default() -> Self {
+        Munchausen { alpha: 0.9, tau: 0.03, clip: -1.0 }
+    }
 }
 
 /// The replay buffer.
@@ -180,6 +221,16 @@ pub enum LossKind {
     Huber,
     /// `delta^2` (mean squared error).
     Mse,
+}
+
+impl LossKind {
+    /// The name configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Huber => "huber",
+            LossKind::Mse => "mse",
+        }
+    }
 }
 
 /// `pretrained: {path: cnn.safetensors, freeze: [trunk]}`: weights to start from (every variable
@@ -254,6 +305,32 @@ impl DqnConfig {
             return Err("exploration type `ucb` is for tabular agents; use linear, exponential or constant".into());
         }
         self.optimizer.validate()?;
+        self.head.validate()?;
+        if let Some(m) = &self.munchausen {
+            if !(0.0..=1.0).contains(&m.alpha) {
+                return Err(format!("munchausen.alpha must be in [0, 1] (0.9 in the paper), got {}", m.alpha));
+            }
+            if !(m.tau > 0.0 && m.tau.is_finite()) {
+                return Err(format!("munchausen.tau must be a positive number (0.03 in the paper), got {}", m.tau));
+            }
+            if !(m.clip <= 0.0 && m.clip.is_finite()) {
+                return Err(format!("munchausen.clip must be a finite number <= 0 (-1 in the paper), got {}", m.clip));
+            }
+            if self.double {
+                return Err("double does not apply with munchausen, whose target is the soft value of every action rather than one action's; set double: false".into());
+            }
+        }
+        if let (Some(loss), true) = (self.loss, self.head.is_distributional()) {
+            let own = match self.head {
+                HeadSpec::C51 { .. } => "the cross-entropy of the projected distribution",
+                _ => "the quantile Huber loss (its threshold is head.kappa)",
+            };
+            return Err(format!(
+                "loss: {} does not apply to head type {}, which is trained by {own}; remove `loss` (it takes huber or mse with head type expected only)",
+                loss.name(),
+                self.head.name()
+            ));
+        }
         if let Some(NetSpec::Mlp { hidden, .. }) = &self.net {
             if let Some((i, w)) = hidden.iter().enumerate().find(|(_, w)| **w < 1) {
                 return Err(format!("net.hidden[{i}] must be at least 1 unit wide, got {w}"));
@@ -269,6 +346,11 @@ impl DqnConfig {
 
     fn net_spec(&self, space: &ObsSpace) -> NetSpec {
         self.net.clone().unwrap_or_else(|| NetSpec::default_for(space))
+    }
+
+    /// The loss of the expected head.
+    fn loss_kind(&self) -> LossKind {
+        self.loss.unwrap_or_default()
     }
 }
 
@@ -301,9 +383,15 @@ struct Network {
 }
 
 impl Network {
-    fn build(spec: &NetSpec, space: &ObsSpace, actions: ActionSpace, device: Device) -> anyhow::Result<Self> {
+    fn build(
+        spec: &NetSpec,
+        space: &ObsSpace,
+        actions: ActionSpace,
+        atoms: i64,
+        device: Device,
+    ) -> anyhow::Result<Self> {
         let vs = nn::VarStore::new(device);
-        let net = spec.build(&vs.root(), space, actions)?;
+        let net = spec.build(&vs.root(), space, actions, atoms)?;
         let empty = || Tensor::zeros([0], (Kind::Float, device));
         Ok(Network { vs, net, vars: Vec::new(), flat: empty(), grad: empty(), fused: None })
     }
@@ -481,6 +569,11 @@ pub struct DqnAgent {
     cfg: DqnConfig,
     device: Device,
     n_actions: usize,
+    head: Head,
+    /// Outputs per action (`head.width()`).
+    atoms: i64,
+    /// `[0, 1, ..., K - 1]` as a `[1, K]` int64 row: action `a`'s outputs are `a K + offsets`.
+    atom_offsets: Tensor,
     online: Network,
     /// `None` when the config has no target network.
     target: Option<Network>,
@@ -498,7 +591,7 @@ pub struct DqnAgent {
     q_host: Vec<f32>,
     td_host: Vec<f32>,
     grad_parts: Vec<Tensor>,
-    /// `dL/dQ`, `[B, |A|]`, zero but for the actions taken.
+    /// `dL/d(outputs)`, `[B, |A| K]`, zero but for the actions taken.
     grad_q: Tensor,
     lr: f64,
     loss_sum: f64,
@@ -537,8 +630,10 @@ impl DqnAgent {
     ) -> anyhow::Result<Self> {
         cfg.validate(space).map_err(crate::error::InputError::new)?;
         let spec = cfg.net_spec(space);
+        let head = Head::new(&cfg.head, device);
+        let atoms = head.width();
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1e7_0f_d9a);
-        let mut online = Network::build(&spec, space, actions, device)?;
+        let mut online = Network::build(&spec, space, actions, atoms, device)?;
         online.init(&mut rng);
         let frozen = match &cfg.pretrained {
             Some(p) => {
@@ -561,7 +656,7 @@ impl DqnAgent {
         let target = match cfg.target {
             TargetSpec::None => None,
             _ => {
-                let mut target = Network::build(&spec, space, actions, device)?;
+                let mut target = Network::build(&spec, space, actions, atoms, device)?;
                 target.vs.copy(&online.vs)?;
                 target.flatten(&frozen, &spec, cfg.batch_size);
                 target.vs.freeze();
@@ -625,6 +720,9 @@ impl DqnAgent {
             cfg: cfg.clone(),
             device,
             n_actions: actions.n,
+            head,
+            atoms,
+            atom_offsets: Tensor::arange(atoms, (Kind::Int64, device)).view([1, atoms]),
             online,
             target,
             optimizer,
@@ -639,7 +737,7 @@ impl DqnAgent {
             q_host: vec![0.0; actions.n],
             td_host: vec![0.0; b],
             grad_parts: Vec::new(),
-            grad_q: Tensor::zeros([b as i64, actions.n as i64], (Kind::Float, device)),
+            grad_q: Tensor::zeros([b as i64, actions.n as i64 * atoms], (Kind::Float, device)),
             lr: cfg.lr,
             loss_sum: 0.0,
             loss_count: 0,
@@ -686,7 +784,11 @@ impl DqnAgent {
             }
             None => &self.act_host,
         };
-        let q = self.online.q(input);
+        let out = self.online.q(input);
+        let q = match self.head {
+            Head::Expected => out,
+            _ => self.head.q(&out, self.n_actions as i64),
+        };
         q.copy_data(&mut self.q_host, self.n_actions);
         &self.q_host
     }
@@ -695,8 +797,18 @@ impl DqnAgent {
         argmax(self.q_values(obs))
     }
 
-    /// The TD targets `y` of the batch in `self.batch` as a `[B, 1]` tensor (no gradient).
-    fn targets(&mut self) -> Tensor {
+    /// The output columns `[B, K]` of the actions `[B, 1]`.
+    fn columns(&self, actions: &Tensor) -> Tensor {
+        if self.atoms == 1 {
+            actions.shallow_clone()
+        } else {
+            actions * self.atoms + &self.atom_offsets
+        }
+    }
+
+    /// The targets of the batch in `self.batch` (no gradient): the TD targets `y` as `[B, 1]`,
+    /// or the head's target distribution.
+    fn targets(&mut self) -> Target {
         for ((b, &d), &t) in self.bootstrap.iter_mut().zip(&self.batch.discounts).zip(&self.batch.terminated) {
             *b = d * (1.0 - t);
         }
@@ -711,74 +823,42 @@ impl DqnAgent {
             }
         }
         let _guard = tch::no_grad_guard();
+        let t = &self.tensors;
         let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
-        let next_q = bootstrap_net.q(&t.next_obs);
-        let next_v = if self.cfg.double {
-            let best = self.online.q(&t.next_obs).argmax(1, true);
-            next_q.gather(1, &best, false)
-        } else {
-            next_q.amax(1, true)
+        let next_out = bootstrap_net.q(&t.next_obs);
+        let n_actions = self.n_actions as i64;
+        if let Some(m) = &self.cfg.munchausen {
+            // log pi = log_softmax(q' / tau) of the target network (the online one without).
+            let log_pi = |q: &Tensor| (q / m.tau).log_softmax(-1, Kind::Float);
+            let log_pi_s = log_pi(&self.head.q(&bootstrap_net.q(&t.obs), n_actions)).gather(1, &t.actions, false);
+            let bonus = (log_pi_s * m.tau).clamp(m.clip, 0.0) * m.alpha;
+            let log_pi_next = log_pi(&self.head.q(&next_out, n_actions));
+            let shift = (&log_pi_next * -m.tau).unsqueeze(-1);
+            let next = next_out.view([-1, n_actions, self.atoms]);
+            return self.head.target(&next, Some((&log_pi_next.exp(), &shift)), &(&t.returns + bonus), &t.bootstrap);
+        }
+        // The outputs of a* = argmax_a Q(s', a), by the target network or (double) the online one.
+        let next = match (&self.head, self.cfg.double) {
+            (Head::Expected, false) => next_out.amax(1, true),
+            (head, double) => {
+                let q =
+                    if double { head.q(&self.online.q(&t.next_obs), n_actions) } else { head.q(&next_out, n_actions) };
+                next_out.gather(1, &self.columns(&q.argmax(1, true)), false)
+            }
         };
-        t.returns.addcmul(&t.bootstrap, &next_v)
+        self.head.target(&next.unsqueeze(1), None, &t.returns, &t.bootstrap)
     }
 
     /// One gradient step on a sampled batch.
     ///
     /// `dL/dQ(s_j, a_j) = w_j l'(delta_j) / B` is formed directly (`l'` the clipped TD error for
-    /// Huber, `2 delta` for MSE) and back-propagated by the fused MLP, or by autograd through
-    /// the surrogate `sum_j Q(s_j, a_j) dL/dQ_j` for other networks. The loss itself, its
-    /// finiteness and the new priorities come from one host copy of the TD errors.
+    /// Huber, `2 delta` for MSE; a distributional head's gradient with respect to the outputs
+    /// of `a_j`) and back-propagated by the fused MLP, or by autograd through the surrogate
+    /// `sum_j Q(s_j, a_j) dL/dQ_j` for other networks. The loss itself, its finiteness and the
+    /// new priorities come from one host copy of the TD errors (or of each row's loss).
     fn update(&mut self, beta: f64, rng: &mut StdRng) -> anyhow::Result<()> {
         self.replay.sample(rng, beta, &mut self.batch);
-        let target = self.targets();
-        let b = self.cfg.batch_size;
-        let t = &self.tensors;
-        let q_all = match &mut self.online.fused {
-            Some(fused) => fused.forward_saving(&t.obs),
-            None => self.online.net.forward(&t.obs),
-        };
-        let q = q_all.gather(1, &t.actions, false);
-        let delta = {
-            let _guard = tch::no_grad_guard();
-            &q - &target
-        };
-        delta.copy_data(&mut self.td_host, b);
-        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
-        let loss = host_loss(self.cfg.loss, &self.td_host, prioritized.then_some(&self.batch.weights[..]));
-        if !loss.is_finite() {
-            anyhow::bail!(
-                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                self.updates + 1
-            );
-        }
-        self.loss_sum += loss;
-        self.loss_count += 1;
-        {
-            let _guard = tch::no_grad_guard();
-            let mut grad_q = match self.cfg.loss {
-                LossKind::Huber => delta.clamp(-1.0, 1.0),
-                LossKind::Mse => delta * 2.0,
-            };
-            if prioritized {
-                let _ = grad_q.g_mul_(&t.weights);
-            }
-            let _ = grad_q.g_mul_scalar_(1.0 / b as f64);
-            match &self.online.fused {
-                Some(fused) => {
-                    let _ = self.grad_q.zero_();
-                    let _ = self.grad_q.scatter_(1, &t.actions, &grad_q);
-                    fused.backward(&self.grad_q);
-                }
-                None => {
-                    drop(_guard);
-                    let surrogate = (&q * &grad_q).sum(Kind::Float);
-                    let grads = Tensor::run_backward(&[&surrogate], &self.online.vars, false, false);
-                    self.grad_parts.clear();
-                    self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
-                    let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
-                }
-            }
-        }
+        self.loss_and_gradient()?;
         if let Some(max_norm) = self.cfg.max_grad_norm {
             let norm = self.online.grad.norm().double_value(&[]);
             if !norm.is_finite() {
@@ -792,7 +872,7 @@ impl DqnAgent {
             }
         }
         self.optimizer.step(&mut self.online.flat, &mut self.online.grad, self.lr);
-        if prioritized {
+        if matches!(self.cfg.replay, ReplaySpec::Prioritized { .. }) {
             self.replay.update_priorities(&self.batch.indices, &self.td_host);
         }
         if let (TargetSpec::Soft { tau }, Some(target)) = (&self.cfg.target, &mut self.target) {
@@ -802,6 +882,76 @@ impl DqnAgent {
         self.updates += 1;
         Ok(())
     }
+
+    /// The loss of the batch in `self.batch` (added to the running mean), its gradient written
+    /// into `self.online.grad`, and each row's TD error or loss in `self.td_host`.
+    fn loss_and_gradient(&mut self) -> anyhow::Result<f64> {
+        let target = self.targets();
+        let b = self.cfg.batch_size;
+        let columns = self.columns(&self.tensors.actions);
+        let t = &self.tensors;
+        let out = match &mut self.online.fused {
+            Some(fused) => fused.forward_saving(&t.obs),
+            None => self.online.net.forward(&t.obs),
+        };
+        let q = out.gather(1, &columns, false);
+        let (rows, head_grad) = {
+            let _guard = tch::no_grad_guard();
+            self.head.per_row(&q, &target)
+        };
+        rows.copy_data(&mut self.td_host, b);
+        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
+        let weights = prioritized.then_some(&self.batch.weights[..]);
+        let loss = match head_grad {
+            None => host_loss(self.cfg.loss_kind(), &self.td_host, weights),
+            Some(_) => weighted_mean(&self.td_host, weights),
+        };
+        if !loss.is_finite() {
+            anyhow::bail!(
+                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                self.updates + 1
+            );
+        }
+        self.loss_sum += loss;
+        self.loss_count += 1;
+        {
+            let _guard = tch::no_grad_guard();
+            let mut grad_q = match (head_grad, self.cfg.loss_kind()) {
+                (Some(grad), _) => grad,
+                (None, LossKind::Huber) => rows.clamp(-1.0, 1.0),
+                (None, LossKind::Mse) => rows * 2.0,
+            };
+            if prioritized {
+                let _ = grad_q.g_mul_(&t.weights);
+            }
+            let _ = grad_q.g_mul_scalar_(1.0 / b as f64);
+            match &self.online.fused {
+                Some(fused) => {
+                    let _ = self.grad_q.zero_();
+                    let _ = self.grad_q.scatter_(1, &columns, &grad_q);
+                    fused.backward(&self.grad_q);
+                }
+                None => {
+                    drop(_guard);
+                    let surrogate = (&q * &grad_q).sum(Kind::Float);
+                    let grads = Tensor::run_backward(&[&surrogate], &self.online.vars, false, false);
+                    self.grad_parts.clear();
+                    self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
+                    let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
+                }
+            }
+        }
+        Ok(loss)
+    }
+}
+
+/// The mean of `values`, importance-weighted by `weights`.
+fn weighted_mean(values: &[f32], weights: Option<&[f32]>) -> f64 {
+    let sum: f64 = match weights {
+        Some(w) => values.iter().zip(w).map(|(&v, &w)| w as f64 * v as f64).sum(),
+        None => values.iter().map(|&v| v as f64).sum(),
+    };
+    sum / values.len() as f64
 }
 
 /// The mean (importance-weighted) loss of TD errors `delta`.
@@ -909,6 +1059,9 @@ impl Agent for DqnAgent {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -944,6 +1097,56 @@ mod tests {
     }
 
     #[test]
+    fn impossible_heads_and_losses_are_refused_naming_the_allowed_values() {
+        let parse = |yaml: &str| -> Result<(), String> {
+            let cfg: DqnConfig = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
+            cfg.validate(&space())
+        };
+        for (yaml, needle) in [
+            ("head: {type: c51, v_min: 5, v_max: 5}", "head.v_min must be below head.v_max"),
+            ("head: {type: c51, atoms: 1}", "head.atoms must be at least 2"),
+            ("head: {type: qr, quantiles: 0}", "head.quantiles must be at least 1"),
+            ("head: {type: qr, kappa: -1}", "head.kappa must be a finite number >= 0"),
+            ("{head: {type: c51}, loss: mse}", "loss: mse does not apply to head type c51"),
+            ("{head: {type: qr}, loss: huber}", "remove `loss`"),
+            ("munchausen: {tau: 0}", "munchausen.tau must be a positive number"),
+            ("munchausen: {clip: 0.5}", "munchausen.clip must be a finite number <= 0"),
+            ("{munchausen: {}, double: true}", "double does not apply with munchausen"),
+            ("head: {type: c52}", "unknown variant `c52`, expected one of `expected`, `c51`, `qr`"),
+            ("head: {type: c51, quantiles: 3}", "unknown field `quantiles`"),
+        ] {
+            let err = parse(yaml).unwrap_err();
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+        parse("{head: {type: c51}, munchausen: {}}").unwrap();
+        parse("{head: {type: expected}, loss: mse}").unwrap();
+        let c51: DqnConfig = serde_norway::from_str("head: {type: c51}").unwrap();
+        assert_eq!(c51.head, HeadSpec::C51 { atoms: 51, v_min: -10.0, v_max: 10.0 }, "the paper's defaults");
+    }
+
+    #[test]
+    fn distributional_heads_act_on_the_mean() {
+        // A linear C51 net whose two actions put all mass on atoms -1 and +1 of [-1, 0, 1]:
+        // action 1 is greedy whatever the logits' scale.
+        let cfg = DqnConfig {
+            net: Some(NetSpec::Mlp { hidden: vec![], dueling: false }),
+            head: HeadSpec::C51 { atoms: 3, v_min: -1.0, v_max: 1.0 },
+            ..Default::default()
+        };
+        let mut agent = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 0).unwrap();
+        // Biases come first in name order: logits [9, 0, 0 | 0, 0, 3], weights 0.
+        let mut flat = vec![0f32; 6 + 12];
+        flat[..6].copy_from_slice(&[9.0, 0.0, 0.0, 0.0, 0.0, 3.0]);
+        {
+            let _guard = tch::no_grad_guard();
+            agent.online.flat.copy_(&Tensor::from_slice(&flat));
+        }
+        let q = agent.q_values(Obs::F32(&[0.3, -0.2])).to_vec();
+        assert!(q[0] < -0.99 && q[1] > 0.8, "{q:?}");
+        assert_eq!(agent.greedy(Obs::F32(&[0.3, -0.2])), 1);
+    }
+
+    #[test]
     fn vanilla_and_double_targets() {
         for double in [false, true] {
             let cfg = DqnConfig { double, batch_size: 2, ..Default::default() };
@@ -953,7 +1156,7 @@ mod tests {
             set(&mut agent.target.as_mut().unwrap().flat, [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
             fill_row(&mut agent, 0, false);
             fill_row(&mut agent, 1, true);
-            let y = values(&agent.targets());
+            let y = values(&agent.targets().values);
             // Vanilla: max_a Q'([1, 2]) = 2. Double: argmax_a Q([1, 2]) = 1, Q'([1, 2])_1 = 1.
             let expected = if double { 0.5 + 0.9 * 1.0 } else { 0.5 + 0.9 * 2.0 };
             assert!((y[0] - expected).abs() < 1e-6, "double {double}: {y:?}");
@@ -963,7 +1166,7 @@ mod tests {
         let mut agent = linear(DqnConfig { target: TargetSpec::None, batch_size: 1, ..Default::default() });
         set(&mut agent.online.flat, [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
         fill_row(&mut agent, 0, false);
-        assert!((values(&agent.targets())[0] - 2.3).abs() < 1e-6);
+        assert!((values(&agent.targets().values)[0] - 2.3).abs() < 1e-6);
     }
 
     #[test]
@@ -1128,7 +1331,7 @@ mod tests {
     #[test]
     fn fused_mlp_gradients_match_autograd() {
         let spec = NetSpec::Mlp { hidden: vec![16, 8], dueling: false };
-        let mut net = Network::build(&spec, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        let mut net = Network::build(&spec, &space(), ActionSpace { n: 3 }, 1, Device::Cpu).unwrap();
         net.init(&mut StdRng::seed_from_u64(3));
         net.flatten(&[], &spec, 5);
         let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
@@ -1144,7 +1347,7 @@ mod tests {
         assert!(diff < 1e-5, "fused gradient differs from autograd by {diff}");
         // Dueling networks and frozen layers take the autograd path.
         let dueling = NetSpec::Mlp { hidden: vec![8], dueling: true };
-        let mut net = Network::build(&dueling, &space(), ActionSpace { n: 3 }, Device::Cpu).unwrap();
+        let mut net = Network::build(&dueling, &space(), ActionSpace { n: 3 }, 1, Device::Cpu).unwrap();
         net.flatten(&[], &dueling, 5);
         assert!(net.fused.is_none());
     }

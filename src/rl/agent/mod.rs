@@ -7,10 +7,12 @@
 //! DQN 2013 adds uniform replay, DQN 2015 a hard target, Double DQN `double: true`, and so on.
 
 mod dqn;
+mod head;
 mod optim;
 mod tabular;
 
-pub use dqn::{DqnAgent, DqnConfig, LossKind, ReplaySpec, TargetSpec};
+pub use dqn::{DqnAgent, DqnConfig, LossKind, Munchausen, ReplaySpec, TargetSpec};
+pub use head::HeadSpec;
 pub use optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 pub use tabular::{TabularAgent, TabularConfig, TabularKind};
 

@@ -10,29 +10,50 @@ pub fn dueling_aggregate(value: &Tensor, advantage: &Tensor) -> Tensor {
     value + advantage - advantage.mean_dim(-1, true, None)
 }
 
+/// Eq. 9 per atom (Hessel et al. 2018, "Rainbow", eq. 4 on the logits): `value` is `[batch, K]`,
+/// `advantage` `[batch, |A| K]` (action-major); returns `[batch, |A| K]`.
+pub fn dueling_aggregate_atoms(value: &Tensor, advantage: &Tensor, atoms: i64) -> Tensor {
+    if atoms == 1 {
+        return dueling_aggregate(value, advantage);
+    }
+    let batch = advantage.size()[0];
+    let a = advantage.view([batch, -1, atoms]);
+    (value.unsqueeze(1) + &a - a.mean_dim(1, true, None)).view([batch, -1])
+}
+
 /// A shared body followed by value and advantage streams, combined by [`dueling_aggregate`].
 #[derive(Debug)]
 pub struct Dueling {
     trunk: nn::Sequential,
     value: nn::Sequential,
     advantage: nn::Sequential,
+    /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
+    atoms: i64,
 }
 
 impl Dueling {
     /// Streams on `trunk` (whose output has `features` columns): each is
     /// `features -> stream_hidden... -> 1` (value) or `-> n_actions` (advantage), ReLU between
-    /// layers (the paper's Atari streams have one hidden layer of 512; MLPs use none).
-    pub fn new(p: &nn::Path, trunk: nn::Sequential, features: i64, stream_hidden: &[i64], n_actions: i64) -> Self {
-        let value = super::mlp(&(p / "value"), features, stream_hidden, 1);
-        let advantage = super::mlp(&(p / "advantage"), features, stream_hidden, n_actions);
-        Dueling { trunk, value, advantage }
+    /// layers (the paper's Atari streams have one hidden layer of 512; MLPs use none), with
+    /// `atoms` outputs per action and per value.
+    pub fn new(
+        p: &nn::Path,
+        trunk: nn::Sequential,
+        features: i64,
+        stream_hidden: &[i64],
+        n_actions: i64,
+        atoms: i64,
+    ) -> Self {
+        let value = super::mlp(&(p / "value"), features, stream_hidden, atoms);
+        let advantage = super::mlp(&(p / "advantage"), features, stream_hidden, n_actions * atoms);
+        Dueling { trunk, value, advantage, atoms }
     }
 }
 
 impl Module for Dueling {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let h = self.trunk.forward(xs);
-        dueling_aggregate(&self.value.forward(&h), &self.advantage.forward(&h))
+        dueling_aggregate_atoms(&self.value.forward(&h), &self.advantage.forward(&h), self.atoms)
     }
 }
 
@@ -59,8 +80,18 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root();
         let (trunk, width) = super::super::mlp_trunk(&(&p / "trunk"), 4, &[32]);
-        let net = Dueling::new(&p, trunk, width, &[], 3);
+        let net = Dueling::new(&p, trunk, width, &[], 3, 1);
         let q = net.forward(&Tensor::ones([7, 4], (Kind::Float, Device::Cpu)));
         assert_eq!(q.size(), vec![7, 3]);
+    }
+
+    #[test]
+    fn aggregation_per_atom() {
+        // Two actions, two atoms: value [1, 2]; advantages a0 = [1, 4], a1 = [3, 0] (means [2, 2]).
+        let value = Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]);
+        let advantage = Tensor::from_slice(&[1.0f32, 4.0, 3.0, 0.0]).view([1, 4]);
+        let out = dueling_aggregate_atoms(&value, &advantage, 2);
+        let expected = Tensor::from_slice(&[0.0f32, 4.0, 2.0, 0.0]).view([1, 4]);
+        assert!(out.allclose(&expected, 1e-6, 1e-6, false), "{out}");
     }
 }

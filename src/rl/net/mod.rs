@@ -9,7 +9,7 @@ mod dueling;
 mod mlp;
 
 pub use cnn::{nature_cnn, nature_cnn_trunk};
-pub use dueling::{dueling_aggregate, Dueling};
+pub use dueling::{dueling_aggregate, dueling_aggregate_atoms, Dueling};
 pub use mlp::{mlp, mlp_trunk};
 
 use serde::{Deserialize, Serialize};
@@ -86,17 +86,24 @@ impl NetSpec {
     }
 
     /// Builds the network under `p` for observations of `space` (one-hot for discrete ones, as
-    /// the replay stores them) and `actions.n` outputs.
-    pub fn build(&self, p: &nn::Path, space: &ObsSpace, actions: ActionSpace) -> Result<QNetwork, NetError> {
+    /// the replay stores them) and `atoms` outputs for each of the `actions.n` actions
+    /// (action-major: output `a K + k`; `atoms` is 1 for an expected-value head).
+    pub fn build(
+        &self,
+        p: &nn::Path,
+        space: &ObsSpace,
+        actions: ActionSpace,
+        atoms: i64,
+    ) -> Result<QNetwork, NetError> {
         let n_actions = actions.n as i64;
         match (self, space) {
             (NetSpec::Mlp { .. }, ObsSpace::Pixels { .. }) => Err(NetError::MlpOnPixels(space.shape())),
             (NetSpec::Mlp { hidden, dueling: false }, _) => {
-                Ok(QNetwork::Plain(mlp(p, space.flat_dim() as i64, hidden, n_actions)))
+                Ok(QNetwork::Plain(mlp(p, space.flat_dim() as i64, hidden, n_actions * atoms)))
             }
             (NetSpec::Mlp { hidden, dueling: true }, _) => {
                 let (trunk, width) = mlp_trunk(&(p / "trunk"), space.flat_dim() as i64, hidden);
-                Ok(QNetwork::Dueling(Dueling::new(p, trunk, width, &[], n_actions)))
+                Ok(QNetwork::Dueling(Dueling::new(p, trunk, width, &[], n_actions, atoms)))
             }
             (NetSpec::NatureCnn { dueling }, ObsSpace::Pixels { frames, height, width, channels }) => {
                 if *channels != 1 {
@@ -106,9 +113,9 @@ impl NetSpec {
                 let (f, h, w) = (*frames as i64, *height as i64, *width as i64);
                 if *dueling {
                     let (trunk, features) = nature_cnn_trunk(&(p / "trunk"), f, h, w).ok_or(too_small)?;
-                    Ok(QNetwork::Dueling(Dueling::new(p, trunk, features, &[CNN_HIDDEN], n_actions)))
+                    Ok(QNetwork::Dueling(Dueling::new(p, trunk, features, &[CNN_HIDDEN], n_actions, atoms)))
                 } else {
-                    Ok(QNetwork::Plain(nature_cnn(p, f, h, w, n_actions).ok_or(too_small)?))
+                    Ok(QNetwork::Plain(nature_cnn(p, f, h, w, n_actions * atoms).ok_or(too_small)?))
                 }
             }
             (NetSpec::NatureCnn { .. }, _) => Err(NetError::CnnOnVector(space.shape())),
@@ -116,7 +123,7 @@ impl NetSpec {
     }
 }
 
-/// A Q-network built by [`NetSpec::build`]: `[batch, obs...] -> [batch, |A|]`.
+/// A Q-network built by [`NetSpec::build`]: `[batch, obs...] -> [batch, |A| atoms]`.
 #[derive(Debug)]
 pub enum QNetwork {
     /// A single stream ending in `|A|` outputs.
@@ -153,19 +160,19 @@ mod tests {
         let spec: NetSpec = serde_norway::from_str("{type: mlp, hidden: [64, 64], dueling: false}").unwrap();
         assert_eq!(spec, NetSpec::default());
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = spec.build(&vs.root(), &cartpole(), actions).unwrap();
+        let net = spec.build(&vs.root(), &cartpole(), actions, 1).unwrap();
         assert!(matches!(net, QNetwork::Plain(_)));
         assert_eq!(net.forward(&Tensor::zeros([3, 4], (Kind::Float, Device::Cpu))).size(), vec![3, 2]);
 
         let spec: NetSpec = serde_norway::from_str("{type: mlp, dueling: true}").unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = spec.build(&vs.root(), &ObsSpace::Discrete { n: 16 }, ActionSpace { n: 4 }).unwrap();
+        let net = spec.build(&vs.root(), &ObsSpace::Discrete { n: 16 }, ActionSpace { n: 4 }, 1).unwrap();
         assert!(matches!(net, QNetwork::Dueling(_)));
         assert_eq!(net.forward(&Tensor::zeros([3, 16], (Kind::Float, Device::Cpu))).size(), vec![3, 4]);
 
         let spec: NetSpec = serde_norway::from_str("{type: nature_cnn, dueling: true}").unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = spec.build(&vs.root(), &atari(), ActionSpace { n: 4 }).unwrap();
+        let net = spec.build(&vs.root(), &atari(), ActionSpace { n: 4 }, 1).unwrap();
         assert!(matches!(net, QNetwork::Dueling(_)));
         let x = Tensor::full([2, 4, 84, 84], 255, (Kind::Uint8, Device::Cpu));
         assert_eq!(net.forward(&x).size(), vec![2, 4]);
@@ -179,11 +186,11 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let a = ActionSpace { n: 2 };
         let cnn = NetSpec::NatureCnn { dueling: false };
-        assert_eq!(cnn.build(&vs.root(), &cartpole(), a).unwrap_err(), NetError::CnnOnVector(vec![4]));
-        assert!(matches!(NetSpec::default().build(&vs.root(), &atari(), a), Err(NetError::MlpOnPixels(_))));
+        assert_eq!(cnn.build(&vs.root(), &cartpole(), a, 1).unwrap_err(), NetError::CnnOnVector(vec![4]));
+        assert!(matches!(NetSpec::default().build(&vs.root(), &atari(), a, 1), Err(NetError::MlpOnPixels(_))));
         let rgb = ObsSpace::Pixels { frames: 4, height: 84, width: 84, channels: 3 };
-        assert_eq!(cnn.build(&vs.root(), &rgb, a).unwrap_err(), NetError::CnnChannels(3));
+        assert_eq!(cnn.build(&vs.root(), &rgb, a, 1).unwrap_err(), NetError::CnnChannels(3));
         let tiny = ObsSpace::Pixels { frames: 4, height: 20, width: 20, channels: 1 };
-        assert_eq!(cnn.build(&vs.root(), &tiny, a).unwrap_err(), NetError::CnnTooSmall(20, 20));
+        assert_eq!(cnn.build(&vs.root(), &tiny, a, 1).unwrap_err(), NetError::CnnTooSmall(20, 20));
     }
 }
