@@ -6,6 +6,8 @@
 //! - `dqn/env_step`: one CartPole step;
 //! - `dqn/replay_sample`: a batch of 64 drawn from 50k transitions into the preallocated batch;
 //! - `dqn/gradient_step`: sample + TD targets + loss + backward + clipping + Adam;
+//! - `dqn/gradient_step/{c51_51, qr_32, qr_200, munchausen}`: the same with a C51 head (51
+//!   atoms), a QR-DQN head (32 and 200 quantiles) and Munchausen's target, same network;
 //! - `dqn/train_10k`: the whole loop, 10,000 environment steps after 1,000 warm-up steps
 //!   (reported as time per 10k steps; steps/s = 10,000 / time).
 //!
@@ -16,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
-use tune::rl::agent::{Agent, DqnAgent, DqnConfig, Progress, Transition};
+use tune::rl::agent::{Agent, DqnAgent, DqnConfig, HeadSpec, Munchausen, Progress, Transition};
 use tune::rl::env::Env;
 use tune::rl::train::{train, TrainConfig};
 
@@ -42,11 +44,12 @@ agent:
     TrainConfig::from_value(&value).unwrap()
 }
 
-/// A DQN agent with `n` CartPole transitions in its buffer.
-fn filled_agent(n: u64) -> (DqnAgent, Box<dyn Env>) {
+/// A DQN agent with `n` CartPole transitions in its buffer, its config changed by `edit`.
+fn filled_agent(n: u64, edit: impl FnOnce(&mut DqnConfig)) -> (DqnAgent, Box<dyn Env>) {
     let cfg = config(n);
     let tune::rl::agent::AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!() };
-    let dqn = DqnConfig { learning_starts: u64::MAX, ..(**dqn).clone() };
+    let mut dqn = DqnConfig { learning_starts: u64::MAX, ..(**dqn).clone() };
+    edit(&mut dqn);
     let mut env = cfg.env.make().unwrap();
     let mut agent = DqnAgent::new(&dqn, &env.observation_space(), env.action_space(), tch::Device::Cpu, 0).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
@@ -85,7 +88,7 @@ impl ToOwnedF32 for tune::rl::env::Obs<'_> {
 
 fn bench(c: &mut Criterion) {
     tch::set_num_threads(1);
-    let (mut agent, mut env) = filled_agent(50_000);
+    let (mut agent, mut env) = filled_agent(50_000, |_| {});
     let mut rng = StdRng::seed_from_u64(1);
     let obs = [0.01f32, -0.02, 0.03, 0.04];
     c.bench_function("dqn/act", |b| b.iter(|| black_box(agent.act(tune::rl::env::Obs::F32(&obs), 0.0, &mut rng))));
@@ -98,6 +101,18 @@ fn bench(c: &mut Criterion) {
         })
     });
     c.bench_function("dqn/gradient_step", |b| b.iter(|| agent.gradient_step(&mut rng).unwrap()));
+    // The same update with each head and with Munchausen's target (issue 15, item 7), on the
+    // configs/*_cartpole.yaml sizes, plus QR-DQN at the paper's 200 quantiles.
+    let variants: [(&str, fn(&mut DqnConfig)); 4] = [
+        ("c51_51", |c| c.head = HeadSpec::C51 { atoms: 51, v_min: 0.0, v_max: 100.0 }),
+        ("qr_32", |c| c.head = HeadSpec::Qr { quantiles: 32, kappa: 1.0 }),
+        ("qr_200", |c| c.head = HeadSpec::Qr { quantiles: 200, kappa: 1.0 }),
+        ("munchausen", |c| c.munchausen = Some(Munchausen::default())),
+    ];
+    for (name, edit) in variants {
+        let (mut agent, _) = filled_agent(10_000, edit);
+        c.bench_function(&format!("dqn/gradient_step/{name}"), |b| b.iter(|| agent.gradient_step(&mut rng).unwrap()));
+    }
     let mut group = c.benchmark_group("dqn");
     group.sample_size(10);
     group.bench_function("train_10k", |b| {

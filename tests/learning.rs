@@ -30,6 +30,25 @@ fn dqn_with_prioritized_replay_solves_cartpole_within_50k_steps() {
     assert!(best >= 475.0, "best evaluation {best} < 475");
 }
 
+/// The distributional heads and Munchausen's target on the DQN 2015 config (issue 15, item 6).
+#[test]
+fn c51_solves_cartpole_within_50k_steps() {
+    let best = best_eval(&config("c51_cartpole.yaml"));
+    assert!(best >= 475.0, "best evaluation {best} < 475");
+}
+
+#[test]
+fn qr_dqn_solves_cartpole_within_50k_steps() {
+    let best = best_eval(&config("qr_cartpole.yaml"));
+    assert!(best >= 475.0, "best evaluation {best} < 475");
+}
+
+#[test]
+fn munchausen_dqn_solves_cartpole_within_50k_steps() {
+    let best = best_eval(&config("mdqn_cartpole.yaml"));
+    assert!(best >= 475.0, "best evaluation {best} < 475");
+}
+
 #[test]
 fn q_learning_and_sarsa_solve_deterministic_frozenlake() {
     for name in ["qlearning_frozenlake.yaml", "sarsa_frozenlake.yaml"] {
