@@ -18,35 +18,36 @@ fn best_eval(cfg: &TrainConfig) -> f64 {
     means.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
+/// Trains `name` and requires a best evaluation of at least 475 (CartPole-v1's "solved").
+fn solves_cartpole(name: &str) {
+    let best = best_eval(&config(name));
+    assert!(best >= 475.0, "{name}: best evaluation {best} < 475");
+}
+
 #[test]
 fn dqn2015_solves_cartpole_within_50k_steps() {
-    let best = best_eval(&config("dqn2015_cartpole.yaml"));
-    assert!(best >= 475.0, "best evaluation {best} < 475");
+    solves_cartpole("dqn2015_cartpole.yaml");
 }
 
 #[test]
 fn dqn_with_prioritized_replay_solves_cartpole_within_50k_steps() {
-    let best = best_eval(&config("per_cartpole.yaml"));
-    assert!(best >= 475.0, "best evaluation {best} < 475");
+    solves_cartpole("per_cartpole.yaml");
 }
 
 /// The distributional heads and Munchausen's target on the DQN 2015 config (issue 15, item 6).
 #[test]
 fn c51_solves_cartpole_within_50k_steps() {
-    let best = best_eval(&config("c51_cartpole.yaml"));
-    assert!(best >= 475.0, "best evaluation {best} < 475");
+    solves_cartpole("c51_cartpole.yaml");
 }
 
 #[test]
 fn qr_dqn_solves_cartpole_within_50k_steps() {
-    let best = best_eval(&config("qr_cartpole.yaml"));
-    assert!(best >= 475.0, "best evaluation {best} < 475");
+    solves_cartpole("qr_cartpole.yaml");
 }
 
 #[test]
 fn munchausen_dqn_solves_cartpole_within_50k_steps() {
-    let best = best_eval(&config("mdqn_cartpole.yaml"));
-    assert!(best >= 475.0, "best evaluation {best} < 475");
+    solves_cartpole("mdqn_cartpole.yaml");
 }
 
 #[test]

@@ -784,11 +784,7 @@ impl DqnAgent {
             }
             None => &self.act_host,
         };
-        let out = self.online.q(input);
-        let q = match self.head {
-            Head::Expected => out,
-            _ => self.head.q(&out, self.n_actions as i64),
-        };
+        let q = self.head.q(&self.online.q(input), self.n_actions as i64);
         q.copy_data(&mut self.q_host, self.n_actions);
         &self.q_host
     }
