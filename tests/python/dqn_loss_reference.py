@@ -14,6 +14,13 @@ gradient with respect to every online variable as JSON. `src/rl/agent/reference.
 - qr: Dabney et al. 2018a, eq. 10: tau_i = (2i + 1) / 2N,
   loss sum_i (1/N) sum_j rho^kappa_{tau_i}(T theta_j - theta_i),
   rho^kappa_tau(u) = |tau - 1{u < 0}| L_kappa(u) / kappa, and rho^0_tau(u) = u (tau - 1{u < 0}).
+- iqn: Dabney et al. 2018b, eq. 3-4: Z_tau(x, a) = f(psi(x) * phi(tau)) with
+  phi_j(tau) = ReLU(sum_{i=0}^{n-1} cos(pi i tau) w_ij + b_j); loss as qr with the sampled
+  fractions tau_i (N per row) and target values at the sampled tau'_j (N' per row); actions valued
+  by the mean over K sampled fractions. tune's fractions come with the case.
+- noisy layers: Fortunato et al. 2018, eq. 9-11 in their weight form,
+  w = mu_w + sigma_w * (f(eps_out) f(eps_in)^T), b = mu_b + sigma_b * f(eps_out), with tune's
+  f(eps) (the `noise_in` / `noise_out` variables) given in the case.
 - dueling (Wang et al. 2016, eq. 9), per atom for the distributional heads (Hessel et al. 2018).
 - a* = argmax_a of the mean of the target network's outputs, or the online network's (double).
 - Munchausen (Vieillard et al. 2020, eq. 2 with the log-sum-exp trick): pi = softmax(q / tau)
@@ -31,28 +38,61 @@ import torch
 import torch.nn.functional as F
 
 
+def linear(params, name, x):
+    """A plain layer, or a noisy one in the paper's weight form when it has `*_sigma` variables."""
+    w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+    if f"{name}.weight_sigma" in params:
+        f_in, f_out = params[f"{name}.noise_in"], params[f"{name}.noise_out"]
+        w = w + params[f"{name}.weight_sigma"] * torch.outer(f_out, f_in)
+        b = b + params[f"{name}.bias_sigma"] * f_out
+    return F.linear(x, w, b)
+
+
 def mlp(params, prefix, x):
     """Linear -> ReLU -> ... -> Linear, with variables `{prefix}{i}.weight` / `.bias`."""
     i = 0
     while f"{prefix}{i + 1}.weight" in params:
-        x = F.relu(F.linear(x, params[f"{prefix}{i}.weight"], params[f"{prefix}{i}.bias"]))
+        x = F.relu(linear(params, f"{prefix}{i}", x))
         i += 1
-    return F.linear(x, params[f"{prefix}{i}.weight"], params[f"{prefix}{i}.bias"])
+    return linear(params, f"{prefix}{i}", x)
 
 
-def outputs(params, case, x):
-    """[B, A, K] network outputs."""
-    a, k = case["n_actions"], case["width"]
+def body(params, case, x):
+    """The hidden layers (the dueling trunk, or all but the last layer of a plain MLP)."""
+    prefix = "trunk." if case["dueling"] else ""
+    i = 0
+    while f"{prefix}{i}.weight" in params and (case["dueling"] or f"{i + 1}.weight" in params):
+        x = F.relu(linear(params, f"{prefix}{i}", x))
+        i += 1
+    return x
+
+
+def head_out(params, case, h):
+    """[.., A, K] outputs from the body's features: the last layer, or the dueling streams."""
+    a = case["n_actions"]
     if case["dueling"]:
-        h = x
-        i = 0
-        while f"trunk.{i}.weight" in params:
-            h = F.relu(F.linear(h, params[f"trunk.{i}.weight"], params[f"trunk.{i}.bias"]))
-            i += 1
-        value = mlp(params, "value.", h).view(-1, 1, k)
-        adv = mlp(params, "advantage.", h).view(-1, a, k)
-        return value + adv - adv.mean(dim=1, keepdim=True)
-    return mlp(params, "", x).view(-1, a, k)
+        value = mlp(params, "value.", h)
+        adv = mlp(params, "advantage.", h)
+        value = value.view(*value.shape[:-1], 1, -1)
+        adv = adv.view(*adv.shape[:-1], a, -1)
+        return value + adv - adv.mean(dim=-2, keepdim=True)
+    last = 0
+    while f"{last + 1}.weight" in params:
+        last += 1
+    out = linear(params, str(last), h)
+    return out.view(*out.shape[:-1], a, -1)
+
+
+def outputs(params, case, x, taus=None):
+    """[B, A, K] network outputs; for IQN, at the fractions taus [B, M] (K = M)."""
+    h = body(params, case, x)
+    if taus is None:
+        return head_out(params, case, h)
+    n = params["tau_embedding.weight"].shape[1]
+    cos = torch.cos(math.pi * torch.arange(n, dtype=torch.float64) * taus.unsqueeze(-1))  # [B, M, n]
+    phi = F.relu(F.linear(cos, params["tau_embedding.weight"], params["tau_embedding.bias"]))
+    z = h.unsqueeze(1) * phi  # [B, M, d]
+    return head_out(params, case, z)[..., 0].transpose(1, 2)  # [B, M, A, 1] -> [B, A, M]
 
 
 def mean_q(out, head):
@@ -86,7 +126,8 @@ def c51_projection(p_next, returns, discounts, shift, head):
 def solve(case):
     head = case["head"]
     to = lambda v: torch.tensor(v["data"], dtype=torch.float64).view(v["shape"])
-    online = {n: to(v).requires_grad_(True) for n, v in case["online"].items()}
+    is_noise = lambda n: n.endswith(".noise_in") or n.endswith(".noise_out")
+    online = {n: to(v).requires_grad_(not is_noise(n)) for n, v in case["online"].items()}
     target = {n: to(v) for n, v in case["target"].items()}
     batch = case["batch"]
     bsz = len(batch["actions"])
@@ -100,22 +141,29 @@ def solve(case):
 
     g = torch.tensor(returns, dtype=torch.float64)
     d = torch.tensor(discounts, dtype=torch.float64)
+    iqn = head["type"] == "iqn"
+    taus = {k: torch.tensor(v, dtype=torch.float64).view(bsz, -1) for k, v in case["taus"].items()} if iqn else {}
     with torch.no_grad():
-        next_target = outputs(target, case, next_obs)  # [B, A, K]
+        next_target = outputs(target, case, next_obs, taus.get("target"))  # [B, A, K]
+
+        def policy_q(params, x):
+            """Mean values: IQN's over the K policy fractions, else of the outputs."""
+            return mean_q(outputs(params, case, x, taus.get("policy")), head)
+
+        next_q = policy_q(target, next_obs) if iqn else mean_q(next_target, head)
         mun = case.get("munchausen")
         if mun:
             # Bootstrap from every action, weighted by pi(a'|s'), shifted by -tau log pi(a'|s').
             alpha, tau, l0 = mun["alpha"], mun["tau"], mun["clip"]
-            log_pi_s = F.log_softmax(mean_q(outputs(target, case, obs), head) / tau, dim=1)[rows, actions]
+            log_pi_s = F.log_softmax(policy_q(target, obs) / tau, dim=1)[rows, actions]
             g = g + alpha * torch.clamp(tau * log_pi_s, min=l0, max=0.0)
-            log_pi_next = F.log_softmax(mean_q(next_target, head) / tau, dim=1)
+            log_pi_next = F.log_softmax(next_q / tau, dim=1)
             mix, shift, next_chosen = log_pi_next.exp(), -tau * log_pi_next, next_target
         else:
-            chooser = outputs(online, case, next_obs) if case["double"] else next_target
-            best = mean_q(chooser, head).argmax(1)
+            best = (policy_q(online, next_obs) if case["double"] else next_q).argmax(1)
             next_chosen = next_target[rows, best].unsqueeze(1)  # [B, 1, K]
             mix, shift = torch.ones(bsz, 1, dtype=torch.float64), torch.zeros(bsz, 1, dtype=torch.float64)
-    out = outputs(online, case, obs)[rows, actions]  # [B, K]
+    out = outputs(online, case, obs, taus.get("online"))[rows, actions]  # [B, K]
 
     if head["type"] == "expected":
         with torch.no_grad():
@@ -131,24 +179,29 @@ def solve(case):
             m = c51_projection(p_next, g.tolist(), discounts, shift.tolist(), head)
         per_row = -(m * F.log_softmax(out, dim=-1)).sum(-1)
     else:
-        n, kappa = head["quantiles"], head["kappa"]
-        taus = torch.tensor([(2 * i + 1) / (2 * n) for i in range(n)], dtype=torch.float64)
+        kappa = head["kappa"]
+        if iqn:
+            fractions = taus["online"]  # [B, N]
+        else:
+            n = head["quantiles"]
+            fractions = torch.tensor([(2 * i + 1) / (2 * n) for i in range(n)], dtype=torch.float64).expand(bsz, n)
         per_row = torch.zeros(bsz, dtype=torch.float64)
         for c in range(next_chosen.shape[1]):
             with torch.no_grad():
                 t_theta = g[:, None] + d[:, None] * (next_chosen[:, c] + shift[:, c : c + 1])  # [B, N]
-            for i in range(n):
+            for i in range(out.shape[1]):
                 u = t_theta - out[:, i : i + 1]  # [B, N] over j
                 below = (u < 0).double()
                 if kappa > 0:
                     huber = torch.where(u.abs() <= kappa, 0.5 * u**2, kappa * (u.abs() - 0.5 * kappa))
-                    rho = (taus[i] - below).abs() * huber / kappa
+                    rho = (fractions[:, i : i + 1] - below).abs() * huber / kappa
                 else:
-                    rho = u * (taus[i] - below)
+                    rho = u * (fractions[:, i : i + 1] - below)
                 per_row = per_row + mix[:, c] * rho.mean(1)
     loss = (weights * per_row).mean()
     loss.backward()
-    return {"loss": loss.item(), "grads": {n: p.grad.flatten().tolist() for n, p in online.items()}}
+    grads = {n: p.grad.flatten().tolist() for n, p in online.items() if not is_noise(n)}
+    return {"loss": loss.item(), "grads": grads}
 
 
 def main():

@@ -11,6 +11,8 @@
 //! | n-step returns (Sutton 1988; Hessel et al. 2018) | `n_step: 3` |
 //! | C51 (Bellemare et al. 2017) | `head: {type: c51, atoms: 51, v_min: -10, v_max: 10}` |
 //! | QR-DQN (Dabney et al. 2018) | `head: {type: qr, quantiles: 200, kappa: 1}` |
+//! | IQN (Dabney et al. 2018) | `head: {type: iqn, n_tau: 64, n_tau_prime: 64, k_policy: 32}` |
+//! | NoisyNets (Fortunato et al. 2018) | `noisy: {sigma0: 0.5}` (and `exploration: {type: constant, epsilon: 0}`) |
 //! | Munchausen (Vieillard et al. 2020) | `munchausen: {alpha: 0.9, tau: 0.03, clip: -1}`, any head |
 //!
 //! The target of row `j` is `y_j = G_j + gamma^m (1 - terminated_j) Q'(s'_j, a*_j)` with
@@ -28,6 +30,13 @@
 //! distributional head the bonus shifts the target's atoms or quantiles, and the next state's
 //! distribution is the `pi`-mixture of every action's, each shifted by `-tau log pi(a'|s')`
 //! (the distributional form of Vieillard et al.'s M-IQN).
+//!
+//! NoisyNets (Fortunato et al. 2018, Algorithm 1 and Appendix C.1) make every linear layer noisy
+//! ([`crate::rl::net::NoisyLinear`]). The online network's noise is drawn anew before each greedy
+//! action and before each gradient step; the target network draws its own, independently, at
+//! each gradient step, and the online noise of the step also picks Double DQN's `a*`. Greedy
+//! evaluation uses the means (the noise off). All noise and IQN's fractions come from one
+//! seeded host stream, so a seed fixes a run.
 //!
 //! Speed (FACTS.md §6: libtorch's per-operation overhead dominates at these sizes): trainable
 //! parameters are views into one flat tensor ([`FlatOptimizer`]), so target syncs, gradient
@@ -48,7 +57,7 @@ use super::head::{Head, HeadSpec, Target};
 use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 use super::{argmax, Agent, Exploration, Progress, Transition};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
-use crate::rl::net::{NetSpec, QNetwork};
+use crate::rl::net::{is_noise, Layers, NetOptions, NetSpec, Noise, QNetwork};
 use crate::rl::replay::{Batch, LatestReplay, ObsBatch, PrioritizedConfig, PrioritizedReplay, Replay, UniformReplay};
 use crate::rl::schedule::linear_schedule;
 
@@ -71,6 +80,9 @@ pub struct DqnConfig {
     /// Munchausen-DQN's target (off when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub munchausen: Option<Munchausen>,
+    /// NoisyNets: factorised Gaussian noisy linear layers (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noisy: Option<Noisy>,
     /// The replay buffer.
     pub replay: ReplaySpec,
     /// Transitions per gradient step.
@@ -111,6 +123,7 @@ impl Default for DqnConfig {
             double: false,
             target: TargetSpec::Hard { every: 500 },
             munchausen: None,
+            noisy: None,
             replay: ReplaySpec::Uniform { size: 100_000 },
             batch_size: 64,
             learning_starts: 1000,
@@ -161,6 +174,20 @@ pub struct Munchausen {
 impl Default for Munchausen {
     fn default() -> Self {
         Munchausen { alpha: 0.9, tau: 0.03, clip: -1.0 }
+    }
+}
+
+/// `noisy: {sigma0: 0.5}` (Fortunato et al. 2018's value for factorised noise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Noisy {
+    /// Initial noise scale: every `sigma` starts at `sigma0 / sqrt(inputs)`.
+    pub sigma0: f64,
+}
+
+impl Default for Noisy {
+    fn default() -> Self {
+        Noisy { sigma0: 0.5 }
     }
 }
 
@@ -320,6 +347,11 @@ impl DqnConfig {
                 return Err("double does not apply with munchausen, whose target is the soft value of every action rather than one action's; set double: false".into());
             }
         }
+        if let Some(Noisy { sigma0 }) = self.noisy {
+            if !(sigma0 > 0.0 && sigma0.is_finite()) {
+                return Err(format!("noisy.sigma0 must be a positive number (0.5 in the paper), got {sigma0}"));
+            }
+        }
         if let (Some(loss), true) = (self.loss, self.head.is_distributional()) {
             let own = match self.head {
                 HeadSpec::C51 { .. } => "the cross-entropy of the projected distribution",
@@ -346,6 +378,16 @@ impl DqnConfig {
 
     fn net_spec(&self, space: &ObsSpace) -> NetSpec {
         self.net.clone().unwrap_or_else(|| NetSpec::default_for(space))
+    }
+
+    /// What the network outputs and how its layers are made (each network gets its own noise):
+    /// `atoms` outputs per action, or one per action and fraction for IQN.
+    fn net_options(&self, atoms: i64) -> NetOptions {
+        NetOptions {
+            atoms: if self.head.iqn_samples().is_some() { 1 } else { atoms },
+            layers: self.noisy.as_ref().map_or_else(Layers::plain, |n| Layers::noisy(n.sigma0)),
+            tau_embedding: self.head.iqn_samples().map(|(.., embedding)| embedding as i64),
+        }
     }
 
     /// The loss of the expected head.
@@ -380,6 +422,8 @@ struct Network {
     grad: Tensor,
     /// The hand-differentiated path for plain MLPs, when it applies.
     fused: Option<FusedMlp>,
+    /// The noise of noisy layers.
+    noise: Option<Noise>,
 }
 
 impl Network {
@@ -387,13 +431,14 @@ impl Network {
         spec: &NetSpec,
         space: &ObsSpace,
         actions: ActionSpace,
-        atoms: i64,
+        opts: &NetOptions,
         device: Device,
     ) -> anyhow::Result<Self> {
         let vs = nn::VarStore::new(device);
-        let net = spec.build(&vs.root(), space, actions, atoms)?;
+        let net = spec.build(&vs.root(), space, actions, opts)?;
+        let noise = Noise::attach(&vs, &opts.layers);
         let empty = || Tensor::zeros([0], (Kind::Float, device));
-        Ok(Network { vs, net, vars: Vec::new(), flat: empty(), grad: empty(), fused: None })
+        Ok(Network { vs, net, vars: Vec::new(), flat: empty(), grad: empty(), fused: None, noise })
     }
 
     /// Variables sorted by name.
@@ -404,9 +449,11 @@ impl Network {
     }
 
     /// PyTorch's default initialisation of `nn.Linear` and `nn.Conv2d` (weights and biases
-    /// uniform in `±1/sqrt(fan_in)`), drawn from `rng` so that a seed fixes it whatever the thread.
+    /// uniform in `±1/sqrt(fan_in)`, also the means of noisy layers), drawn from `rng` so that a
+    /// seed fixes it whatever the thread. Noisy layers' `*_sigma` keep their constant start and
+    /// their noise is drawn, not initialised.
     fn init(&mut self, rng: &mut StdRng) {
-        let named = self.named();
+        let named: Vec<_> = self.named().into_iter().filter(|(n, _)| !is_noise(n) && !n.ends_with("_sigma")).collect();
         let fan_in = |name: &str| -> i64 {
             let weight = name.strip_suffix("bias").map(|p| format!("{p}weight")).unwrap_or_else(|| name.to_string());
             let size = named.iter().find(|(n, _)| *n == weight).map(|(_, t)| t.size()).unwrap_or_default();
@@ -427,6 +474,9 @@ impl Network {
         let device = self.vs.device();
         let mut trainable = Vec::new();
         for (name, var) in self.named() {
+            if is_noise(&name) {
+                continue;
+            }
             if frozen.iter().any(|p| name == *p || name.starts_with(&format!("{p}."))) {
                 let _ = var.set_requires_grad(false);
             } else {
@@ -448,8 +498,10 @@ impl Network {
             grads.insert(name.clone(), (var.shallow_clone(), grad.narrow(0, offset, n).view(size.as_slice())));
             offset += n;
         }
+        // Noisy layers and IQN's embedding have variables the fused path does not know: it
+        // declines them (`FusedMlp::new` returns `None`), as it declines dueling and frozen nets.
         self.fused = match spec {
-            NetSpec::Mlp { hidden, dueling: false } if frozen.is_empty() => {
+            NetSpec::Mlp { hidden, dueling: false } if frozen.is_empty() && self.noise.is_none() => {
                 FusedMlp::new(&mut grads, hidden.len() + 1, batch_size, device)
             }
             _ => None,
@@ -459,11 +511,13 @@ impl Network {
         self.grad = grad;
     }
 
-    /// Q-values without gradient tracking.
-    fn q(&self, x: &Tensor) -> Tensor {
-        match &self.fused {
-            Some(f) => f.forward(x),
-            None => self.net.forward(x),
+    /// The network's outputs (IQN's at the fractions `taus`); without gradient tracking on the
+    /// fused path, with it otherwise unless the caller holds a no-grad guard.
+    fn out(&self, x: &Tensor, taus: Option<&Tensor>) -> Tensor {
+        match (&self.fused, taus) {
+            (Some(f), _) => f.forward(x),
+            (None, Some(taus)) => self.net.forward_taus(x, taus),
+            (None, None) => self.net.forward(x),
         }
     }
 }
@@ -564,6 +618,54 @@ impl FusedMlp {
     }
 }
 
+/// IQN's sampled fractions `tau ~ U(0, 1)`: per update, `N` per row for the online outputs,
+/// `N'` for the target and `K` for the policy (valuing `s'`, and `s` for Munchausen), drawn on
+/// the host into one buffer and copied to the device in one operation; `K` more for each action.
+struct Fractions {
+    /// Host tensors aliasing `host` and `act_host` (declared first: dropped before them).
+    src: Tensor,
+    act_src: Tensor,
+    host: Vec<f32>,
+    act_host: Vec<f32>,
+    all: Tensor,
+    /// Views of `all`: `[B, N]`, `[B, N']`, `[B, K]`.
+    online: Tensor,
+    target: Tensor,
+    policy: Tensor,
+    /// `[1, K]` for acting.
+    act: Tensor,
+}
+
+impl Fractions {
+    fn new(batch: usize, n: usize, n_prime: usize, k: usize, device: Device) -> Self {
+        let host = vec![0f32; batch * (n + n_prime + k)];
+        let act_host = vec![0f32; k];
+        // SAFETY: the buffers live in the struct, are never resized and outlive the aliases.
+        let (src, act_src) = unsafe { (alias(&host, &[host.len() as i64]), alias(&act_host, &[1, k as i64])) };
+        let all = Tensor::zeros([host.len() as i64], (Kind::Float, device));
+        let b = batch as i64;
+        let (n, n_prime, k) = (n as i64, n_prime as i64, k as i64);
+        let online = all.narrow(0, 0, b * n).view([b, n]);
+        let target = all.narrow(0, b * n, b * n_prime).view([b, n_prime]);
+        let policy = all.narrow(0, b * (n + n_prime), b * k).view([b, k]);
+        let act = Tensor::zeros([1, k], (Kind::Float, device));
+        Fractions { src, act_src, host, act_host, all, online, target, policy, act }
+    }
+
+    fn draw(&mut self, rng: &mut StdRng) {
+        self.host.iter_mut().for_each(|t| *t = rng.random());
+        let _guard = tch::no_grad_guard();
+        self.all.copy_(&self.src);
+    }
+
+    fn draw_act(&mut self, rng: &mut StdRng) -> &Tensor {
+        self.act_host.iter_mut().for_each(|t| *t = rng.random());
+        let _guard = tch::no_grad_guard();
+        self.act.copy_(&self.act_src);
+        &self.act
+    }
+}
+
 /// The DQN agent.
 pub struct DqnAgent {
     cfg: DqnConfig,
@@ -577,6 +679,10 @@ pub struct DqnAgent {
     online: Network,
     /// `None` when the config has no target network.
     target: Option<Network>,
+    /// IQN's fractions.
+    fractions: Option<Fractions>,
+    /// Draws the layers' noise and IQN's fractions.
+    samples_rng: StdRng,
     optimizer: FlatOptimizer,
     replay: Box<dyn Replay>,
     batch: Batch,
@@ -633,7 +739,7 @@ impl DqnAgent {
         let head = Head::new(&cfg.head, device);
         let atoms = head.width();
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1e7_0f_d9a);
-        let mut online = Network::build(&spec, space, actions, atoms, device)?;
+        let mut online = Network::build(&spec, space, actions, &cfg.net_options(atoms), device)?;
         online.init(&mut rng);
         let frozen = match &cfg.pretrained {
             Some(p) => {
@@ -656,7 +762,7 @@ impl DqnAgent {
         let target = match cfg.target {
             TargetSpec::None => None,
             _ => {
-                let mut target = Network::build(&spec, space, actions, atoms, device)?;
+                let mut target = Network::build(&spec, space, actions, &cfg.net_options(atoms), device)?;
                 target.vs.copy(&online.vs)?;
                 target.flatten(&frozen, &spec, cfg.batch_size);
                 target.vs.freeze();
@@ -725,6 +831,8 @@ impl DqnAgent {
             atom_offsets: Tensor::arange(atoms, (Kind::Int64, device)).view([1, atoms]),
             online,
             target,
+            fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(b, n, n_prime, k, device)),
+            samples_rng: StdRng::seed_from_u64(seed ^ 0x15_e5a4_91e5),
             optimizer,
             replay,
             batch,
@@ -766,7 +874,20 @@ impl DqnAgent {
         self.target.as_ref().map(|t| &t.flat)
     }
 
-    /// Q-values of one observation, on the host.
+    /// New noise for both networks' noisy layers and new IQN fractions, for one gradient step.
+    fn draw_samples(&mut self) {
+        for net in std::iter::once(&mut self.online).chain(self.target.as_mut()) {
+            if let Some(noise) = &mut net.noise {
+                noise.resample(&mut self.samples_rng);
+            }
+        }
+        if let Some(f) = &mut self.fractions {
+            f.draw(&mut self.samples_rng);
+        }
+    }
+
+    /// Q-values of one observation, on the host (IQN's from `K` fresh fractions; noisy layers
+    /// with whatever noise they hold).
     pub fn q_values(&mut self, obs: Obs<'_>) -> &[f32] {
         match obs {
             Obs::Index(i) => {
@@ -784,7 +905,8 @@ impl DqnAgent {
             }
             None => &self.act_host,
         };
-        let q = self.head.q(&self.online.q(input), self.n_actions as i64);
+        let taus = self.fractions.as_mut().map(|f| f.draw_act(&mut self.samples_rng));
+        let q = self.head.q(&self.online.out(input, taus), self.n_actions as i64);
         q.copy_data(&mut self.q_host, self.n_actions);
         &self.q_host
     }
@@ -821,28 +943,42 @@ impl DqnAgent {
         let _guard = tch::no_grad_guard();
         let t = &self.tensors;
         let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
-        let next_out = bootstrap_net.q(&t.next_obs);
+        let fractions = self.fractions.as_ref();
+        let next_out = bootstrap_net.out(&t.next_obs, fractions.map(|f| &f.target));
         let n_actions = self.n_actions as i64;
-        if let Some(m) = &self.cfg.munchausen {
+        let head = &self.head;
+        // The policy's values Q(x, a) by `net`: IQN's at K fractions of their own, the mean of
+        // the outputs otherwise (those of s' by the bootstrap network are `next_out`).
+        let policy_q = |net: &Network, x: &Tensor| head.q(&net.out(x, fractions.map(|f| &f.policy)), n_actions);
+        let next_q = || match fractions {
+            Some(_) => policy_q(bootstrap_net, &t.next_obs),
+            None => head.q(&next_out, n_actions),
+        };
+        let batch = t.actions.size()[0];
+        let mut target = if let Some(m) = &self.cfg.munchausen {
             // log pi = log_softmax(q' / tau) of the target network (the online one without).
             let log_pi = |q: &Tensor| (q / m.tau).log_softmax(-1, Kind::Float);
-            let log_pi_s = log_pi(&self.head.q(&bootstrap_net.q(&t.obs), n_actions)).gather(1, &t.actions, false);
+            let log_pi_s = log_pi(&policy_q(bootstrap_net, &t.obs)).gather(1, &t.actions, false);
             let bonus = (log_pi_s * m.tau).clamp(m.clip, 0.0) * m.alpha;
-            let log_pi_next = log_pi(&self.head.q(&next_out, n_actions));
+            let log_pi_next = log_pi(&next_q());
             let shift = (&log_pi_next * -m.tau).unsqueeze(-1);
-            let next = next_out.view([-1, n_actions, self.atoms]);
-            return self.head.target(&next, Some((&log_pi_next.exp(), &shift)), &(&t.returns + bonus), &t.bootstrap);
-        }
-        // The outputs of a* = argmax_a Q(s', a), by the target network or (double) the online one.
-        let next = match (&self.head, self.cfg.double) {
-            (Head::Expected, false) => next_out.amax(1, true),
-            (head, double) => {
-                let q =
-                    if double { head.q(&self.online.q(&t.next_obs), n_actions) } else { head.q(&next_out, n_actions) };
-                next_out.gather(1, &self.columns(&q.argmax(1, true)), false)
-            }
+            let next = next_out.view([batch, n_actions, -1]);
+            head.target(&next, Some((&log_pi_next.exp(), &shift)), &(&t.returns + bonus), &t.bootstrap)
+        } else {
+            // The outputs of a* = argmax_a Q(s', a), by the target network or (double) the online one.
+            let next = match (head, self.cfg.double) {
+                (Head::Expected, false) => next_out.amax(1, true).unsqueeze(1),
+                (_, double) => {
+                    let q = if double { policy_q(&self.online, &t.next_obs) } else { next_q() };
+                    let next = next_out.view([batch, n_actions, -1]);
+                    let width = next.size()[2];
+                    next.gather(1, &q.argmax(1, true).unsqueeze(-1).expand([batch, 1, width], false), false)
+                }
+            };
+            head.target(&next, None, &t.returns, &t.bootstrap)
         };
-        self.head.target(&next.unsqueeze(1), None, &t.returns, &t.bootstrap)
+        target.taus = fractions.map(|f| f.online.shallow_clone());
+        target
     }
 
     /// One gradient step on a sampled batch.
@@ -854,6 +990,7 @@ impl DqnAgent {
     /// new priorities come from one host copy of the TD errors (or of each row's loss).
     fn update(&mut self, beta: f64, rng: &mut StdRng) -> anyhow::Result<()> {
         self.replay.sample(rng, beta, &mut self.batch);
+        self.draw_samples();
         self.loss_and_gradient()?;
         if let Some(max_norm) = self.cfg.max_grad_norm {
             let norm = self.online.grad.norm().double_value(&[]);
@@ -886,9 +1023,10 @@ impl DqnAgent {
         let b = self.cfg.batch_size;
         let columns = self.columns(&self.tensors.actions);
         let t = &self.tensors;
-        let out = match &mut self.online.fused {
-            Some(fused) => fused.forward_saving(&t.obs),
-            None => self.online.net.forward(&t.obs),
+        let out = match (&mut self.online.fused, &self.fractions) {
+            (Some(fused), _) => fused.forward_saving(&t.obs),
+            (None, Some(f)) => self.online.net.forward_taus(&t.obs, &f.online),
+            (None, None) => self.online.net.forward(&t.obs),
         };
         let q = out.gather(1, &columns, false);
         let (rows, head_grad) = {
@@ -991,14 +1129,23 @@ fn load_pretrained(vs: &mut nn::VarStore, path: &Path) -> anyhow::Result<()> {
 impl Agent for DqnAgent {
     fn act(&mut self, obs: Obs<'_>, epsilon: f64, rng: &mut StdRng) -> usize {
         if rng.random::<f64>() < epsilon {
+            return rng.random_range(0..self.n_actions);
+        }
+        if let Some(noise) = &mut self.online.noise {
+            noise.resample(&mut self.samples_rng);
+        }
+        self.greedy(obs)
+    }
+
+    fn act_eval(&mut self, obs: Obs<'_>, epsilon: f64, rng: &mut StdRng) -> usize {
+        if let Some(noise) = &mut self.online.noise {
+            noise.disable();
+        }
+        if rng.random::<f64>() < epsilon {
             rng.random_range(0..self.n_actions)
         } else {
             self.greedy(obs)
         }
-    }
-
-    fn act_eval(&mut self, obs: Obs<'_>, epsilon: f64, rng: &mut StdRng) -> usize {
-        self.act(obs, epsilon, rng)
     }
 
     fn observe(&mut self, t: Transition<'_>, p: Progress, rng: &mut StdRng) -> anyhow::Result<()> {
@@ -1108,7 +1255,14 @@ mod tests {
             ("munchausen: {tau: 0}", "munchausen.tau must be a positive number"),
             ("munchausen: {clip: 0.5}", "munchausen.clip must be a finite number <= 0"),
             ("{munchausen: {}, double: true}", "double does not apply with munchausen"),
-            ("head: {type: c52}", "unknown variant `c52`, expected one of `expected`, `c51`, `qr`"),
+            ("head: {type: c52}", "unknown variant `c52`, expected one of `expected`, `c51`, `qr`, `iqn`"),
+            ("head: {type: iqn, n_tau: 0}", "head.n_tau must be at least 1 (64 in the paper)"),
+            ("head: {type: iqn, k_policy: 0}", "head.k_policy must be at least 1 (32 in the paper)"),
+            ("head: {type: iqn, kappa: .nan}", "head.kappa must be a finite number >= 0"),
+            ("{head: {type: iqn}, loss: mse}", "loss: mse does not apply to head type iqn"),
+            ("noisy: {sigma0: 0}", "noisy.sigma0 must be a positive number (0.5 in the paper)"),
+            ("noisy: {sigma0: -0.5}", "noisy.sigma0 must be a positive number"),
+            ("noisy: {sigma: 0.5}", "unknown field `sigma`, expected `sigma0`"),
             ("head: {type: c51, quantiles: 3}", "unknown field `quantiles`"),
         ] {
             let err = parse(yaml).unwrap_err();
@@ -1118,6 +1272,64 @@ mod tests {
         parse("{head: {type: expected}, loss: mse}").unwrap();
         let c51: DqnConfig = serde_norway::from_str("head: {type: c51}").unwrap();
         assert_eq!(c51.head, HeadSpec::C51 { atoms: 51, v_min: -10.0, v_max: 10.0 }, "the paper's defaults");
+    }
+
+    #[test]
+    fn noise_is_drawn_per_greedy_action_and_off_in_evaluation() {
+        let cfg = DqnConfig { noisy: Some(Noisy::default()), ..Default::default() };
+        let mut agent = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 0).unwrap();
+        assert!(agent.online.fused.is_none(), "noisy layers take the autograd path");
+        let mut rng = StdRng::seed_from_u64(0);
+        let obs = [0.5f32, -0.5];
+        let mut q = |agent: &mut DqnAgent, eval: bool| {
+            if eval {
+                agent.act_eval(Obs::F32(&obs), 0.0, &mut rng);
+            } else {
+                agent.act(Obs::F32(&obs), 0.0, &mut rng);
+            }
+            agent.q_values(Obs::F32(&obs)).to_vec()
+        };
+        let (a, b) = (q(&mut agent, false), q(&mut agent, false));
+        assert_ne!(a, b, "each greedy training action draws new noise");
+        let (e1, e2) = (q(&mut agent, true), q(&mut agent, true));
+        assert_eq!(e1, e2, "evaluation uses the means");
+        assert_ne!(e1, a);
+        // sigma starts at sigma0 / sqrt(inputs): 0.5 / sqrt(2) for the first layer.
+        let sigma = agent.online.named().into_iter().find(|(n, _)| n == "0.weight_sigma").unwrap().1;
+        assert!((sigma.mean(Kind::Float).double_value(&[]) - 0.5 / 2f64.sqrt()).abs() < 1e-6);
+        // The same seed gives the same noise.
+        let mut again = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 0).unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        again.act(Obs::F32(&obs), 0.0, &mut rng);
+        assert_eq!(again.q_values(Obs::F32(&obs)).to_vec(), a);
+    }
+
+    #[test]
+    fn noisy_and_iqn_networks_build_on_pixels_plain_and_dueling() {
+        let atari = ObsSpace::Pixels { frames: 4, height: 84, width: 84, channels: 1 };
+        let iqn = HeadSpec::Iqn { n_tau: 8, n_tau_prime: 8, k_policy: 4, kappa: 1.0, embedding: 16 };
+        for (dueling, head) in
+            [(false, HeadSpec::Expected), (true, HeadSpec::Expected), (false, iqn.clone()), (true, iqn)]
+        {
+            let cfg = DqnConfig {
+                net: Some(NetSpec::NatureCnn { dueling }),
+                head,
+                noisy: Some(Noisy::default()),
+                batch_size: 4,
+                replay: ReplaySpec::Uniform { size: 64 },
+                ..Default::default()
+            };
+            let mut agent = DqnAgent::new(&cfg, &atari, ActionSpace { n: 3 }, Device::Cpu, 0).unwrap();
+            let names: Vec<String> = agent.online.named().into_iter().map(|(n, _)| n).collect();
+            let stream = if dueling { "advantage.1" } else { "q" };
+            assert!(names.contains(&format!("{stream}.weight_sigma")), "{names:?}");
+            assert!(!names.iter().any(|n| n.contains("conv") && n.ends_with("_sigma")), "convolutions stay plain");
+            let mut rng = StdRng::seed_from_u64(1);
+            let frame = vec![7u8; atari.flat_dim()];
+            let a = agent.act(Obs::U8(&frame), 0.0, &mut rng);
+            assert!(a < 3);
+            assert!(agent.q_values(Obs::U8(&frame)).iter().all(|q| q.is_finite()));
+        }
     }
 
     #[test]
@@ -1327,7 +1539,8 @@ mod tests {
     #[test]
     fn fused_mlp_gradients_match_autograd() {
         let spec = NetSpec::Mlp { hidden: vec![16, 8], dueling: false };
-        let mut net = Network::build(&spec, &space(), ActionSpace { n: 3 }, 1, Device::Cpu).unwrap();
+        let mut net =
+            Network::build(&spec, &space(), ActionSpace { n: 3 }, &NetOptions::default(), Device::Cpu).unwrap();
         net.init(&mut StdRng::seed_from_u64(3));
         net.flatten(&[], &spec, 5);
         let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
@@ -1343,7 +1556,8 @@ mod tests {
         assert!(diff < 1e-5, "fused gradient differs from autograd by {diff}");
         // Dueling networks and frozen layers take the autograd path.
         let dueling = NetSpec::Mlp { hidden: vec![8], dueling: true };
-        let mut net = Network::build(&dueling, &space(), ActionSpace { n: 3 }, 1, Device::Cpu).unwrap();
+        let mut net =
+            Network::build(&dueling, &space(), ActionSpace { n: 3 }, &NetOptions::default(), Device::Cpu).unwrap();
         net.flatten(&[], &dueling, 5);
         assert!(net.fused.is_none());
     }

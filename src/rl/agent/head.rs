@@ -18,6 +18,15 @@
 //!   `rho^kappa_tau(u) = |tau - 1{u < 0}| L_kappa(u) / kappa`, `L_kappa` the Huber loss with
 //!   threshold `kappa` (`rho^0_tau(u) = u (tau - 1{u < 0})`, the plain quantile loss).
 //!
+//! - `{type: iqn, n_tau, n_tau_prime, k_policy, kappa, embedding}` (Dabney, Ostrovski, Silver and
+//!   Munos 2018, "Implicit Quantile Networks for Distributional Reinforcement Learning", eq. 3-4):
+//!   the network maps a fraction `tau ~ U(0, 1)` to the quantile value `Z_tau(s, a)` through a
+//!   cosine embedding of `tau` ([`crate::rl::net`]); each update samples `N` fractions `tau_i`
+//!   for `s` and `N'` fractions `tau'_j` for `s'` per row, trains with the quantile Huber loss
+//!   `sum_i mean_j rho^kappa_{tau_i}(G + gamma^n Z_{tau'_j}(s', a*) - Z_{tau_i}(s, a))` (as QR-DQN
+//!   with sampled fractions), and values actions by the mean over `K` sampled fractions,
+//!   `Q(s, a) = mean_k Z_{tau_k}(s, a)` (the policy, also for `a*`).
+//!
 //! `G` is the (n-step) return and `gamma^n` is 0 on terminal transitions. The greedy action is
 //! the argmax of the mean `Q(s, a)` under every head, and `a*` is chosen by it (from the target
 //! network, or the online one with `double: true`).
@@ -56,6 +65,31 @@ pub enum HeadSpec {
         #[serde(default = "default_kappa")]
         kappa: f64,
     },
+    /// Quantile values at sampled fractions through a fraction embedding (IQN).
+    Iqn {
+        /// Fractions sampled for the online network per update (`N`, 64 in the paper).
+        #[serde(default = "default_n_tau")]
+        n_tau: usize,
+        /// Fractions sampled for the target per update (`N'`, 64 in the paper).
+        #[serde(default = "default_n_tau")]
+        n_tau_prime: usize,
+        /// Fractions sampled to value actions (`K`, 32 in the paper).
+        #[serde(default = "default_k_policy")]
+        k_policy: usize,
+        /// Threshold of the quantile Huber loss (0: the plain quantile loss).
+        #[serde(default = "default_kappa")]
+        kappa: f64,
+        /// Cosines embedding each fraction (`n`, 64 in the paper).
+        #[serde(default = "default_n_tau")]
+        embedding: usize,
+    },
+}
+
+fn default_n_tau() -> usize {
+    64
+}
+fn default_k_policy() -> usize {
+    32
 }
 
 fn default_atoms() -> usize {
@@ -81,6 +115,7 @@ impl HeadSpec {
             HeadSpec::Expected => "expected",
             HeadSpec::C51 { .. } => "c51",
             HeadSpec::Qr { .. } => "qr",
+            HeadSpec::Iqn { .. } => "iqn",
         }
     }
 
@@ -108,15 +143,42 @@ impl HeadSpec {
                 if quantiles < 1 {
                     return Err(format!("head.quantiles must be at least 1 (200 in the paper), got {quantiles}"));
                 }
-                if !(kappa >= 0.0 && kappa.is_finite()) {
-                    return Err(format!(
-                        "head.kappa must be a finite number >= 0 (1 in the paper, 0 for the plain quantile loss), got {kappa}"
-                    ));
+                check_kappa(kappa)
+            }
+            HeadSpec::Iqn { n_tau, n_tau_prime, k_policy, kappa, embedding } => {
+                for (name, v, paper) in [
+                    ("n_tau", n_tau, 64),
+                    ("n_tau_prime", n_tau_prime, 64),
+                    ("k_policy", k_policy, 32),
+                    ("embedding", embedding, 64),
+                ] {
+                    if v < 1 {
+                        return Err(format!("head.{name} must be at least 1 ({paper} in the paper), got {v}"));
+                    }
                 }
-                Ok(())
+                check_kappa(kappa)
             }
         }
     }
+
+    /// IQN's `(N, N', K, embedding)`, `None` for the other heads.
+    pub fn iqn_samples(&self) -> Option<(usize, usize, usize, usize)> {
+        match *self {
+            HeadSpec::Iqn { n_tau, n_tau_prime, k_policy, embedding, .. } => {
+                Some((n_tau, n_tau_prime, k_policy, embedding))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn check_kappa(kappa: f64) -> Result<(), String> {
+    if !(kappa >= 0.0 && kappa.is_finite()) {
+        return Err(format!(
+            "head.kappa must be a finite number >= 0 (1 in the paper, 0 for the plain quantile loss), got {kappa}"
+        ));
+    }
+    Ok(())
 }
 
 /// What [`Head::per_row`] trains towards: the TD targets `[B, 1]`, the projected distribution
@@ -125,6 +187,8 @@ impl HeadSpec {
 pub(super) struct Target {
     pub(super) values: Tensor,
     pub(super) weights: Option<Tensor>,
+    /// IQN: the fractions `[B, N]` the online outputs were computed at.
+    pub(super) taus: Option<Tensor>,
 }
 
 /// A head ready to compute: its constants as tensors on the device.
@@ -145,6 +209,11 @@ pub(super) enum Head {
         taus: Tensor,
         kappa: f64,
     },
+    Iqn {
+        /// `N`: fractions per row for the online outputs.
+        n_tau: i64,
+        kappa: f64,
+    },
 }
 
 impl Head {
@@ -163,6 +232,7 @@ impl Head {
                 let taus: Vec<f32> = (0..quantiles).map(|i| ((2 * i + 1) as f64 / (2.0 * n)) as f32).collect();
                 Head::Qr { taus: Tensor::from_slice(&taus).to_device(device).view([1, quantiles as i64, 1]), kappa }
             }
+            HeadSpec::Iqn { n_tau, kappa, .. } => Head::Iqn { n_tau: n_tau as i64, kappa },
         }
     }
 
@@ -172,10 +242,12 @@ impl Head {
             Head::Expected => 1,
             Head::C51 { support, .. } => support.size()[1],
             Head::Qr { taus, .. } => taus.size()[1],
+            Head::Iqn { n_tau, .. } => *n_tau,
         }
     }
 
-    /// `Q(s, a)`, `[N, |A|]`, from the network's outputs `[N, |A| K]`.
+    /// `Q(s, a)`, `[N, |A|]`, from the network's outputs `[N, |A| K]` (for IQN, `K` is however
+    /// many fractions the outputs were computed at).
     pub(super) fn q(&self, out: &Tensor, n_actions: i64) -> Tensor {
         match self {
             Head::Expected => out.shallow_clone(),
@@ -184,7 +256,7 @@ impl Head {
                 let p = out.view([-1, n_actions, k]).softmax(-1, Kind::Float);
                 (p * support.unsqueeze(0)).sum_dim_intlist(-1, false, Kind::Float)
             }
-            Head::Qr { taus, .. } => out.view([-1, n_actions, taus.size()[1]]).mean_dim(-1, false, None),
+            Head::Qr { .. } | Head::Iqn { .. } => out.view([out.size()[0], n_actions, -1]).mean_dim(-1, false, None),
         }
     }
 
@@ -211,14 +283,14 @@ impl Head {
                     Some((pi, _)) => (shifted.squeeze_dim(-1) * pi).sum_dim_intlist(-1, true, Kind::Float),
                     None => shifted.view([batch, 1]),
                 };
-                Target { values: returns.addcmul(bootstrap, &next_v), weights: None }
+                Target { values: returns.addcmul(bootstrap, &next_v), weights: None, taus: None }
             }
-            Head::Qr { taus, .. } => {
+            Head::Qr { .. } | Head::Iqn { .. } => {
                 let values = returns.addcmul(bootstrap, &shifted.view([batch, -1]));
-                // Each of the A' N target values weighs pi(a') / N (1 / N without a mixture).
-                let n = taus.size()[1] as f64;
-                let weights = mix.map(|(pi, _)| (pi.unsqueeze(-1) / n).expand_as(next).reshape([batch, -1]));
-                Target { values, weights }
+                // Each of the A' M target values weighs pi(a') / M (1 / M without a mixture).
+                let m = next.size()[2] as f64;
+                let weights = mix.map(|(pi, _)| (pi.unsqueeze(-1) / m).expand_as(next).reshape([batch, -1]));
+                Target { values, weights, taus: None }
             }
             Head::C51 { support, support_col, v_min, v_max, dz } => {
                 let mut p_next = next.softmax(-1, Kind::Float);
@@ -237,7 +309,7 @@ impl Head {
                 // kernel[b, i, j] = [1 - |Tz_j - z_i| / dz]_0^1: the share of atom j's mass on atom i.
                 let kernel = (tz - support_col).abs_().g_mul_scalar_(-1.0 / dz).g_add_scalar_(1.0).clamp_min_(0.0);
                 let m = kernel.matmul(&p_next.view([batch, -1, 1])).squeeze_dim(-1);
-                Target { values: m, weights: None }
+                Target { values: m, weights: None, taus: None }
             }
         }
     }
@@ -247,7 +319,7 @@ impl Head {
     /// `loss` kind sets; the loss itself for the others), and, for the distributional heads, the
     /// gradient of each row's loss with respect to `chosen` (unweighted, not divided by `B`).
     pub(super) fn per_row(&self, chosen: &Tensor, target: &Target) -> (Tensor, Option<Tensor>) {
-        let Target { values: target, weights } = target;
+        let Target { values: target, weights, taus: sampled } = target;
         match self {
             Head::Expected => (chosen - target, None),
             Head::C51 { .. } => {
@@ -256,33 +328,48 @@ impl Head {
                 // d/dlogits of -sum_i m_i log softmax_i = softmax - m (the m_i sum to 1).
                 (loss, Some(log_p.exp() - target))
             }
-            Head::Qr { taus, kappa } => {
-                // u[b, i, j] = T theta_j - theta_i.
-                let u = target.unsqueeze(1) - chosen.unsqueeze(2);
-                let below = u.lt(0.0).to_kind(Kind::Float);
-                let weight = (taus - &below).abs_();
-                let (rho, drho_du) = if *kappa > 0.0 {
-                    let abs = u.abs();
-                    let huber = (&u * &u * 0.5).where_self(&abs.le(*kappa), &((&abs - 0.5 * kappa) * *kappa));
-                    (&weight * huber / *kappa, &weight * u.clamp(-kappa, *kappa) / *kappa)
-                } else {
-                    let slope = taus - below;
-                    (&u * &slope, slope)
-                };
-                // L = sum_i sum_j w_j rho_ij with w_j = 1 / N, and dL/dtheta_i = -sum_j w_j drho/du_ij.
-                match weights {
-                    None => {
-                        let n = u.size()[2] as f64;
-                        let loss = rho.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) / n;
-                        (loss, Some(drho_du.sum_dim_intlist(2, false, Kind::Float) / -n))
-                    }
-                    Some(w) => {
-                        let w = w.unsqueeze(1);
-                        let loss = (rho * &w).sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
-                        (loss, Some((drho_du * w).sum_dim_intlist(2, false, Kind::Float).neg()))
-                    }
-                }
+            Head::Qr { taus, kappa } => quantile_huber(chosen, target, weights.as_ref(), taus, *kappa),
+            Head::Iqn { kappa, .. } => {
+                let taus = sampled.as_ref().expect("IQN targets carry their fractions").unsqueeze(-1);
+                quantile_huber(chosen, target, weights.as_ref(), &taus, *kappa)
             }
+        }
+    }
+}
+
+/// The quantile Huber loss of each row, `sum_i sum_j w_j rho^kappa_{tau_i}(T theta_j - theta_i)`
+/// (`w_j = 1 / M` when `weights` is `None`), and its gradient with respect to `theta` `[B, N]`;
+/// `taus` is `[1 or B, N, 1]`.
+fn quantile_huber(
+    theta: &Tensor,
+    target: &Tensor,
+    weights: Option<&Tensor>,
+    taus: &Tensor,
+    kappa: f64,
+) -> (Tensor, Option<Tensor>) {
+    // u[b, i, j] = T theta_j - theta_i.
+    let u = target.unsqueeze(1) - theta.unsqueeze(2);
+    let below = u.lt(0.0).to_kind(Kind::Float);
+    let weight = (taus - &below).abs_();
+    let (rho, drho_du) = if kappa > 0.0 {
+        let abs = u.abs();
+        let huber = (&u * &u * 0.5).where_self(&abs.le(kappa), &((&abs - 0.5 * kappa) * kappa));
+        (&weight * huber / kappa, &weight * u.clamp(-kappa, kappa) / kappa)
+    } else {
+        let slope = taus - below;
+        (&u * &slope, slope)
+    };
+    // dL/dtheta_i = -sum_j w_j drho/du_ij.
+    match weights {
+        None => {
+            let m = u.size()[2] as f64;
+            let loss = rho.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) / m;
+            (loss, Some(drho_du.sum_dim_intlist(2, false, Kind::Float) / -m))
+        }
+        Some(w) => {
+            let w = w.unsqueeze(1);
+            let loss = (rho * &w).sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
+            (loss, Some((drho_du * w).sum_dim_intlist(2, false, Kind::Float).neg()))
         }
     }
 }

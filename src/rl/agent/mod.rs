@@ -11,7 +11,7 @@ mod head;
 mod optim;
 mod tabular;
 
-pub use dqn::{DqnAgent, DqnConfig, LossKind, Munchausen, ReplaySpec, TargetSpec};
+pub use dqn::{DqnAgent, DqnConfig, LossKind, Munchausen, Noisy, ReplaySpec, TargetSpec};
 pub use head::HeadSpec;
 pub use optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 pub use tabular::{TabularAgent, TabularConfig, TabularKind};

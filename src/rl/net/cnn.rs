@@ -6,6 +6,8 @@
 use tch::nn;
 use tch::Kind;
 
+use super::Layers;
+
 /// Side of a square-kernel convolution's output without padding.
 fn conv_out(side: i64, kernel: i64, stride: i64) -> i64 {
     (side - kernel) / stride + 1
@@ -36,15 +38,19 @@ pub fn nature_cnn_trunk(p: &nn::Path, frames: i64, height: i64, width: i64) -> O
     Some((net, 64 * side[0] * side[1]))
 }
 
+/// The Nature DQN's fully connected part on the trunk's `features`: -> 512 -> `n_outputs`.
+pub fn nature_cnn_head(p: &nn::Path, features: i64, n_outputs: i64, layers: &Layers) -> nn::Sequential {
+    nn::seq().add(layers.linear(p / "fc", features, 512)).add_fn(|x| x.relu()).add(layers.linear(
+        p / "q",
+        512,
+        n_outputs,
+    ))
+}
+
 /// The full Nature DQN: [`nature_cnn_trunk`] -> 512 -> `n_actions`.
 pub fn nature_cnn(p: &nn::Path, frames: i64, height: i64, width: i64, n_actions: i64) -> Option<nn::Sequential> {
     let (trunk, features) = nature_cnn_trunk(p, frames, height, width)?;
-    Some(trunk.add(nn::linear(p / "fc", features, 512, Default::default())).add_fn(|x| x.relu()).add(nn::linear(
-        p / "q",
-        512,
-        n_actions,
-        Default::default(),
-    )))
+    Some(trunk.add(nature_cnn_head(p, features, n_actions, &Layers::plain())))
 }
 
 #[cfg(test)]

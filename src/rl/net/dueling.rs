@@ -5,6 +5,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::Layers;
+
 /// Eq. 9: `value` is `[batch, 1]`, `advantage` `[batch, |A|]`; returns `[batch, |A|]`.
 pub fn dueling_aggregate(value: &Tensor, advantage: &Tensor) -> Tensor {
     value + advantage - advantage.mean_dim(-1, true, None)
@@ -21,10 +23,9 @@ pub fn dueling_aggregate_atoms(value: &Tensor, advantage: &Tensor, atoms: i64) -
     (value.unsqueeze(1) + &a - a.mean_dim(1, true, None)).view([batch, -1])
 }
 
-/// A shared body followed by value and advantage streams, combined by [`dueling_aggregate`].
+/// Value and advantage streams on a shared body's features, combined by [`dueling_aggregate`].
 #[derive(Debug)]
 pub struct Dueling {
-    trunk: nn::Sequential,
     value: nn::Sequential,
     advantage: nn::Sequential,
     /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
@@ -32,28 +33,27 @@ pub struct Dueling {
 }
 
 impl Dueling {
-    /// Streams on `trunk` (whose output has `features` columns): each is
+    /// Streams on a body with `features` outputs: each is
     /// `features -> stream_hidden... -> 1` (value) or `-> n_actions` (advantage), ReLU between
     /// layers (the paper's Atari streams have one hidden layer of 512; MLPs use none), with
     /// `atoms` outputs per action and per value.
     pub fn new(
         p: &nn::Path,
-        trunk: nn::Sequential,
         features: i64,
         stream_hidden: &[i64],
         n_actions: i64,
         atoms: i64,
+        layers: &Layers,
     ) -> Self {
-        let value = super::mlp(&(p / "value"), features, stream_hidden, atoms);
-        let advantage = super::mlp(&(p / "advantage"), features, stream_hidden, n_actions * atoms);
-        Dueling { trunk, value, advantage, atoms }
+        let value = super::mlp(&(p / "value"), features, stream_hidden, atoms, layers);
+        let advantage = super::mlp(&(p / "advantage"), features, stream_hidden, n_actions * atoms, layers);
+        Dueling { value, advantage, atoms }
     }
 }
 
 impl Module for Dueling {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let h = self.trunk.forward(xs);
-        dueling_aggregate_atoms(&self.value.forward(&h), &self.advantage.forward(&h), self.atoms)
+    fn forward(&self, h: &Tensor) -> Tensor {
+        dueling_aggregate_atoms(&self.value.forward(h), &self.advantage.forward(h), self.atoms)
     }
 }
 
@@ -79,9 +79,9 @@ mod tests {
     fn dueling_mlp_shapes() {
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root();
-        let (trunk, width) = super::super::mlp_trunk(&(&p / "trunk"), 4, &[32]);
-        let net = Dueling::new(&p, trunk, width, &[], 3, 1);
-        let q = net.forward(&Tensor::ones([7, 4], (Kind::Float, Device::Cpu)));
+        let (trunk, width) = super::super::mlp_trunk(&(&p / "trunk"), 4, &[32], &Layers::plain());
+        let net = Dueling::new(&p, width, &[], 3, 1, &Layers::plain());
+        let q = net.forward(&trunk.forward(&Tensor::ones([7, 4], (Kind::Float, Device::Cpu))));
         assert_eq!(q.size(), vec![7, 3]);
     }
 
