@@ -51,6 +51,22 @@ fn munchausen_dqn_solves_cartpole_within_50k_steps() {
 }
 
 #[test]
+fn iqn_solves_cartpole_within_50k_steps() {
+    solves_cartpole("iqn_cartpole.yaml");
+}
+
+#[test]
+fn noisy_dqn_solves_cartpole_within_50k_steps() {
+    solves_cartpole("noisy_cartpole.yaml");
+}
+
+/// Rainbow: C51 + noisy + dueling + double + PER + 3-step, options only (issue 15, item 4).
+#[test]
+fn rainbow_solves_cartpole_within_50k_steps() {
+    solves_cartpole("rainbow_cartpole.yaml");
+}
+
+#[test]
 fn q_learning_and_sarsa_solve_deterministic_frozenlake() {
     for name in ["qlearning_frozenlake.yaml", "sarsa_frozenlake.yaml"] {
         let outcome = train(&config(name), &mut ()).unwrap();
