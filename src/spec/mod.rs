@@ -326,7 +326,7 @@ impl StudySpec {
         let built = objective.build(&ctx).map_err(|e| objective_error(&doc, e))?;
         let base = built.base_config();
         for p in &params {
-            if let Err(e) = path::lookup(base, &p.name) {
+            if let Err(e) = path::settable(base, &p.name) {
                 return Err(doc.error(
                     &root.key("search_space").key(p.name.clone()),
                     format!("`{}` does not exist in the objective's base config: {e}", p.name),

@@ -76,31 +76,76 @@ pub fn same_kinds(base: &Value, config: &Value) -> Result<(), String> {
     walk(base, config, "")
 }
 
-/// Replaces the value at `path` in `v` with `new`. Only existing entries are replaced: a path
-/// that does not exist is an error (a typo must not silently add a key nobody reads).
+/// Replaces the value at `path` in `v` with `new`. Only existing entries are replaced (a typo
+/// must not silently add a key nobody reads), with one exception for tagged sections, mappings
+/// with a `type` key (`agent.head`, `agent.replay`): setting their `type` to another value
+/// replaces the whole section by `{type: new}` (the old variant's settings do not belong to the
+/// new one, whose defaults apply), and a key may be added to such a section (a setting of the
+/// variant chosen; the section's own parser refuses a key it does not know, and `tune run`
+/// builds every edge of the search space at load, so a typo still fails before any trial).
 ///
 /// ```
 /// use serde_json::json;
 /// use tune::spec::path::set;
-/// let mut cfg = json!({"x": [0.0, 0.0]});
+/// let mut cfg = json!({"x": [0.0, 0.0], "head": {"type": "c51", "atoms": 51}});
 /// set(&mut cfg, "x.1", json!(2.5)).unwrap();
-/// assert_eq!(cfg, json!({"x": [0.0, 2.5]}));
+/// assert_eq!(cfg["x"], json!([0.0, 2.5]));
 /// assert!(set(&mut cfg, "y", json!(1)).is_err());
+/// set(&mut cfg, "head.type", json!("qr")).unwrap();
+/// set(&mut cfg, "head.quantiles", json!(32)).unwrap();
+/// assert_eq!(cfg["head"], json!({"type": "qr", "quantiles": 32}));
 /// ```
 pub fn set(v: &mut Value, path: &str, new: Value) -> Result<(), String> {
     // Check first with the shared-reference walk, which gives the helpful message.
-    lookup(v, path)?;
+    settable(v, path)?;
+    let segs = segments(path)?;
+    let (last, parents) = segs.split_last().expect("segments are never empty");
     let mut cur = v;
-    for seg in segments(path)? {
+    for seg in parents {
         cur = match cur {
-            Value::Object(map) => map.get_mut(seg),
+            Value::Object(map) => map.get_mut(*seg),
             Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
             _ => None,
         }
         .ok_or_else(|| format!("path `{path}` does not exist"))?;
     }
-    *cur = new;
+    match cur {
+        Value::Object(map) if *last == "type" && map.get("type") != Some(&new) => {
+            map.clear();
+            map.insert("type".into(), new);
+        }
+        Value::Object(map) => {
+            map.insert(last.to_string(), new);
+        }
+        Value::Array(items) => {
+            let slot = last.parse::<usize>().ok().and_then(|i| items.get_mut(i));
+            *slot.ok_or_else(|| format!("path `{path}` does not exist"))? = new;
+        }
+        _ => return Err(format!("path `{path}` does not exist")),
+    }
     Ok(())
+}
+
+/// Whether [`set`] can write `path` in `v`: the entry exists, or its parent is a tagged section
+/// (a mapping with a `type` key). The error is [`lookup`]'s.
+pub fn settable(v: &Value, path: &str) -> Result<(), String> {
+    let err = match lookup(v, path) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let segs = segments(path)?;
+    let parent = segs[..segs.len() - 1].join(".");
+    let tagged = match parent.as_str() {
+        "" => None,
+        p => get(v, p),
+    }
+    .and_then(Value::as_object)
+    .is_some_and(|m| m.contains_key("type"));
+    if tagged {
+        Ok(())
+    } else {
+        Err(err)
+    }
 }
 
 /// Splits `path` on `.`, refusing empty segments (`a..b`, a leading or trailing dot).
@@ -200,8 +245,14 @@ mod tests {
         assert_eq!(c["x"], json!([-3.5, 2.0]));
         assert_eq!(c["agent"]["net"], json!([256, 256]));
         assert_eq!(c["agent"]["replay"]["type"], json!("prioritized"));
+        // Another type drops the old variant's settings; a tagged section takes new keys.
+        assert_eq!(c["agent"]["replay"], json!({"type": "prioritized"}));
+        set(&mut c, "agent.replay.beta", json!(0.4)).unwrap();
+        set(&mut c, "agent.replay.type", json!("prioritized")).unwrap();
+        assert_eq!(c["agent"]["replay"], json!({"type": "prioritized", "beta": 0.4}), "the same type keeps them");
         let before = c.clone();
         assert!(set(&mut c, "agent.lr", json!(1e-3)).unwrap_err().contains("no key `lr`"));
+        assert!(set(&mut c, "agent.net.size", json!(1)).is_err());
         assert!(set(&mut c, "x.2", json!(0)).is_err());
         assert!(set(&mut c, "agent.batch.size", json!(0)).is_err());
         assert_eq!(c, before, "a failed set leaves the config untouched");
