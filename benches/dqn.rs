@@ -6,8 +6,10 @@
 //! - `dqn/env_step`: one CartPole step;
 //! - `dqn/replay_sample`: a batch of 64 drawn from 50k transitions into the preallocated batch;
 //! - `dqn/gradient_step`: sample + TD targets + loss + backward + clipping + Adam;
-//! - `dqn/gradient_step/{c51_51, qr_32, qr_200, munchausen}`: the same with a C51 head (51
-//!   atoms), a QR-DQN head (32 and 200 quantiles) and Munchausen's target, same network;
+//! - `dqn/gradient_step/{c51_51, qr_32, qr_200, munchausen, iqn_16, noisy, rainbow}`: the same
+//!   with a C51 head (51 atoms), a QR-DQN head (32 and 200 quantiles), Munchausen's target, an
+//!   IQN head (16 fractions each), noisy layers, and Rainbow's options together, same hidden
+//!   layers;
 //! - `dqn/train_10k`: the whole loop, 10,000 environment steps after 1,000 warm-up steps
 //!   (reported as time per 10k steps; steps/s = 10,000 / time).
 //!
@@ -18,8 +20,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
-use tune::rl::agent::{Agent, DqnAgent, DqnConfig, HeadSpec, Munchausen, Progress, Transition};
+use tune::rl::agent::{Agent, DqnAgent, DqnConfig, HeadSpec, Munchausen, Noisy, Progress, ReplaySpec, Transition};
 use tune::rl::env::Env;
+use tune::rl::net::NetSpec;
 use tune::rl::train::{train, TrainConfig};
 
 fn config(steps: u64) -> TrainConfig {
@@ -44,8 +47,11 @@ agent:
     TrainConfig::from_value(&value).unwrap()
 }
 
+/// A change to the bench's DQN config.
+type Edit = Box<dyn Fn(&mut DqnConfig)>;
+
 /// A DQN agent with `n` CartPole transitions in its buffer, its config changed by `edit`.
-fn filled_agent(n: u64, edit: impl FnOnce(&mut DqnConfig)) -> (DqnAgent, Box<dyn Env>) {
+fn filled_agent(n: u64, edit: impl Fn(&mut DqnConfig)) -> (DqnAgent, Box<dyn Env>) {
     let cfg = config(n);
     let tune::rl::agent::AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!() };
     let mut dqn = DqnConfig { learning_starts: u64::MAX, ..(**dqn).clone() };
@@ -103,13 +109,33 @@ fn bench(c: &mut Criterion) {
     c.bench_function("dqn/gradient_step", |b| b.iter(|| agent.gradient_step(&mut rng).unwrap()));
     // The same update with each head and with Munchausen's target (issue 15, item 7), on the
     // configs/*_cartpole.yaml sizes, plus QR-DQN at the paper's 200 quantiles.
-    let variants: [(&str, fn(&mut DqnConfig)); 4] = [
-        ("c51_51", |c| c.head = HeadSpec::C51 { atoms: 51, v_min: 0.0, v_max: 100.0 }),
-        ("qr_32", |c| c.head = HeadSpec::Qr { quantiles: 32, kappa: 1.0 }),
-        ("qr_200", |c| c.head = HeadSpec::Qr { quantiles: 200, kappa: 1.0 }),
-        ("munchausen", |c| c.munchausen = Some(Munchausen::default())),
+    let c51 = || HeadSpec::C51 { atoms: 51, v_min: 0.0, v_max: 100.0 };
+    let variants: [(&str, Edit); 7] = [
+        ("c51_51", Box::new(move |c| c.head = c51())),
+        ("qr_32", Box::new(|c| c.head = HeadSpec::Qr { quantiles: 32, kappa: 1.0 })),
+        ("qr_200", Box::new(|c| c.head = HeadSpec::Qr { quantiles: 200, kappa: 1.0 })),
+        ("munchausen", Box::new(|c| c.munchausen = Some(Munchausen::default()))),
+        (
+            "iqn_16",
+            Box::new(|c| {
+                c.head = HeadSpec::Iqn { n_tau: 16, n_tau_prime: 16, k_policy: 16, kappa: 1.0, embedding: 64 }
+            }),
+        ),
+        ("noisy", Box::new(|c| c.noisy = Some(Noisy::default()))),
+        (
+            "rainbow",
+            Box::new(move |c| {
+                c.head = c51();
+                c.noisy = Some(Noisy::default());
+                c.net = Some(NetSpec::Mlp { hidden: vec![64, 64], dueling: true });
+                c.double = true;
+                c.n_step = 3;
+                c.replay =
+                    ReplaySpec::Prioritized { size: 100_000, alpha: 0.5, beta: 0.4, beta_fraction: 1.0, epsilon: 1e-6 };
+            }),
+        ),
     ];
-    for (name, edit) in variants {
+    for (name, edit) in &variants {
         let (mut agent, _) = filled_agent(10_000, edit);
         c.bench_function(&format!("dqn/gradient_step/{name}"), |b| b.iter(|| agent.gradient_step(&mut rng).unwrap()));
     }

@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::head::{Head, HeadSpec, Target};
+use super::head::{Head, HeadSpec, HostBatch, HostHead, Target};
 use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 use super::{argmax, Agent, Exploration, Progress, Transition};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
@@ -666,6 +666,32 @@ impl Fractions {
     }
 }
 
+/// CPU training of C51 and QR-DQN without Munchausen: the head's maths on host copies of the
+/// network outputs ([`HostHead`]); the gradient buffer is read in place by a tensor.
+struct HostPath {
+    /// `[B, |A| K]` aliasing `grad` (declared first: dropped before it).
+    grad_t: Tensor,
+    grad: Vec<f32>,
+    head: HostHead,
+    next: Vec<f32>,
+    chooser: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl HostPath {
+    fn new(cfg: &DqnConfig, n_actions: usize, atoms: i64, device: Device) -> Option<Self> {
+        if device != Device::Cpu || cfg.munchausen.is_some() {
+            return None;
+        }
+        let head = HostHead::new(&cfg.head)?;
+        let len = cfg.batch_size * n_actions * atoms as usize;
+        let grad = vec![0f32; len];
+        // SAFETY: `grad` lives in the struct, is never resized and outlives `grad_t`.
+        let grad_t = unsafe { alias(&grad, &[cfg.batch_size as i64, n_actions as i64 * atoms]) };
+        Some(HostPath { grad_t, grad, head, next: vec![0.0; len], chooser: vec![0.0; len], out: vec![0.0; len] })
+    }
+}
+
 /// The DQN agent.
 pub struct DqnAgent {
     cfg: DqnConfig,
@@ -681,6 +707,8 @@ pub struct DqnAgent {
     target: Option<Network>,
     /// IQN's fractions.
     fractions: Option<Fractions>,
+    /// The host path of the distributional heads on CPU.
+    host: Option<HostPath>,
     /// Draws the layers' noise and IQN's fractions.
     samples_rng: StdRng,
     optimizer: FlatOptimizer,
@@ -832,6 +860,7 @@ impl DqnAgent {
             online,
             target,
             fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(b, n, n_prime, k, device)),
+            host: HostPath::new(cfg, actions.n, atoms, device),
             samples_rng: StdRng::seed_from_u64(seed ^ 0x15_e5a4_91e5),
             optimizer,
             replay,
@@ -924,9 +953,8 @@ impl DqnAgent {
         }
     }
 
-    /// The targets of the batch in `self.batch` (no gradient): the TD targets `y` as `[B, 1]`,
-    /// or the head's target distribution.
-    fn targets(&mut self) -> Target {
+    /// Computes the bootstrap discounts of the batch in `self.batch` and copies it to the device.
+    fn stage_batch(&mut self) {
         for ((b, &d), &t) in self.bootstrap.iter_mut().zip(&self.batch.discounts).zip(&self.batch.terminated) {
             *b = d * (1.0 - t);
         }
@@ -940,6 +968,12 @@ impl DqnAgent {
                 dst.copy_(src);
             }
         }
+    }
+
+    /// The targets of the batch in `self.batch` (no gradient): the TD targets `y` as `[B, 1]`,
+    /// or the head's target distribution.
+    fn targets(&mut self) -> Target {
+        self.stage_batch();
         let _guard = tch::no_grad_guard();
         let t = &self.tensors;
         let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
@@ -989,6 +1023,7 @@ impl DqnAgent {
     /// `sum_j Q(s_j, a_j) dL/dQ_j` for other networks. The loss itself, its finiteness and the
     /// new priorities come from one host copy of the TD errors (or of each row's loss).
     fn update(&mut self, beta: f64, rng: &mut StdRng) -> anyhow::Result<()> {
+        flush_denormals();
         self.replay.sample(rng, beta, &mut self.batch);
         self.draw_samples();
         self.loss_and_gradient()?;
@@ -1019,6 +1054,9 @@ impl DqnAgent {
     /// The loss of the batch in `self.batch` (added to the running mean), its gradient written
     /// into `self.online.grad`, and each row's TD error or loss in `self.td_host`.
     fn loss_and_gradient(&mut self) -> anyhow::Result<f64> {
+        if self.host.is_some() {
+            return self.host_loss_and_gradient();
+        }
         let target = self.targets();
         let b = self.cfg.batch_size;
         let columns = self.columns(&self.tensors.actions);
@@ -1040,14 +1078,7 @@ impl DqnAgent {
             None => host_loss(self.cfg.loss_kind(), &self.td_host, weights),
             Some(_) => weighted_mean(&self.td_host, weights),
         };
-        if !loss.is_finite() {
-            anyhow::bail!(
-                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                self.updates + 1
-            );
-        }
-        self.loss_sum += loss;
-        self.loss_count += 1;
+        self.record_loss(loss)?;
         {
             let _guard = tch::no_grad_guard();
             let mut grad_q = match (head_grad, self.cfg.loss_kind()) {
@@ -1056,7 +1087,7 @@ impl DqnAgent {
                 (None, LossKind::Mse) => rows * 2.0,
             };
             if prioritized {
-                let _ = grad_q.g_mul_(&t.weights);
+                let _ = grad_q.g_mul_(&self.tensors.weights);
             }
             let _ = grad_q.g_mul_scalar_(1.0 / b as f64);
             match &self.online.fused {
@@ -1067,15 +1098,98 @@ impl DqnAgent {
                 }
                 None => {
                     drop(_guard);
-                    let surrogate = (&q * &grad_q).sum(Kind::Float);
-                    let grads = Tensor::run_backward(&[&surrogate], &self.online.vars, false, false);
-                    self.grad_parts.clear();
-                    self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
-                    let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
+                    self.backprop(&(&q * &grad_q).sum(Kind::Float));
                 }
             }
         }
         Ok(loss)
+    }
+}
+
+impl DqnAgent {
+    /// [`DqnAgent::loss_and_gradient`] by the host path: the forward passes in libtorch, the
+    /// head's target, loss and output gradient on host copies, the backward pass in libtorch.
+    fn host_loss_and_gradient(&mut self) -> anyhow::Result<f64> {
+        self.stage_batch();
+        let host = self.host.as_mut().expect("the host path is set up");
+        let t = &self.tensors;
+        let len = host.next.len();
+        {
+            let _guard = tch::no_grad_guard();
+            let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
+            bootstrap_net.out(&t.next_obs, None).contiguous().copy_data(&mut host.next, len);
+            if self.cfg.double {
+                self.online.out(&t.next_obs, None).contiguous().copy_data(&mut host.chooser, len);
+            }
+        }
+        let out = match &mut self.online.fused {
+            Some(fused) => fused.forward_saving(&t.obs),
+            None => self.online.net.forward(&t.obs),
+        };
+        out.detach().contiguous().copy_data(&mut host.out, len);
+        let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
+        let weights = prioritized.then_some(&self.batch.weights[..]);
+        let batch = HostBatch {
+            next: &host.next,
+            chooser: if self.cfg.double { &host.chooser } else { &host.next },
+            out: &host.out,
+            actions: &self.batch.actions,
+            returns: &self.batch.returns,
+            bootstrap: &self.bootstrap,
+            weights,
+        };
+        host.head.loss(&batch, self.n_actions, &mut self.td_host, &mut host.grad);
+        let loss = weighted_mean(&self.td_host, weights);
+        self.record_loss(loss)?;
+        let grad = self.host.as_ref().expect("the host path is set up").grad_t.shallow_clone();
+        match &self.online.fused {
+            Some(fused) => fused.backward(&grad),
+            None => self.backprop(&(&out * &grad).sum(Kind::Float)),
+        }
+        Ok(loss)
+    }
+
+    /// Adds `loss` to the running mean, or fails when it is not finite (the run diverged).
+    fn record_loss(&mut self, loss: f64) -> anyhow::Result<()> {
+        if !loss.is_finite() {
+            anyhow::bail!(
+                "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                self.updates + 1
+            );
+        }
+        self.loss_sum += loss;
+        self.loss_count += 1;
+        Ok(())
+    }
+
+    /// Writes the gradient of `surrogate` with respect to the trainable variables into the flat
+    /// gradient, by autograd.
+    fn backprop(&mut self, surrogate: &Tensor) {
+        let grads = Tensor::run_backward(&[surrogate], &self.online.vars, false, false);
+        self.grad_parts.clear();
+        self.grad_parts.extend(grads.iter().map(|g| g.view([-1])));
+        let _guard = tch::no_grad_guard();
+        let _ = Tensor::cat_out(&self.online.grad, &self.grad_parts, 0);
+    }
+}
+
+/// Makes the calling thread flush denormal floats to zero, as `torch.set_flush_denormal(True)`
+/// does (x86 MXCSR flags FTZ and DAZ; it is per thread, so each update checks it, at the cost of
+/// two instructions). Adam's moments of parameters whose gradients are nearly zero (the logits
+/// of a distributional head that no target reaches) decay into the denormal range, where x86
+/// arithmetic is tens of times slower: without this the optimizer step dominated a C51 update.
+#[inline]
+fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads and writes the SSE control register of this thread; FTZ (bit 15) and DAZ
+    // (bit 6) only change how denormal values round.
+    unsafe {
+        let mut csr: u32 = 0;
+        std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
+        if csr & 0x8040 != 0x8040 {
+            csr |= 0x8040;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags));
+        }
     }
 }
 

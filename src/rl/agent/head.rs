@@ -34,6 +34,9 @@
 //! Each head returns the gradient of the loss with respect to the network outputs of the actions
 //! taken, so the hand-differentiated MLP and autograd train every head the same way.
 
+mod host;
+
+pub(super) use host::{HostBatch, HostHead};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 

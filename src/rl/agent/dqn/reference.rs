@@ -70,9 +70,12 @@ fn fill(agent: &mut DqnAgent, rng: &mut StdRng, discount: f32, weighted: bool) -
 }
 
 /// One case through tune: the agent (its gradient written), its loss, and the case as the
-/// reference reads it.
-fn run(cfg: &DqnConfig) -> (DqnAgent, f64, Value) {
+/// reference reads it; `tensors` turns the host path of the CPU heads off.
+fn run(cfg: &DqnConfig, tensors: bool) -> (DqnAgent, f64, Value) {
     let mut agent = DqnAgent::new(cfg, &space(), ActionSpace { n: 3 }, Device::Cpu, 0).unwrap();
+    if tensors {
+        agent.host = None;
+    }
     let mut rng = StdRng::seed_from_u64(11);
     randomise(&mut agent, &mut rng, 0.6);
     let prioritized = matches!(cfg.replay, ReplaySpec::Prioritized { .. });
@@ -222,10 +225,19 @@ fn every_head_matches_the_pytorch_reference() {
         ),
         ("noisy, qr kappa 1, dueling", DqnConfig { noisy, ..config(qr(1.0), true, false, false, 1) }),
     ];
-    let runs: Vec<_> = cases.iter().map(|(_, cfg)| run(cfg)).collect();
+    let runs: Vec<_> = cases.iter().map(|(_, cfg)| run(cfg, false)).collect();
     let answers = reference(&py, &runs.iter().map(|(_, _, case)| case.clone()).collect::<Vec<_>>());
     assert_eq!(answers.len(), cases.len());
-    for (((name, _), (agent, loss, _)), answer) in cases.iter().zip(&runs).zip(&answers) {
-        check(name, agent, *loss, answer);
+    let mut host_cases = 0;
+    for (((name, cfg), (agent, loss, _)), answer) in cases.iter().zip(&runs).zip(&answers) {
+        let host = agent.host.is_some();
+        check(&format!("{name}{}", if host { " (host path)" } else { "" }), agent, *loss, answer);
+        if host {
+            // The tensor path, which CUDA runs, on the same case.
+            host_cases += 1;
+            let (agent, loss, _) = run(cfg, true);
+            check(&format!("{name} (tensor path)"), &agent, loss, answer);
+        }
     }
+    assert!(host_cases >= 6, "the C51 and QR cases without Munchausen take the host path on CPU");
 }
