@@ -7,7 +7,10 @@
 //! of studies with seeds 1 to 3, or to N with `-- --seeds N`; for A/B
 //! comparisons of two builds, `-- --reps N` repeats each study N times and also prints the
 //! minimum CPU time and a hash of every suggested parameter, equal when both builds suggest the
-//! same values). `-- --only memory` (or `sqlite`) runs one backend, e.g. under `perf record`.
+//! same values). `-- --only memory` (or `sqlite`, `postgres`) runs one backend, e.g. under
+//! `perf record`. The PostgreSQL column needs a server: `TUNE_TEST_POSTGRES` names an admin URL
+//! (password in `PGPASSWORD`), as `scripts/test.sh` and `scripts/pg_bench.sh` set; each study
+//! gets a fresh database on it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +18,8 @@ use std::time::Instant;
 use serde_json::json;
 use tune::pruner::NopPruner;
 use tune::sampler::{TpeConfig, TpeSampler};
-use tune::storage::{InMemoryStorage, SqliteStorage, Storage};
+use tune::storage::postgres::testing::fresh_database;
+use tune::storage::{InMemoryStorage, PostgresStorage, SqliteStorage, Storage};
 use tune::{Direction, Outcome, Study};
 
 /// This thread's CPU time in milliseconds.
@@ -87,6 +91,7 @@ fn main() {
     // `--only memory` or `--only sqlite` runs one backend (for profiling one of them).
     let only = args.iter().position(|a| a == "--only").map(|i| args[i + 1].clone());
     let run = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
+    let pg_admin = std::env::var("TUNE_TEST_POSTGRES").ok().filter(|u| !u.is_empty());
     for &n in sizes {
         let (mut mem_cpu, mut sql_cpu) = (Vec::new(), Vec::new());
         for _ in 0..reps {
@@ -104,9 +109,16 @@ fn main() {
             } else {
                 skipped
             };
+            let (pg, pc, _) = match &pg_admin {
+                Some(admin) if run("postgres") => over_seeds(seeds, |seed| {
+                    let url = fresh_database(admin, "bench");
+                    one_study(Arc::new(PostgresStorage::open(&url, true).unwrap()), n, seed)
+                }),
+                _ => skipped,
+            };
             println!(
                 "TPE ask+tell, 10 params, {n:>4} trials, mean of {seeds} studies: in-memory {mem:.3} ms/trial \
-                 (cpu {mc:.3}), SQLite {sql:.3} ms/trial (cpu {sc:.3})"
+                 (cpu {mc:.3}), SQLite {sql:.3} ms/trial (cpu {sc:.3}), PostgreSQL {pg:.3} ms/trial (cpu {pc:.3})"
             );
             if reps > 1 {
                 println!("  params hash {hash:016x}");

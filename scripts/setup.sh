@@ -18,10 +18,13 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs first" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "python3 not found: install Python 3 (apt-get install python3)" >&2; exit 2; }
 
-# System packages: cmake builds ALE (Atari); python3-venv creates the venv on Debian.
+# System packages: cmake builds ALE (Atari); python3-venv creates the venv on Debian;
+# postgresql for the storage tests.
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# PostgreSQL server binaries: scripts/test.sh runs a throwaway server for the PostgreSQL tests.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq

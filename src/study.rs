@@ -34,7 +34,7 @@ use crate::error::{InputError, TrialPruned};
 use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, FIXED_PARAMS_KEY, INTERRUPTED_KEY};
 use crate::pruner::{NopPruner, Pruner};
 use crate::sampler::{Sampler, SearchSpace, StudyView};
-use crate::storage::{InMemoryStorage, Storage};
+use crate::storage::{InMemoryStorage, Storage, StorageError};
 
 /// User attribute holding the trial's seed (derived from the study seed and its number).
 pub const SEED_ATTR: &str = "seed";
@@ -279,7 +279,12 @@ impl Study {
                 (TrialState::Fail, None)
             }
         };
-        st.set_trial_state_values(trial_id, state, value)?;
+        if !st.set_trial_state_values(trial_id, state, value)? {
+            // Finished elsewhere meanwhile (failed as stale by another worker): refused, so
+            // that this late result never overwrites the new attempt.
+            let now = st.get_trial(trial_id)?;
+            return Err(StorageError::TrialFinished { number: now.number, state: now.state }.into());
+        }
         Ok(st.get_trial(trial_id)?)
     }
 

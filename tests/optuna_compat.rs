@@ -2,6 +2,9 @@
 //! wrote, tune reads studies Optuna wrote, and Optuna can add a trial to a tune study. Both
 //! sides are dumped to the same JSON shape (`tests/python/_dump.py`) and compared.
 //!
+//! Each test runs on an SQLite file and, when the test server of `scripts/test.sh` is up, on a
+//! PostgreSQL database (Optuna's `postgresql+psycopg2` RDBStorage on the other side).
+//!
 //! Each test prints "skipped: ..." and passes when `.venv/bin/python -c "import optuna"` fails.
 
 use std::collections::BTreeMap;
@@ -12,7 +15,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 use tune::pruner::NopPruner;
 use tune::sampler::RandomSampler;
-use tune::storage::{SqliteStorage, Storage};
+use tune::storage::postgres::testing;
+use tune::storage::Storage;
 use tune::{Direction, Distribution, FrozenTrial, Outcome, Study, Trial};
 
 /// The project's Python with optuna, or `None` (and a note on stderr) when it is missing.
@@ -25,6 +29,20 @@ fn python() -> Option<PathBuf> {
         eprintln!("skipped: `{} -c \"import optuna\"` failed (run scripts/setup.sh)", py.display());
         None
     }
+}
+
+/// Where a test's study lives, as the scripts take it: an SQLite file in `dir`, then a fresh
+/// PostgreSQL database when there is a test server.
+fn backends(dir: &Path, name: &str) -> Vec<String> {
+    let mut out = vec![dir.join(format!("{name}.db")).display().to_string()];
+    if let Some(admin) = testing::admin_url() {
+        out.push(testing::fresh_database(&admin, "compat"));
+    }
+    out
+}
+
+fn open(db: &str) -> Arc<dyn Storage> {
+    tune::storage::open(db).unwrap()
 }
 
 /// Runs a script of tests/python and parses the JSON it prints.
@@ -155,8 +173,13 @@ fn study(storage: Arc<dyn Storage>, name: &str, direction: Direction) -> Study {
 fn optuna_loads_what_tune_wrote() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tune.db");
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    for db in backends(dir.path(), "tune") {
+        optuna_loads_what_tune_wrote_in(&py, &db);
+    }
+}
+
+fn optuna_loads_what_tune_wrote_in(py: &Path, db: &str) {
+    let storage = open(db);
     let s = study(storage.clone(), "tune-made", Direction::Minimize);
     storage.set_study_user_attr(s.study_id(), "env", &json!({"id": "CartPole-v1", "steps": [1, 2]})).unwrap();
     // Enqueued trials pin the categorical, so that every kind of choice is stored somewhere.
@@ -202,24 +225,28 @@ fn optuna_loads_what_tune_wrote() {
     let states: Vec<&str> = ours["trials"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]);
     assert_eq!(ours["best_trial"], json!(2));
-    let theirs = run_script(&py, "optuna_read.py", &[db.to_str().unwrap(), "tune-made"]);
-    assert_same(&ours, &theirs, "study");
+    let theirs = run_script(py, "optuna_read.py", &[db, "tune-made"]);
+    assert_same(&ours, &theirs, db);
 }
 
 #[test]
 fn tune_reads_what_optuna_wrote() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("optuna.db");
-    let theirs = run_script(&py, "optuna_write.py", &[db.to_str().unwrap(), "optuna-made"]);
-    let storage = SqliteStorage::open(&db).unwrap();
-    let ours = dump(&storage, "optuna-made");
+    for db in backends(dir.path(), "optuna") {
+        tune_reads_what_optuna_wrote_in(&py, &db);
+    }
+}
+
+fn tune_reads_what_optuna_wrote_in(py: &Path, db: &str) {
+    let theirs = run_script(py, "optuna_write.py", &[db, "optuna-made"]);
+    let storage = open(db);
+    let ours = dump(storage.as_ref(), "optuna-made");
     let states: Vec<&str> = ours["trials"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE", "WAITING"]);
-    assert_same(&ours, &theirs, "study");
+    assert_same(&ours, &theirs, db);
     // And tune can go on with the study: the WAITING trial first, with Optuna's fixed params.
-    let s =
-        Study::load(Arc::new(storage), "optuna-made", Arc::new(RandomSampler::new(1)), Arc::new(NopPruner), 1).unwrap();
+    let s = Study::load(storage, "optuna-made", Arc::new(RandomSampler::new(1)), Arc::new(NopPruner), 1).unwrap();
     let mut t = s.ask().unwrap();
     assert_eq!(t.number(), 5);
     let cat = t.suggest(
@@ -236,8 +263,13 @@ fn tune_reads_what_optuna_wrote() {
 fn optuna_adds_a_trial_to_a_tune_study() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("mixed.db");
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    for db in backends(dir.path(), "mixed") {
+        optuna_adds_a_trial_to_a_tune_study_in(&py, &db);
+    }
+}
+
+fn optuna_adds_a_trial_to_a_tune_study_in(py: &Path, db: &str) {
+    let storage = open(db);
     let s = study(storage.clone(), "mixed", Direction::Maximize);
     for _ in 0..3 {
         let mut t = s.ask().unwrap();
@@ -248,9 +280,9 @@ fn optuna_adds_a_trial_to_a_tune_study() {
     }
     // Read once, so that this handle has the study cached when Optuna adds to it.
     assert_eq!(s.trials().unwrap().len(), 3);
-    let theirs = run_script(&py, "optuna_read.py", &[db.to_str().unwrap(), "mixed", "--add-trial"]);
+    let theirs = run_script(py, "optuna_read.py", &[db, "mixed", "--add-trial"]);
     let ours = dump(storage.as_ref(), "mixed");
-    assert_same(&ours, &theirs, "study");
+    assert_same(&ours, &theirs, db);
     let added = &ours["trials"][3];
     assert_eq!((added["number"].clone(), added["state"].clone()), (json!(3), json!("COMPLETE")));
     assert_eq!(added["user_attrs"]["by"], json!("optuna"));
@@ -266,8 +298,13 @@ fn stepped_float_ranges_read_back_the_same_in_optuna() {
     // whenever it reads a distribution back, so what we store must already be its fixed point.
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("step.db");
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    for db in backends(dir.path(), "step") {
+        stepped_float_ranges_in(&py, &db);
+    }
+}
+
+fn stepped_float_ranges_in(py: &Path, db: &str) {
+    let storage = open(db);
     let s = study(storage.clone(), "step", Direction::Minimize);
     for (low, high, step) in [(0.0, 1.0, 0.3), (0.1, 1.0, 0.2), (-1.0, 1.0, 0.7), (0.0, 0.5, 0.1)] {
         let mut t = s.ask().unwrap();
@@ -275,6 +312,6 @@ fn stepped_float_ranges_read_back_the_same_in_optuna() {
         t.suggest("x", &d).unwrap();
         s.tell(t, Outcome::Complete(1.0)).unwrap();
     }
-    let theirs = run_script(&py, "optuna_read.py", &[db.to_str().unwrap(), "step"]);
-    assert_same(&dump(storage.as_ref(), "step"), &theirs, "study");
+    let theirs = run_script(py, "optuna_read.py", &[db, "step"]);
+    assert_same(&dump(storage.as_ref(), "step"), &theirs, db);
 }

@@ -7,8 +7,9 @@ use super::{fmt_f64, fmt_value, load_study, DEFAULT_STORAGE};
 pub struct Args {
     /// Study name.
     study: String,
-    /// Storage URL.
-    #[arg(long, default_value = DEFAULT_STORAGE)]
+    /// Storage URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE (password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TUNE_STORAGE", hide_env_values = true, default_value = DEFAULT_STORAGE)]
     storage: String,
     /// Print JSON instead of text.
     #[arg(long)]

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::DEFAULT_STORAGE;
 use crate::spec::StudySpec;
 use crate::study::Study;
 
@@ -18,7 +17,7 @@ pub struct Args {
     /// A fixed parameter, `dotted.name=value` (value in YAML syntax: 0.01, adam, [64, 64]).
     #[arg(short, long = "param", value_name = "NAME=VALUE", required = true)]
     params: Vec<String>,
-    /// Storage URL, overriding the file's `storage`.
+    /// Storage URL, overriding the file's `storage` and TUNE_STORAGE.
     #[arg(long)]
     storage: Option<String>,
 }
@@ -45,7 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         params.insert(name.to_string(), ps.distribution.to_external(x));
     }
-    let url = a.storage.or(spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+    let url = super::resolve_storage(a.storage.as_deref(), spec.storage.as_deref());
     let storage = crate::storage::open(&url)?;
     spec.check_against(storage.as_ref())?;
     let study =

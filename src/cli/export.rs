@@ -18,8 +18,9 @@ pub struct Args {
     /// Output file: `.json` writes JSON, anything else YAML.
     #[arg(short, long)]
     output: PathBuf,
-    /// Storage URL.
-    #[arg(long, default_value = DEFAULT_STORAGE)]
+    /// Storage URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE (password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TUNE_STORAGE", hide_env_values = true, default_value = DEFAULT_STORAGE)]
     storage: String,
     /// Export this trial instead of the best one.
     #[arg(long)]

@@ -6,8 +6,9 @@ use crate::frozen::TrialState;
 /// Arguments of `tune ls`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Storage URL.
-    #[arg(long, default_value = DEFAULT_STORAGE)]
+    /// Storage URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE (password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TUNE_STORAGE", hide_env_values = true, default_value = DEFAULT_STORAGE)]
     storage: String,
 }
 
@@ -16,7 +17,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let storage = open_existing(&a.storage)?;
     let studies = storage.get_all_studies()?;
     if studies.is_empty() {
-        println!("No studies in {}.", a.storage);
+        println!("No studies in {}.", crate::storage::postgres::mask(&a.storage));
         return Ok(0);
     }
     println!(

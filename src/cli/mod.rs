@@ -69,8 +69,21 @@ pub const STUDY_FILE_ATTR: &str = "tune:study_file";
 /// Study system attribute holding the study seed.
 pub const SEED_ATTR: &str = "tune:seed";
 
-/// Opens a storage for the read-only subcommands, refusing to create a new file.
+/// The storage a study file runs on: `--storage`, else the file's `storage:`, else the
+/// `TUNE_STORAGE` environment variable, else `sqlite:///tune.db`.
+pub(crate) fn resolve_storage(flag: Option<&str>, file: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| file.map(str::to_string))
+        .or_else(|| std::env::var("TUNE_STORAGE").ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_STORAGE.to_string())
+}
+
+/// Opens a storage for the read-only subcommands, refusing to create a new file (or a schema
+/// in an empty PostgreSQL database).
 fn open_existing(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::storage::Storage>> {
+    if crate::storage::postgres::is_postgres_url(url) {
+        return Ok(std::sync::Arc::new(crate::storage::PostgresStorage::open(url, false)?));
+    }
     let path = url.strip_prefix("sqlite:///").unwrap_or(url);
     if url != "memory" && !std::path::Path::new(path).exists() {
         return Err(crate::error::InputError::new(format!(
@@ -88,6 +101,7 @@ fn load_study(storage: &str, name: &str) -> anyhow::Result<crate::study::Study> 
     if st.get_study_id_from_name(name)?.is_none() {
         let names: Vec<String> = st.get_all_studies()?.into_iter().map(|s| format!("`{}`", s.name)).collect();
         let holds = if names.is_empty() { "no study yet".to_string() } else { names.join(", ") };
+        let storage = crate::storage::postgres::mask(storage);
         return Err(crate::error::InputError::new(format!(
             "no study named `{name}` in {storage}; it holds {holds} (`tune ls --storage {storage}` lists them)"
         ))

@@ -14,8 +14,9 @@ pub struct Args {
     /// Folder to write into (created if missing; files of an earlier report are replaced).
     #[arg(short, long)]
     output: PathBuf,
-    /// Storage URL.
-    #[arg(long, default_value = DEFAULT_STORAGE)]
+    /// Storage URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE (password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TUNE_STORAGE", hide_env_values = true, default_value = DEFAULT_STORAGE)]
     storage: String,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{show, BASE_CONFIG_ATTR, DEFAULT_STORAGE, SEED_ATTR, STUDY_FILE_ATTR};
+use super::{show, BASE_CONFIG_ATTR, SEED_ATTR, STUDY_FILE_ATTR};
 use crate::executor::{install_ctrlc, run_study, ProgressMode, RunOptions};
 use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::spec::{sample_config, StudySpec};
@@ -17,7 +17,8 @@ use crate::study::Study;
 pub struct Args {
     /// The study file (YAML).
     file: PathBuf,
-    /// Storage URL, overriding the file's `storage` (default sqlite:///tune.db).
+    /// Storage URL, overriding the file's `storage` and TUNE_STORAGE (default sqlite:///tune.db);
+    /// postgresql://USER@HOST:PORT/DATABASE runs one study from many machines.
     #[arg(long)]
     storage: Option<String>,
     /// Total number of finished trials to reach, overriding the file's `n_trials`.
@@ -60,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             })?;
         }
     }
-    let url = a.storage.clone().or_else(|| spec.storage.clone()).unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+    let url = super::resolve_storage(a.storage.as_deref(), spec.storage.as_deref());
     let storage = crate::storage::open(&url)?;
     spec.check_against(storage.as_ref())?;
 
@@ -134,7 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "Interrupted: {} running trial(s) marked FAIL and re-queued. Resume with: tune run {}{}",
             summary.interrupted_trials,
             a.file.display(),
-            a.storage.map(|s| format!(" --storage {s}")).unwrap_or_default()
+            a.storage.map(|s| format!(" --storage {}", crate::storage::postgres::mask(&s))).unwrap_or_default()
         );
         return Ok(130);
     }

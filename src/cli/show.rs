@@ -23,8 +23,9 @@ enum SortKey {
 pub struct Args {
     /// Study name.
     study: String,
-    /// Storage URL.
-    #[arg(long, default_value = DEFAULT_STORAGE)]
+    /// Storage URL: sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE (password from
+    /// PGPASSWORD or ~/.pgpass).
+    #[arg(long, env = "TUNE_STORAGE", hide_env_values = true, default_value = DEFAULT_STORAGE)]
     storage: String,
     /// Sort order.
     #[arg(long, value_enum, default_value = "number")]

@@ -211,6 +211,21 @@ impl Run<'_> {
         let result = self.evaluate_and_record(trial, evaluate);
         self.running.lock().unwrap().remove(&id);
         if let Err(e) = &result {
+            let finished_elsewhere = e.chain().find_map(|c| match c.downcast_ref::<crate::storage::StorageError>() {
+                Some(crate::storage::StorageError::TrialFinished { number, state }) => Some((*number, *state)),
+                _ => None,
+            });
+            if let Some((number, state)) = finished_elsewhere {
+                // This worker lost touch with the storage for longer than the grace period and
+                // another worker failed and re-queued the trial: its result is refused, and
+                // the run goes on.
+                self.progress.note(&format!(
+                    "trial {number} was marked {state} by another worker while this one ran it (no heartbeat \
+                     reached the storage within the grace period); its late result is refused and the \
+                     re-queued attempt stands"
+                ));
+                return Ok(());
+            }
             self.abandon(id, e);
         }
         let t = result?;

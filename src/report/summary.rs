@@ -70,6 +70,11 @@ fn write_markdown(md: &mut String, s: &Summary) -> std::fmt::Result {
     }
     if let Some(url) = s.storage.filter(|u| u.starts_with("sqlite:")) {
         writeln!(md, "- Browse it interactively: `optuna-dashboard {url}`")?;
+    } else if let Some(url) = s.storage.filter(|u| crate::storage::postgres::is_postgres_url(u)) {
+        // SQLAlchemy's form of the URL, password masked (optuna-dashboard reads PGPASSWORD).
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let url = crate::storage::postgres::mask(&format!("postgresql+psycopg2://{rest}"));
+        writeln!(md, "- Browse it interactively: `optuna-dashboard {url}`")?;
     }
 
     if let Some(b) = s.best {

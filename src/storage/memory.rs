@@ -15,9 +15,22 @@ use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, INTERRU
 /// The current time as naive UTC, truncated to the microseconds Optuna's datetime text keeps,
 /// so that a trial reads back the same from every backend.
 pub(super) fn now() -> NaiveDateTime {
-    let t = chrono::Utc::now().naive_utc();
+    let t = chrono::Utc::now().naive_utc() + clock_offset();
     let micros = t.and_utc().timestamp_micros();
     chrono::DateTime::from_timestamp_micros(micros).map(|d| d.naive_utc()).unwrap_or(t)
+}
+
+/// A test hook: `TUNE_TEST_CLOCK_OFFSET_S` shifts this process's idea of "now" (the SQLite and
+/// in-memory backends' clock), to show that the PostgreSQL backend never uses it.
+fn clock_offset() -> chrono::Duration {
+    static OFFSET: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("TUNE_TEST_CLOCK_OFFSET_S")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|s| chrono::Duration::milliseconds((s * 1000.0) as i64))
+            .unwrap_or_else(chrono::Duration::zero)
+    })
 }
 
 /// The `fail_reason` written on a trial whose worker stopped sending heartbeats.

@@ -14,10 +14,13 @@ use crate::frozen::{Direction, FrozenTrial, TrialState};
 pub mod contract;
 pub mod faulty;
 mod memory;
+mod optuna_schema;
+pub mod postgres;
 mod sqlite;
 
 pub use faulty::{FaultKind, FaultyStorage};
 pub use memory::InMemoryStorage;
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 /// Storage failures. `is_user_fixable` ones exit with code 2.
@@ -77,11 +80,36 @@ pub enum StorageError {
         secs: u64,
     },
     /// A storage URL we do not understand.
-    #[error("unsupported storage `{0}`: use `sqlite:///PATH` (relative), `sqlite:////ABS/PATH`, a plain file path, or `memory`")]
+    #[error("unsupported storage `{0}`: use `sqlite:///PATH` (relative), `sqlite:////ABS/PATH`, a plain file path, `postgresql://USER@HOST:PORT/DATABASE`, or `memory`")]
     BadUrl(String),
+    /// The database server could not be reached for the whole of the storage's wait.
+    #[error(
+        "cannot reach the PostgreSQL server of {url} ({detail}); waited {secs} s. Check that the server runs and that host and port are right, or wait longer with TUNE_STORAGE_WAIT=SECONDS"
+    )]
+    Unreachable {
+        /// The URL, without password.
+        url: String,
+        /// How long we kept trying.
+        secs: f64,
+        /// The last error.
+        detail: String,
+    },
+    /// The server refused the connection for a reason the user fixes (login, missing database).
+    #[error("the PostgreSQL server of {url} refused the connection ({detail}); {fix}")]
+    Refused {
+        /// The URL, without password.
+        url: String,
+        /// What the server said.
+        detail: String,
+        /// What to do.
+        fix: String,
+    },
     /// Any other SQLite error.
     #[error("SQLite error: {0}")]
     Sql(String),
+    /// Any other PostgreSQL error.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
 }
 
 impl StorageError {
@@ -95,6 +123,8 @@ impl StorageError {
                 | StorageError::Locked { .. }
                 | StorageError::BadUrl(_)
                 | StorageError::IncompatibleDistribution { .. }
+                | StorageError::Unreachable { .. }
+                | StorageError::Refused { .. }
         )
     }
 }
@@ -212,8 +242,9 @@ pub trait Storage: Send + Sync {
     }
 }
 
-/// Opens a storage from a URL: `memory`, `sqlite:///relative.db`, `sqlite:////abs.db`, or a
-/// plain path to a `.db` file. With `TUNE_FAULT` naming storage points (tests), the storage is
+/// Opens a storage from a URL: `memory`, `sqlite:///relative.db`, `sqlite:////abs.db`, a
+/// plain path to a `.db` file, or `postgresql://user@host:port/database` (also
+/// `postgresql+psycopg2://`, as Optuna writes it). With `TUNE_FAULT` naming storage points (tests), the storage is
 /// wrapped in a [`FaultyStorage`] for each.
 pub fn open(url: &str) -> Result<Arc<dyn Storage>> {
     let mut storage = open_backend(url)?;
@@ -228,6 +259,9 @@ pub fn open(url: &str) -> Result<Arc<dyn Storage>> {
 fn open_backend(url: &str) -> Result<Arc<dyn Storage>> {
     if url == "memory" || url == ":memory:" {
         return Ok(Arc::new(InMemoryStorage::new()));
+    }
+    if postgres::is_postgres_url(url) {
+        return Ok(Arc::new(PostgresStorage::open(url, true)?));
     }
     let path = if let Some(rest) = url.strip_prefix("sqlite:///") {
         rest.to_string()

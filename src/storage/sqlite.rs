@@ -14,37 +14,18 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::memory::{is_stale, now, stale_reason, transition_allowed};
+use super::optuna_schema::{
+    merge_in_order, missing_tables, value_from_repr, value_repr, ALEMBIC_VERSION, LIBRARY_VERSION, SCHEMA_VERSION,
+    STUDY_TABLES, TRIAL_TABLES,
+};
 use super::{Result, Storage, StorageError, StudySummary};
 use crate::distribution::Distribution;
 use crate::frozen::{Direction, FrozenTrial, TrialState, FAIL_REASON_KEY, INTERRUPTED_KEY};
 
 /// Optuna's DDL, byte for byte.
 const SCHEMA: &str = include_str!("schema.sql");
-/// The alembic revision of Optuna 5.0's schema; `load_study` refuses any other.
-const ALEMBIC_VERSION: &str = "v3.2.0.a";
-/// `version_info.schema_version` written by Optuna 5.0.
-const SCHEMA_VERSION: i64 = 12;
-/// `version_info.library_version`: the Optuna release whose schema we write (Optuna only
-/// shows it in messages).
-const LIBRARY_VERSION: &str = "5.0.0";
 /// How long a write waits for another process's transaction before giving up with `Locked`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Optuna's tables; a file lacking any of them is not an Optuna storage.
-const TABLES: [&str; 13] = [
-    "studies",
-    "version_info",
-    "study_directions",
-    "study_user_attributes",
-    "study_system_attributes",
-    "trials",
-    "trial_user_attributes",
-    "trial_system_attributes",
-    "trial_params",
-    "trial_values",
-    "trial_intermediate_values",
-    "trial_heartbeats",
-    "alembic_version",
-];
 /// Page size of the files we create (SQLite's default is 4096; see `init`).
 const NEW_FILE_PAGE_SIZE: i64 = 1024;
 /// WAL size at which SQLite checkpoints it into the database file.
@@ -121,30 +102,6 @@ fn parse_state(s: &str) -> FResult<TrialState> {
 
 fn parse_json(s: &str) -> FResult<Value> {
     serde_json::from_str(s).map_err(|e| bad_data(format!("unreadable JSON `{s}` in the database: {e}")))
-}
-
-/// Optuna's stored form of a trial value: `(value, value_type)`, NULL unless finite.
-fn value_repr(v: f64) -> (Option<f64>, &'static str) {
-    if v.is_nan() {
-        (None, "NAN")
-    } else if v == f64::INFINITY {
-        (None, "INF_POS")
-    } else if v == f64::NEG_INFINITY {
-        (None, "INF_NEG")
-    } else {
-        (Some(v), "FINITE")
-    }
-}
-
-/// The value a stored `(value, value_type)` pair means; `None` for a malformed pair.
-fn value_from_repr(v: Option<f64>, kind: &str) -> Option<f64> {
-    match kind {
-        "FINITE" => v,
-        "INF_POS" => Some(f64::INFINITY),
-        "INF_NEG" => Some(f64::NEG_INFINITY),
-        "NAN" => Some(f64::NAN),
-        _ => None,
-    }
 }
 
 fn dist_json(d: &Distribution) -> String {
@@ -284,7 +241,7 @@ impl SqliteStorage {
 
     /// Why the database is not an Optuna 5 storage, if it is not.
     fn check_schema(tables: &[String], conn: &Connection) -> std::result::Result<(), String> {
-        let missing: Vec<&str> = TABLES.iter().copied().filter(|t| !tables.iter().any(|x| x == t)).collect();
+        let missing = missing_tables(tables);
         if !missing.is_empty() {
             return Err(format!("it lacks Optuna's tables {}", missing.join(", ")));
         }
@@ -812,21 +769,14 @@ impl Storage for SqliteStorage {
     fn delete_study(&self, study_id: i64) -> Result<()> {
         self.write(|g| {
             g.study_exists(study_id)?;
-            for table in [
-                "trial_params",
-                "trial_values",
-                "trial_intermediate_values",
-                "trial_user_attributes",
-                "trial_system_attributes",
-                "trial_heartbeats",
-            ] {
+            for table in TRIAL_TABLES {
                 g.conn
                     .prepare_cached(&format!(
                         "DELETE FROM {table} WHERE trial_id IN (SELECT trial_id FROM trials WHERE study_id = ?1)"
                     ))?
                     .execute([study_id])?;
             }
-            for table in ["trials", "study_user_attributes", "study_system_attributes", "study_directions", "studies"] {
+            for table in STUDY_TABLES {
                 g.conn.prepare_cached(&format!("DELETE FROM {table} WHERE study_id = ?1"))?.execute([study_id])?;
             }
             g.forget_study(study_id);
@@ -1036,22 +986,7 @@ impl Storage for SqliteStorage {
             let mut loaded = g.load_trials(&ids)?;
             let unfinished: Vec<Arc<FrozenTrial>> =
                 ids.iter().filter_map(|id| loaded.remove(id).map(|(_, t)| Arc::new(t))).collect();
-            let keep = |t: &FrozenTrial| states.is_none_or(|s| s.contains(&t.state));
-            let cache = &g.studies[&study_id];
-            let mut out = Vec::with_capacity(cache.finished.len() + unfinished.len());
-            let mut rest = unfinished.into_iter().peekable();
-            for ((number, id), t) in &cache.finished {
-                while let Some(u) = rest.next_if(|u| (u.number, u.trial_id) < (*number, *id)) {
-                    if keep(&u) {
-                        out.push(u);
-                    }
-                }
-                if keep(t) {
-                    out.push(Arc::clone(t));
-                }
-            }
-            out.extend(rest.filter(|u| keep(u)));
-            Ok(out)
+            Ok(merge_in_order(&g.studies[&study_id].finished, unfinished, states))
         })
     }
 

@@ -10,6 +10,15 @@ import math
 import optuna
 
 
+def storage_url(db):
+    """An SQLite file path as Optuna's URL; tune's postgresql:// URL as SQLAlchemy's psycopg2
+    one (SQLAlchemy 2.1 takes a bare postgresql:// to mean psycopg 3). PostgreSQL passwords come
+    from PGPASSWORD, which psycopg2 reads as libpq does."""
+    if db.startswith("postgresql://"):
+        return db.replace("postgresql://", "postgresql+psycopg2://", 1)
+    return db if "://" in db else f"sqlite:///{db}"
+
+
 def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")

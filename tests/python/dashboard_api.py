@@ -1,6 +1,6 @@
 """Requests optuna-dashboard's JSON API on a study that tune wrote and prints what came back.
 
-Usage: dashboard_api.py DB STUDY
+Usage: dashboard_api.py DB STUDY  (DB: an SQLite file, or a postgresql:// URL)
 
 The dashboard's WSGI app (`optuna_dashboard.wsgi`) is called in-process, as a WSGI server would
 call it. Output: {"studies_status", "study_names", "detail_status", "n_trials", "states",
@@ -30,7 +30,11 @@ def get(app, path):
 
 def main():
     db, name = sys.argv[1], sys.argv[2]
-    app = optuna_dashboard.wsgi(f"sqlite:///{db}")
+    if db.startswith("postgresql://"):
+        url = db.replace("postgresql://", "postgresql+psycopg2://", 1)  # SQLAlchemy 2.1: bare means psycopg 3
+    else:
+        url = db if "://" in db else f"sqlite:///{db}"
+    app = optuna_dashboard.wsgi(url)
     out = {}
     code, studies = get(app, "/api/studies")
     out["studies_status"] = code

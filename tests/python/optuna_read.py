@@ -1,6 +1,6 @@
 """Loads a study that tune wrote and prints it as JSON (see _dump.py).
 
-Usage: optuna_read.py DB STUDY [--add-trial]
+Usage: optuna_read.py DB STUDY  (DB: an SQLite file, or a postgresql:// URL) [--add-trial]
 
 With --add-trial, Optuna first runs one trial of its own in the study (study.optimize with a
 RandomSampler over the parameters `x` float [0, 1] and `n` int [1, 8]), so tune can read a
@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import optuna  # noqa: E402
 
+import _dump  # noqa: E402
 from _dump import print_dump  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -21,7 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 def main():
     db, name = sys.argv[1], sys.argv[2]
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}", sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.load_study(study_name=name, storage=_dump.storage_url(db), sampler=optuna.samplers.RandomSampler(seed=1))
     if "--add-trial" in sys.argv[3:]:
 
         def objective(trial):

@@ -1,6 +1,6 @@
 """Creates a study with Optuna itself and prints it as JSON (see _dump.py), for tune to read.
 
-Usage: optuna_write.py DB STUDY
+Usage: optuna_write.py DB STUDY  (DB: an SQLite file, or a postgresql:// URL)
 
 Trials: two COMPLETE ones with a parameter of every kind (one of them enqueued, so every kind of
 categorical choice is picked somewhere), one PRUNED with NaN and infinite intermediate values,
@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import optuna  # noqa: E402
 
+import _dump  # noqa: E402
 from _dump import print_dump  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -38,7 +39,7 @@ def main():
     db, name = sys.argv[1], sys.argv[2]
     study = optuna.create_study(
         study_name=name,
-        storage=f"sqlite:///{db}",
+        storage=_dump.storage_url(db),
         direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=7),
     )
