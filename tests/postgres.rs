@@ -272,7 +272,9 @@ fn a_killed_worker_s_trials_are_rerun_by_another_machine() {
     let Some(admin) = admin_url() else { return };
     let url = fresh_database(&admin, "kill");
     let dir = TempDir::new().unwrap();
-    write(dir.path(), "s.yaml", &slow_study("kill", 8, 20, 50, 2.0));
+    // Trials of 3 s (20 steps of 150 ms), 2 at a time: the victim needs 12 s for its 8, so the
+    // kill lands with trials running even when a loaded machine delays this poll by seconds.
+    write(dir.path(), "s.yaml", &slow_study("kill", 8, 20, 150, 2.0));
     let mut victim = tune_cmd(dir.path(), &["run", "s.yaml", "--quiet", "--storage", &url]).spawn().unwrap();
     wait_until(Duration::from_secs(60), "the victim finishes a trial", || count(&url, "COMPLETE") >= 1);
     victim.kill().unwrap(); // SIGKILL
@@ -436,7 +438,8 @@ fn a_worker_cut_off_past_the_grace_period_has_its_late_result_refused() {
     let Some(admin) = admin_url() else { return };
     let url = fresh_database(&admin, "cutoff");
     let dir = TempDir::new().unwrap();
-    write(dir.path(), "s.yaml", &slow_study("cutoff", 6, 20, 100, 1.5));
+    // Trials of 3 s, so that worker a still runs two when it is frozen, however late this poll.
+    write(dir.path(), "s.yaml", &slow_study("cutoff", 6, 20, 150, 1.5));
     let a = tune_cmd(dir.path(), &["run", "s.yaml", "--plain", "--storage", &url])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -469,4 +472,72 @@ fn a_worker_cut_off_past_the_grace_period_has_its_late_result_refused() {
         .unwrap()
         .get(0);
     assert!(failed >= 2, "a's two trials were failed as stale");
+}
+
+/// Every bad PostgreSQL target, through the command line: exit code 2, a message that names the
+/// fix, no password in it, and nothing written to the database.
+#[test]
+fn bad_postgres_targets_exit_2_with_the_fix_and_write_nothing() {
+    let Some(admin) = admin_url() else { return };
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "s.yaml", &zero_cost_study("bad", 3, 1));
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let secret = std::env::var("PGPASSWORD").unwrap_or_default();
+    let run = |url: &str, wait: &str| {
+        let out = tune_cmd(dir.path(), &["run", "s.yaml", "--quiet", "--storage", url])
+            .env("TUNE_STORAGE_WAIT", wait)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(secret.is_empty() || !err.contains(&secret), "the password leaked: {err}");
+        err
+    };
+    let tables = |url: &str| -> i64 {
+        client(url).query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", &[]).unwrap().get(0)
+    };
+
+    // Nothing listens on port 1: the worker waits TUNE_STORAGE_WAIT seconds, then says so.
+    let started = Instant::now();
+    let err = run("postgresql://tune@127.0.0.1:1/x", "1");
+    assert!(err.contains("cannot reach the PostgreSQL server") && err.contains("TUNE_STORAGE_WAIT"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "an unreachable server is not waited on for ever");
+
+    // A wrong password given in the URL: refused at once, the password masked.
+    let url = fresh_database(&admin, "badpass");
+    let hostport = base.rsplit_once('@').unwrap().1;
+    let err = run(&format!("postgresql://tune:hunter2-wrong@{hostport}/{}", url.rsplit_once('/').unwrap().1), "30");
+    assert!(err.contains("PGPASSWORD") && !err.contains("hunter2-wrong"), "{err}");
+    assert_eq!(tables(&url), 0);
+
+    // A missing database: the createdb command that makes it.
+    let err = run(&format!("{base}/no_such_database"), "30");
+    assert!(err.contains("createdb") && err.contains("no_such_database"), "{err}");
+
+    // A database that holds something else, and one of another Optuna schema revision.
+    let foreign = fresh_database(&admin, "foreigncli");
+    client(&foreign).batch_execute("CREATE TABLE invoices (id int PRIMARY KEY)").unwrap();
+    let err = run(&foreign, "30");
+    assert!(err.contains("database of its own"), "{err}");
+    assert_eq!(tables(&foreign), 1, "nothing was written");
+    let old = fresh_database(&admin, "oldrev");
+    let out = tune_cmd(dir.path(), &["run", "s.yaml", "--quiet", "--storage", &old]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    client(&old).batch_execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'").unwrap();
+    let before = catalog(&old);
+    let err = run(&old, "30");
+    assert!(err.contains("v3.0.0.d") && err.contains("optuna storage upgrade"), "{err}");
+    assert_eq!(catalog(&old), before, "the database is left as it was");
+    let n: i64 = client(&old).query_one("SELECT count(*) FROM trials", &[]).unwrap().get(0);
+    assert_eq!(n, 3, "no trial was added");
+
+    // `tune ls` names the target without its password.
+    let out = Command::new(assert_cmd::cargo::cargo_bin("tune"))
+        .args(["ls", "--storage", &format!("postgresql://tune:hunter2-wrong@{hostport}/postgres")])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(!text.contains("hunter2-wrong"), "{text}");
 }
