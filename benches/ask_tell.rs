@@ -20,7 +20,7 @@ use tune::pruner::NopPruner;
 use tune::sampler::{TpeConfig, TpeSampler};
 use tune::storage::postgres::testing::fresh_database;
 use tune::storage::{InMemoryStorage, PostgresStorage, SqliteStorage, Storage};
-use tune::{Direction, Outcome, Study};
+use tune::{Direction, Distribution, Outcome, Study};
 
 /// This thread's CPU time in milliseconds.
 fn cpu_ms() -> f64 {
@@ -41,16 +41,19 @@ fn one_study(storage: Arc<dyn Storage>, n_trials: usize, seed: u64) -> (f64, f64
     for _ in 0..n_trials {
         let mut t = study.ask().unwrap();
         let mut v = 0.0;
+        // As `tune run` samples a search space: all suggestions first, stored in one write.
+        let mut suggest = |name: &str, d: Distribution| t.suggest_deferred(name, &d).unwrap().as_f64();
         for i in 0..7 {
-            let x = t.suggest_float(&format!("x{i}"), -5.0, 5.0).unwrap();
+            let x = suggest(&format!("x{i}"), Distribution::float(-5.0, 5.0, false, None).unwrap()).unwrap();
             v += x * x;
         }
-        v += t.suggest_float_log("lr", 1e-5, 1e-1).unwrap().ln().abs();
-        v += t.suggest("batch", &tune::Distribution::int(1, 1024, true, 1).unwrap()).unwrap().as_f64().unwrap().ln();
-        let opt = t.suggest_categorical("optimizer", &choices).unwrap();
+        v += suggest("lr", Distribution::float(1e-5, 1e-1, true, None).unwrap()).unwrap().ln().abs();
+        v += suggest("batch", Distribution::int(1, 1024, true, 1).unwrap()).unwrap().ln();
+        let opt = t.suggest_deferred("optimizer", &Distribution::categorical(choices.to_vec()).unwrap()).unwrap();
         if opt == json!("sgd") {
             v += 1.0;
         }
+        t.flush().unwrap();
         study.tell(t, Outcome::Complete(v)).unwrap();
     }
     let wall = start.elapsed().as_secs_f64() * 1e3 / n_trials as f64;

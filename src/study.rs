@@ -218,16 +218,14 @@ impl Study {
             Some(v) => serde_json::from_value(v.clone()).context("reading an enqueued trial's fixed_params"),
             None => Ok(BTreeMap::new()),
         }
-        .and_then(|fixed| {
-            s.storage.set_trial_user_attr(frozen.trial_id, SEED_ATTR, &Value::from(seed))?;
-            Ok(fixed)
-        })
         .inspect_err(|e| self.give_back(&frozen, e))?;
         let snapshot = s.storage.get_all_trials(s.study_id, None).inspect_err(|e| self.give_back(&frozen, e))?;
-        let me = match snapshot.iter().find(|t| t.trial_id == frozen.trial_id) {
+        let mut me = match snapshot.iter().find(|t| t.trial_id == frozen.trial_id) {
             Some(t) => (**t).clone(),
             None => frozen,
         };
+        // Stored with the trial's parameters (or at its first flush): one write fewer per trial.
+        me.user_attrs.insert(SEED_ATTR.to_string(), Value::from(seed));
         let view = StudyView { direction: s.direction, trials: &snapshot };
         // Hyperband shows the sampler only the trial's bracket.
         let narrowed = if s.sampler.sees_whole_study() { None } else { s.pruner.sampler_trials(&view, &me) };
@@ -249,6 +247,8 @@ impl Study {
             seed,
             device: None,
             pending: Vec::new(),
+            pending_params: Vec::new(),
+            pending_attrs: vec![(SEED_ATTR.to_string(), Value::from(seed))],
             last_flush: Instant::now(),
         }))
     }
@@ -262,30 +262,66 @@ impl Study {
 
     /// `tell` by trial id (for executors that no longer hold the `Trial`).
     pub fn tell_id(&self, trial_id: i64, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+        self.record(trial_id, outcome, None)?;
+        Ok(self.shared.storage.get_trial(trial_id)?)
+    }
+
+    /// `tell`, returning the trial as this process knows it instead of reading it back (a
+    /// round trip to a database server): state, value and `fail_reason` as stored, everything
+    /// else as the trial held it; `datetime_complete` is left unset (the stored one is the
+    /// database's clock). For executors, which only show the outcome.
+    pub fn tell_known(&self, mut trial: Trial, outcome: Outcome) -> anyhow::Result<FrozenTrial> {
+        trial.flush()?;
+        let mut t = trial.frozen.clone();
+        let (state, value, reason) = self.record(t.trial_id, outcome, Some(&t))?;
+        t.state = state;
+        t.value = value;
+        if let Some(reason) = reason {
+            t.system_attrs.insert(FAIL_REASON_KEY.to_string(), reason);
+        }
+        Ok(t)
+    }
+
+    /// Stores a trial's outcome: its state, value and, on failure, `fail_reason` (also
+    /// returned). A pruned trial's value is its last finite intermediate value, from `known` (the
+    /// trial as held, its values stored) or else read from the storage.
+    fn record(
+        &self,
+        trial_id: i64,
+        outcome: Outcome,
+        known: Option<&FrozenTrial>,
+    ) -> anyhow::Result<(TrialState, Option<f64>, Option<Value>)> {
         let st = &self.shared.storage;
+        let mut reason = None;
         let (state, value) = match outcome {
             Outcome::Complete(v) if v.is_nan() => {
-                st.set_trial_system_attr(trial_id, FAIL_REASON_KEY, &Value::from("the objective returned NaN"))?;
+                reason = Some(Value::from("the objective returned NaN"));
                 (TrialState::Fail, None)
             }
             Outcome::Complete(v) => (TrialState::Complete, Some(v)),
             Outcome::Pruned => {
-                let t = st.get_trial(trial_id)?;
-                let last = t.intermediate_values.values().rev().find(|v| v.is_finite()).copied();
-                (TrialState::Pruned, last)
+                let last = |t: &FrozenTrial| t.intermediate_values.values().rev().find(|v| v.is_finite()).copied();
+                let value = match known {
+                    Some(t) => last(t),
+                    None => last(&st.get_trial(trial_id)?),
+                };
+                (TrialState::Pruned, value)
             }
-            Outcome::Fail(reason) => {
-                st.set_trial_system_attr(trial_id, FAIL_REASON_KEY, &Value::from(reason))?;
+            Outcome::Fail(r) => {
+                reason = Some(Value::from(r));
                 (TrialState::Fail, None)
             }
         };
+        if let Some(r) = &reason {
+            st.set_trial_system_attr(trial_id, FAIL_REASON_KEY, r)?;
+        }
         if !st.set_trial_state_values(trial_id, state, value)? {
             // Finished elsewhere meanwhile (failed as stale by another worker): refused, so
             // that this late result never overwrites the new attempt.
             let now = st.get_trial(trial_id)?;
             return Err(StorageError::TrialFinished { number: now.number, state: now.state }.into());
         }
-        Ok(st.get_trial(trial_id)?)
+        Ok((state, value, reason))
     }
 
     /// Runs `n_trials` trials one after another with `objective`, which returns the value or
@@ -330,6 +366,10 @@ pub struct Trial {
     device: Option<String>,
     /// Reported intermediate values not stored yet, in report order.
     pending: Vec<(i64, f64)>,
+    /// Parameters from `suggest_deferred` not stored yet, in suggestion order, and user
+    /// attributes (the seed) stored with them.
+    pending_params: Vec<(String, f64, Distribution)>,
+    pending_attrs: Vec<(String, Value)>,
     last_flush: Instant,
 }
 
@@ -373,6 +413,18 @@ impl Trial {
     /// Suggests a value for `name` from `dist`, returned in its user-facing form. The same
     /// name asked twice gives the same value.
     pub fn suggest(&mut self, name: &str, dist: &Distribution) -> anyhow::Result<Value> {
+        self.suggest_with(name, dist, false)
+    }
+
+    /// [`Trial::suggest`], keeping the value for the next [`Trial::flush`], which stores all
+    /// such values in one write: a search space's parameters cost one transaction, not one
+    /// each (on PostgreSQL, a round trip to the server each). Flush before the objective runs,
+    /// so that other workers' samplers see the trial's parameters.
+    pub fn suggest_deferred(&mut self, name: &str, dist: &Distribution) -> anyhow::Result<Value> {
+        self.suggest_with(name, dist, true)
+    }
+
+    fn suggest_with(&mut self, name: &str, dist: &Distribution, defer: bool) -> anyhow::Result<Value> {
         if let Some(&x) = self.frozen.params.get(name) {
             let old = &self.frozen.distributions[name];
             if !old.compatible(dist) {
@@ -399,7 +451,11 @@ impl Trial {
             let view = StudyView { direction: self.shared.direction, trials: &self.snapshot };
             self.shared.sampler.sample_independent(&view, &self.frozen, name, dist)
         };
-        self.shared.storage.set_trial_param(self.frozen.trial_id, name, internal, dist)?;
+        if defer {
+            self.pending_params.push((name.to_string(), internal, dist.clone()));
+        } else {
+            self.shared.storage.set_trial_param(self.frozen.trial_id, name, internal, dist)?;
+        }
         self.frozen.params.insert(name.to_string(), internal);
         self.frozen.distributions.insert(name.to_string(), dist.clone());
         Ok(dist.to_external(internal))
@@ -452,9 +508,18 @@ impl Trial {
         Ok(())
     }
 
-    /// Stores the intermediate values `report` holds. On an error they stay pending, for the
-    /// next try.
+    /// Stores the parameters `suggest_deferred`, the seed attribute and the intermediate values
+    /// `report` hold. On an error they stay pending, for the next try.
     pub fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.pending_params.is_empty() || !self.pending_attrs.is_empty() {
+            self.shared.storage.set_trial_params_and_attrs(
+                self.frozen.trial_id,
+                &self.pending_params,
+                &self.pending_attrs,
+            )?;
+            self.pending_params.clear();
+            self.pending_attrs.clear();
+        }
         if !self.pending.is_empty() {
             self.shared.storage.set_trial_intermediate_values(self.frozen.trial_id, &self.pending)?;
             self.pending.clear();
@@ -499,7 +564,10 @@ impl Drop for Trial {
     /// finishes it by id).
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
-            eprintln!("warning: trial {}: its last intermediate values were not stored: {e:#}", self.frozen.number);
+            eprintln!(
+                "warning: trial {}: its last parameters or intermediate values were not stored: {e:#}",
+                self.frozen.number
+            );
         }
     }
 }

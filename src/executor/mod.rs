@@ -166,6 +166,10 @@ impl Run<'_> {
     {
         let _gone = WorkerGuard(self);
         let budget = self.opts.n_trials;
+        // How long to wait before asking again once the budget is taken: short at first (fast
+        // trials elsewhere finish in milliseconds), doubling up to the heartbeat interval or 2 s.
+        let longest_wait = self.opts.heartbeat_interval.min(Duration::from_secs(2));
+        let mut wait = Duration::from_millis(25).min(longest_wait);
         loop {
             if self.stopping() || self.timed_out() {
                 return Ok(());
@@ -190,11 +194,13 @@ impl Run<'_> {
                             "budget taken: waiting for {foreign} trial(s) running in other processes (or for them to go stale)"
                         ));
                     }
-                    self.sleep(self.opts.heartbeat_interval.min(Duration::from_secs(2)));
+                    self.sleep(wait);
+                    wait = (wait * 2).min(longest_wait);
                     self.recover_stale()?;
                     continue;
                 }
             };
+            wait = Duration::from_millis(25).min(longest_wait);
             trial.place_on(device);
             self.run_trial(trial, evaluate)?;
         }
@@ -238,7 +244,9 @@ impl Run<'_> {
                     _ => s.failed += 1,
                 }
             }
-            self.progress.trial_finished(&t, &self.study.trials()?);
+            if self.progress.shows_trials() {
+                self.progress.trial_finished(&t, &self.study.trials()?);
+            }
         }
         Ok(())
     }
@@ -275,7 +283,7 @@ impl Run<'_> {
             self.summary.lock().unwrap().interrupted_trials += 1;
             return Ok(None);
         }
-        Ok(Some(self.study.tell(trial, outcome_of(result))?))
+        Ok(Some(self.study.tell_known(trial, outcome_of(result))?))
     }
 
     /// Why running trials are being stopped, for their `fail_reason`.

@@ -111,6 +111,12 @@ impl Progress {
         format!("| pruned {} | failed {} | {best}", c.pruned, c.failed)
     }
 
+    /// Whether [`Progress::trial_finished`] shows anything (not with `--quiet`): the study's
+    /// trials need not be read otherwise, a round trip to a database server per trial.
+    pub fn shows_trials(&self) -> bool {
+        self.bar.is_some() || self.plain
+    }
+
     /// Called after each trial this process finished.
     pub fn trial_finished(&self, t: &FrozenTrial, trials: &[Arc<FrozenTrial>]) {
         let c = self.counts(trials);

@@ -375,11 +375,13 @@ pub fn sample_config(params: &[ParamSpec], base: &Value, trial: &mut Trial) -> a
         if !active {
             continue;
         }
-        let v = trial.suggest(&p.name, &p.distribution)?;
+        let v = trial.suggest_deferred(&p.name, &p.distribution)?;
         path::set(&mut config, &p.name, v.clone())
             .map_err(|e| InputError::new(format!("search_space.{}: cannot set it in the base config: {e}", p.name)))?;
         taken.insert(&p.name, (v, &p.distribution));
     }
+    // One write for all of them, before the objective runs.
+    trial.flush()?;
     Ok(config)
 }
 

@@ -190,6 +190,19 @@ pub trait Storage: Send + Sync {
     /// `IncompatibleDistribution` if the study used that name with another kind of
     /// distribution, and with `TrialFinished` on a finished trial.
     fn set_trial_param(&self, trial_id: i64, name: &str, internal: f64, dist: &Distribution) -> Result<()>;
+    /// Records several parameters and user attributes of one trial, as
+    /// [`Storage::set_trial_param`] and [`Storage::set_trial_user_attr`] do each, in order. A
+    /// networked backend writes them in one transaction (all or none); the default writes them
+    /// one by one.
+    fn set_trial_params_and_attrs(
+        &self,
+        trial_id: i64,
+        params: &[(String, f64, Distribution)],
+        user_attrs: &[(String, Value)],
+    ) -> Result<()> {
+        params.iter().try_for_each(|(name, internal, dist)| self.set_trial_param(trial_id, name, *internal, dist))?;
+        user_attrs.iter().try_for_each(|(key, value)| self.set_trial_user_attr(trial_id, key, value))
+    }
     /// Moves a trial to `state`, with its value for COMPLETE/PRUNED; sets `datetime_complete`
     /// on finished states. Returns false (changing nothing) if the trial has already finished.
     fn set_trial_state_values(&self, trial_id: i64, state: TrialState, value: Option<f64>) -> Result<bool>;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use postgres::error::SqlState;
-use postgres::{IsolationLevel, NoTls, Row, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::types::ToSql;
+use postgres::{IsolationLevel, NoTls, Row, Statement, Transaction};
 use serde_json::Value;
 
 use super::memory::transition_allowed;
@@ -186,7 +186,76 @@ impl Cache {
     }
 }
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+/// A pooled connection and the statements prepared on it.
+struct Conn {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// Opens [`Conn`]s for the pool; a connection whose socket closed (a server restart) is
+/// dropped, and its statements with it.
+struct Manager(postgres::Config);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+        Ok(Conn { client: self.0.connect(NoTls)?, statements: HashMap::new() })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+type Pool = r2d2::Pool<Manager>;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A transaction whose statements are prepared once per connection and then only bound and
+/// executed: one round trip a statement instead of two (parse and describe, then bind and
+/// execute), and no parsing or planning on the server. Every statement of this module goes
+/// through it.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl Tx<'_> {
+    fn prepare(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> std::result::Result<Vec<Row>, postgres::Error> {
+        let s = self.prepare(sql)?;
+        self.tx.query(&s, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> std::result::Result<Row, postgres::Error> {
+        let s = self.prepare(sql)?;
+        self.tx.query_one(&s, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> std::result::Result<Option<Row>, postgres::Error> {
+        let s = self.prepare(sql)?;
+        self.tx.query_opt(&s, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> std::result::Result<u64, postgres::Error> {
+        let s = self.prepare(sql)?;
+        self.tx.execute(&s, params)
+    }
+}
 
 /// One Optuna study database on a PostgreSQL server, shared by any number of processes.
 pub struct PostgresStorage {
@@ -243,7 +312,7 @@ impl PostgresStorage {
         };
         Self::init(&mut client, &shown, create).map_err(|f| into_storage(f, &shown, wait))?;
         drop(client);
-        let manager = PostgresConnectionManager::new(target.config.clone(), NoTls);
+        let manager = Manager(target.config.clone());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(0))
@@ -311,7 +380,7 @@ impl PostgresStorage {
     /// Runs `f` in one transaction, again after a conflict or a lost connection (`f` is told
     /// which attempt it is). Read transactions see one snapshot (REPEATABLE READ, read only);
     /// write transactions are READ COMMITTED with explicit row locks, as Optuna's.
-    fn txn<T>(&self, read: bool, mut f: impl FnMut(&mut Transaction<'_>, u32) -> FResult<T>) -> Result<T> {
+    fn txn<T>(&self, read: bool, mut f: impl FnMut(&mut Tx<'_>, u32) -> FResult<T>) -> Result<T> {
         let deadline = Instant::now() + self.wait;
         let mut conflicts = 0;
         let mut attempt = 0;
@@ -319,13 +388,19 @@ impl PostgresStorage {
             let r = (|| -> FResult<T> {
                 let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
                 let mut conn = self.pool.get_timeout(remaining).map_err(|e| Fail::Pool(e.to_string()))?;
-                let mut tx = if read {
-                    conn.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?
+                let Conn { client, statements } = &mut *conn;
+                let tx = if read {
+                    client
+                        .build_transaction()
+                        .isolation_level(IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()?
                 } else {
-                    conn.transaction()?
+                    client.transaction()?
                 };
+                let mut tx = Tx { tx, statements };
                 let v = f(&mut tx, attempt)?;
-                tx.commit()?;
+                tx.tx.commit()?;
                 Ok(v)
             })();
             let e = match r {
@@ -353,11 +428,11 @@ impl PostgresStorage {
         }
     }
 
-    fn read<T>(&self, f: impl FnMut(&mut Transaction<'_>, u32) -> FResult<T>) -> Result<T> {
+    fn read<T>(&self, f: impl FnMut(&mut Tx<'_>, u32) -> FResult<T>) -> Result<T> {
         self.txn(true, f)
     }
 
-    fn write<T>(&self, f: impl FnMut(&mut Transaction<'_>, u32) -> FResult<T>) -> Result<T> {
+    fn write<T>(&self, f: impl FnMut(&mut Tx<'_>, u32) -> FResult<T>) -> Result<T> {
         self.txn(false, f)
     }
 }
@@ -443,7 +518,7 @@ fn trial_row(r: &Row) -> FResult<TrialRow> {
     })
 }
 
-fn study_exists(tx: &mut Transaction<'_>, study_id: i64) -> FResult<()> {
+fn study_exists(tx: &mut Tx<'_>, study_id: i64) -> FResult<()> {
     let found = match id32(study_id) {
         Some(id) => tx.query_opt("SELECT 1 FROM studies WHERE study_id = $1", args![id])?.is_some(),
         None => false,
@@ -456,7 +531,7 @@ fn study_exists(tx: &mut Transaction<'_>, study_id: i64) -> FResult<()> {
 }
 
 /// Locks the study's row: trial creation and budget checks of all workers queue here.
-fn lock_study(tx: &mut Transaction<'_>, study_id: i64) -> FResult<i32> {
+fn lock_study(tx: &mut Tx<'_>, study_id: i64) -> FResult<i32> {
     let id = id32(study_id).ok_or_else(|| StorageError::StudyNotFound(format!("#{study_id}")))?;
     tx.query_opt("SELECT 1 FROM studies WHERE study_id = $1 FOR UPDATE", args![id])?
         .ok_or_else(|| StorageError::StudyNotFound(format!("#{study_id}")))?;
@@ -465,7 +540,7 @@ fn lock_study(tx: &mut Transaction<'_>, study_id: i64) -> FResult<i32> {
 
 /// The trial's study id if it exists and is unfinished, holding a share lock on its row until
 /// the transaction ends, so that finishing it (which takes an update lock) waits for this write.
-fn updatable(tx: &mut Transaction<'_>, trial_id: i64) -> FResult<i32> {
+fn updatable(tx: &mut Tx<'_>, trial_id: i64) -> FResult<i32> {
     let id = id32(trial_id).ok_or(StorageError::TrialNotFound(trial_id))?;
     let row = tx
         .query_opt("SELECT study_id, number, state::text FROM trials WHERE trial_id = $1 FOR SHARE", args![id])?
@@ -477,7 +552,7 @@ fn updatable(tx: &mut Transaction<'_>, trial_id: i64) -> FResult<i32> {
     Ok(row.get(0))
 }
 
-fn upsert_attr(tx: &mut Transaction<'_>, table: &str, owner: i32, key: &str, value: &Value) -> FResult<()> {
+fn upsert_attr(tx: &mut Tx<'_>, table: &str, owner: i32, key: &str, value: &Value) -> FResult<()> {
     let owner_col = if table.starts_with("study") { "study_id" } else { "trial_id" };
     let sql = format!(
         "INSERT INTO {table} ({owner_col}, key, value_json) VALUES ($1, $2, $3) \
@@ -487,7 +562,7 @@ fn upsert_attr(tx: &mut Transaction<'_>, table: &str, owner: i32, key: &str, val
     Ok(())
 }
 
-fn upsert_heartbeat(tx: &mut Transaction<'_>, trial_id: i32) -> FResult<u64> {
+fn upsert_heartbeat(tx: &mut Tx<'_>, trial_id: i32) -> FResult<u64> {
     Ok(tx.execute(
         "INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT $1, LOCALTIMESTAMP \
          WHERE EXISTS (SELECT 1 FROM trials WHERE trial_id = $1) \
@@ -497,24 +572,25 @@ fn upsert_heartbeat(tx: &mut Transaction<'_>, trial_id: i32) -> FResult<u64> {
 }
 
 /// Inserts a trial numbered as the count of the study's earlier trials (the caller holds the
-/// study's lock), with start time and heartbeat when RUNNING.
+/// study's lock; `count` when it has just counted them), with start time and heartbeat when
+/// RUNNING, in one statement.
 fn insert_trial(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     study_id: i32,
     state: TrialState,
     system_attrs: &BTreeMap<String, Value>,
+    count: Option<i64>,
 ) -> FResult<FrozenTrial> {
     let row = tx.query_one(
-        "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) \
-         VALUES ((SELECT count(*) FROM trials WHERE study_id = $1)::int4, $1, $2::text::trialstate, \
+        "WITH t AS (INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) \
+         VALUES (COALESCE($4::int8, (SELECT count(*) FROM trials WHERE study_id = $1))::int4, $1, $2::text::trialstate, \
                  CASE WHEN $2 = 'RUNNING' THEN LOCALTIMESTAMP END, CASE WHEN $3 THEN LOCALTIMESTAMP END) \
-         RETURNING trial_id, number, datetime_start, datetime_complete",
-        args![study_id, state.as_str(), state.is_finished()],
+         RETURNING trial_id, number, datetime_start, datetime_complete), \
+         h AS (INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, LOCALTIMESTAMP FROM t WHERE $2 = 'RUNNING') \
+         SELECT trial_id, number, datetime_start, datetime_complete FROM t",
+        args![study_id, state.as_str(), state.is_finished(), count],
     )?;
     let trial_id: i32 = row.get(0);
-    if state == TrialState::Running {
-        upsert_heartbeat(tx, trial_id)?;
-    }
     for (k, v) in system_attrs {
         upsert_attr(tx, "trial_system_attributes", trial_id, k, v)?;
     }
@@ -527,7 +603,7 @@ fn insert_trial(
 
 /// Loads the given trials completely, keyed by id, in six queries whatever their number.
 fn load_trials(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     ids: &[i64],
     dists: &mut HashMap<String, Distribution>,
 ) -> FResult<HashMap<i64, (i64, FrozenTrial)>> {
@@ -605,7 +681,7 @@ fn load_trials(
 /// trials, loaded, in number order. Only trials unfinished at the last sync, or created since,
 /// can have changed; the count and id sum of the study's trials catch a study deleted and
 /// recreated under the same id by another process.
-fn sync(tx: &mut Transaction<'_>, cache: &mut Cache, study_id: i64) -> FResult<Vec<FrozenTrial>> {
+fn sync(tx: &mut Tx<'_>, cache: &mut Cache, study_id: i64) -> FResult<Vec<FrozenTrial>> {
     let id = id32(study_id).ok_or_else(|| StorageError::StudyNotFound(format!("#{study_id}")))?;
     let r =
         tx.query_one("SELECT count(*), COALESCE(sum(trial_id), 0)::int8 FROM trials WHERE study_id = $1", args![id])?;
@@ -658,7 +734,7 @@ fn sync(tx: &mut Transaction<'_>, cache: &mut Cache, study_id: i64) -> FResult<V
     Err(bad_data(format!("the trials of study #{study_id} changed while being read")))
 }
 
-fn direction(tx: &mut Transaction<'_>, study_id: i64) -> FResult<Direction> {
+fn direction(tx: &mut Tx<'_>, study_id: i64) -> FResult<Direction> {
     let id = id32(study_id).ok_or_else(|| StorageError::StudyNotFound(format!("#{study_id}")))?;
     match tx
         .query_opt("SELECT direction::text FROM study_directions WHERE study_id = $1 AND objective = 0", args![id])?
@@ -674,7 +750,7 @@ fn direction(tx: &mut Transaction<'_>, study_id: i64) -> FResult<Direction> {
     }
 }
 
-fn study_attrs(tx: &mut Transaction<'_>, table: &str, study_id: i64) -> FResult<BTreeMap<String, Value>> {
+fn study_attrs(tx: &mut Tx<'_>, table: &str, study_id: i64) -> FResult<BTreeMap<String, Value>> {
     study_exists(tx, study_id)?;
     let id = id32(study_id).expect("study exists");
     let mut out = BTreeMap::new();
@@ -822,26 +898,29 @@ impl Storage for PostgresStorage {
     ) -> Result<FrozenTrial> {
         self.write(|tx, _| {
             let id = lock_study(tx, study_id)?;
-            insert_trial(tx, id, state, system_attrs)
+            insert_trial(tx, id, state, system_attrs, None)
         })
     }
 
     fn start_next_trial(&self, study_id: i64, budget: Option<u64>) -> Result<Option<FrozenTrial>> {
         self.write(|tx, _| {
             let id = lock_study(tx, study_id)?;
+            let mut count = None;
             if let Some(budget) = budget {
-                // Under the study's lock, so the budget is exact across every worker.
-                let used: i64 = tx
-                    .query_one(
-                        "SELECT count(*) FROM trials t WHERE t.study_id = $1 AND t.state <> 'WAITING' \
-                         AND NOT (t.state = 'FAIL' AND EXISTS (SELECT 1 FROM trial_system_attributes a \
-                         WHERE a.trial_id = t.trial_id AND a.key = $2 AND a.value_json = 'true'))",
-                        args![id, INTERRUPTED_KEY],
-                    )?
-                    .get(0);
+                // Under the study's lock, so the budget is exact across every worker; the same
+                // scan counts all the study's trials, the number of a new one.
+                let r = tx.query_one(
+                    "SELECT count(*) FILTER (WHERE t.state <> 'WAITING' \
+                     AND NOT (t.state = 'FAIL' AND EXISTS (SELECT 1 FROM trial_system_attributes a \
+                     WHERE a.trial_id = t.trial_id AND a.key = $2 AND a.value_json = 'true'))), count(*) \
+                     FROM trials t WHERE t.study_id = $1",
+                    args![id, INTERRUPTED_KEY],
+                )?;
+                let used: i64 = r.get(0);
                 if used as u64 >= budget {
                     return Ok(None);
                 }
+                count = Some(r.get::<_, i64>(1));
             }
             // The oldest WAITING trial, taken by exactly one worker (an Optuna worker may hold it).
             let taken = tx.query_opt(
@@ -858,53 +937,87 @@ impl Storage for PostgresStorage {
                     let t = load_trials(tx, &[trial_id as i64], &mut dists)?.remove(&(trial_id as i64));
                     t.map(|(_, t)| Some(t)).ok_or_else(|| StorageError::TrialNotFound(trial_id as i64).into())
                 }
-                None => insert_trial(tx, id, TrialState::Running, &BTreeMap::new()).map(Some),
+                None => insert_trial(tx, id, TrialState::Running, &BTreeMap::new(), count).map(Some),
             }
         })
     }
 
     fn set_trial_param(&self, trial_id: i64, name: &str, internal: f64, dist: &Distribution) -> Result<()> {
-        let json = dist.to_optuna_json().to_string();
+        self.set_trial_params_and_attrs(trial_id, &[(name.to_string(), internal, dist.clone())], &[])
+    }
+
+    fn set_trial_params_and_attrs(
+        &self,
+        trial_id: i64,
+        params: &[(String, f64, Distribution)],
+        user_attrs: &[(String, Value)],
+    ) -> Result<()> {
         // Looked up before taking a connection: the cache's lock is never awaited holding one.
-        let known: HashMap<i64, Distribution> = {
+        let known: HashMap<(i64, String), Distribution> = {
             let c = self.lock_cache();
-            c.dists.iter().filter(|((_, n), _)| n == name).map(|((s, _), d)| (*s, d.clone())).collect()
+            c.dists
+                .iter()
+                .filter(|((_, n), _)| params.iter().any(|(p, ..)| p == n))
+                .map(|(k, d)| (k.clone(), d.clone()))
+                .collect()
         };
         let study_id = self.write(|tx, _| {
             let study_id = updatable(tx, trial_id)?;
-            let old = match known.get(&(study_id as i64)).cloned() {
-                Some(d) => Some(d),
-                None => match tx.query_opt(
-                    "SELECT p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
-                     WHERE t.study_id = $1 AND p.param_name = $2 LIMIT 1",
-                    args![study_id, name],
-                )? {
-                    Some(r) => {
-                        let text: String = r.get(0);
-                        Some(
-                            Distribution::from_optuna_json(&parse_json(&text)?)
-                                .map_err(|e| bad_data(format!("unreadable distribution_json `{text}`: {e}")))?,
-                        )
+            for (name, _, dist) in params {
+                let old = match known.get(&(study_id as i64, name.clone())).cloned() {
+                    Some(d) => Some(d),
+                    None => match tx.query_opt(
+                        "SELECT p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
+                         WHERE t.study_id = $1 AND p.param_name = $2 LIMIT 1",
+                        args![study_id, name],
+                    )? {
+                        Some(r) => {
+                            let text: String = r.get(0);
+                            Some(
+                                Distribution::from_optuna_json(&parse_json(&text)?)
+                                    .map_err(|e| bad_data(format!("unreadable distribution_json `{text}`: {e}")))?,
+                            )
+                        }
+                        None => None,
+                    },
+                };
+                if let Some(old) = old.filter(|old| !old.compatible(dist)) {
+                    return Err(StorageError::IncompatibleDistribution {
+                        name: name.to_string(),
+                        old: old.to_optuna_json().to_string(),
                     }
-                    None => None,
-                },
-            };
-            if let Some(old) = old.filter(|old| !old.compatible(dist)) {
-                return Err(StorageError::IncompatibleDistribution {
-                    name: name.to_string(),
-                    old: old.to_optuna_json().to_string(),
+                    .into());
                 }
-                .into());
             }
-            tx.execute(
-                "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (trial_id, param_name) DO UPDATE SET param_value = excluded.param_value, \
-                 distribution_json = excluded.distribution_json",
-                args![(trial_id as i32), name, internal, json],
-            )?;
+            // One statement for all of them, in order (param_id keeps the order, as Optuna's);
+            // a name given twice keeps its last value.
+            let mut rows: Vec<(&str, f64, String)> = Vec::with_capacity(params.len());
+            for (name, internal, dist) in params {
+                rows.retain(|(n, ..)| *n != name.as_str());
+                rows.push((name, *internal, dist.to_optuna_json().to_string()));
+            }
+            if !rows.is_empty() {
+                let names: Vec<&str> = rows.iter().map(|r| r.0).collect();
+                let values: Vec<f64> = rows.iter().map(|r| r.1).collect();
+                let dists: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+                tx.execute(
+                    "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) \
+                     SELECT $1, u.n, u.v, u.d FROM unnest($2::text[], $3::float8[], $4::text[]) WITH ORDINALITY \
+                     AS u(n, v, d, i) ORDER BY u.i \
+                     ON CONFLICT (trial_id, param_name) DO UPDATE SET param_value = excluded.param_value, \
+                     distribution_json = excluded.distribution_json",
+                    args![(trial_id as i32), names, values, dists],
+                )?;
+            }
+            for (key, value) in user_attrs {
+                upsert_attr(tx, "trial_user_attributes", trial_id as i32, key, value)?;
+            }
             Ok(study_id)
         })?;
-        self.lock_cache().dists.entry((study_id as i64, name.to_string())).or_insert_with(|| dist.clone());
+        let mut c = self.lock_cache();
+        for (name, _, dist) in params {
+            c.dists.entry((study_id as i64, name.clone())).or_insert_with(|| dist.clone());
+        }
         Ok(())
     }
 
@@ -956,16 +1069,14 @@ impl Storage for PostgresStorage {
     fn set_trial_intermediate_values(&self, trial_id: i64, values: &[(i64, f64)]) -> Result<()> {
         self.write(|tx, _| {
             updatable(tx, trial_id)?;
-            let insert = tx.prepare(
-                "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) \
+            const INSERT: &str = "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) \
                  VALUES ($1, $2, $3, $4::text::trialintermediatevaluetype) ON CONFLICT (trial_id, step) DO UPDATE SET \
-                 intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
-            )?;
+                 intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type";
             for &(step, value) in values {
                 let step = i32::try_from(step)
                     .map_err(|_| bad_data(format!("step {step} does not fit Optuna's integer step column")))?;
                 let (v, kind) = value_repr(value);
-                tx.execute(&insert, args![(trial_id as i32), step, v, kind])?;
+                tx.execute(INSERT, args![(trial_id as i32), step, v, kind])?;
             }
             Ok(())
         })

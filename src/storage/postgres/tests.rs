@@ -132,3 +132,42 @@ fn login_errors_name_the_fix_and_never_show_the_password() {
         .to_string();
     assert!(e.contains("createdb") && e.contains("no_such_db"), "{e}");
 }
+
+#[test]
+fn a_trial_s_parameters_and_attributes_are_written_together_in_order_or_not_at_all() {
+    let Some(admin) = admin_url() else { return };
+    let url = fresh_database(&admin, "batch");
+    let s = PostgresStorage::open(&url, true).unwrap();
+    let study = s.create_new_study("b", Direction::Minimize).unwrap();
+    let f = Distribution::float(0.0, 1.0, false, None).unwrap();
+    let i = Distribution::int(0, 5, false, 1).unwrap();
+    let t = s.start_next_trial(study, None).unwrap().unwrap();
+    let params =
+        vec![("z".to_string(), 0.25, f.clone()), ("a".to_string(), 3.0, i.clone()), ("z".to_string(), 0.5, f.clone())];
+    s.set_trial_params_and_attrs(t.trial_id, &params, &[("seed".to_string(), Value::from(7))]).unwrap();
+    let rows: Vec<(String, f64)> = client(&url)
+        .query("SELECT param_name, param_value FROM trial_params ORDER BY param_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("a".to_string(), 3.0), ("z".to_string(), 0.5)],
+        "in order, the last value of a repeated name"
+    );
+    let got = s.get_trial(t.trial_id).unwrap();
+    assert_eq!(got.user_attrs["seed"], Value::from(7));
+
+    // `a` as a float in a later trial is refused, and the batch's other writes with it.
+    let u = s.start_next_trial(study, None).unwrap().unwrap();
+    let bad = vec![("y".to_string(), 0.1, f.clone()), ("a".to_string(), 0.5, f)];
+    let e = s.set_trial_params_and_attrs(u.trial_id, &bad, &[("seed".to_string(), Value::from(8))]).unwrap_err();
+    assert!(matches!(e, StorageError::IncompatibleDistribution { .. }), "{e}");
+    let n: i64 = client(&url)
+        .query_one("SELECT count(*) FROM trial_params WHERE trial_id = $1", &[&(u.trial_id as i32)])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing of the refused batch was written");
+    assert!(s.get_trial(u.trial_id).unwrap().user_attrs.is_empty());
+}
