@@ -201,7 +201,8 @@ impl Study {
         }
     }
 
-    /// Starts a trial: the oldest WAITING one, else a new one.
+    /// Starts a trial: the oldest WAITING one, else a new one. Its `seed` user attribute is
+    /// stored with its first write (`Trial::flush`, `report`, `tell`), not here.
     pub fn ask(&self) -> anyhow::Result<Trial> {
         Ok(self.ask_within(None)?.expect("no budget means a trial is always started"))
     }
@@ -250,6 +251,7 @@ impl Study {
             pending_params: Vec::new(),
             pending_attrs: vec![(SEED_ATTR.to_string(), Value::from(seed))],
             last_flush: Instant::now(),
+            flush_failed: false,
         }))
     }
 
@@ -371,6 +373,9 @@ pub struct Trial {
     pending_params: Vec<(String, f64, Distribution)>,
     pending_attrs: Vec<(String, Value)>,
     last_flush: Instant,
+    /// A flush failed (the storage gave up after its own retries): dropping the trial does not
+    /// wait on the storage once more.
+    flush_failed: bool,
 }
 
 impl Trial {
@@ -419,7 +424,8 @@ impl Trial {
     /// [`Trial::suggest`], keeping the value for the next [`Trial::flush`], which stores all
     /// such values in one write: a search space's parameters cost one transaction, not one
     /// each (on PostgreSQL, a round trip to the server each). Flush before the objective runs,
-    /// so that other workers' samplers see the trial's parameters.
+    /// so that other workers' samplers see the trial's parameters. Stored parameters keep the
+    /// order of their writes: an immediate `suggest` between deferred ones is stored first.
     pub fn suggest_deferred(&mut self, name: &str, dist: &Distribution) -> anyhow::Result<Value> {
         self.suggest_with(name, dist, true)
     }
@@ -497,7 +503,7 @@ impl Trial {
 
     /// Reports an intermediate value at `step` (e.g. an evaluation's mean return).
     /// Values reported within `REPORT_FLUSH_INTERVAL` of the last write are stored together, in
-    /// one transaction, by a later `report`, `flush` or `Study::tell`, or when the trial is
+    /// one transaction, by a later `report`, `flush`, `Study::tell` or `Study::tell_known`, or when the trial is
     /// dropped: one commit per value would bound a fast objective by the file's commit rate.
     pub fn report(&mut self, step: i64, value: f64) -> anyhow::Result<()> {
         self.frozen.intermediate_values.insert(step, value);
@@ -511,6 +517,12 @@ impl Trial {
     /// Stores the parameters `suggest_deferred`, the seed attribute and the intermediate values
     /// `report` hold. On an error they stay pending, for the next try.
     pub fn flush(&mut self) -> anyhow::Result<()> {
+        let r = self.store_pending();
+        self.flush_failed = r.is_err();
+        r
+    }
+
+    fn store_pending(&mut self) -> anyhow::Result<()> {
         if !self.pending_params.is_empty() || !self.pending_attrs.is_empty() {
             self.shared.storage.set_trial_params_and_attrs(
                 self.frozen.trial_id,
@@ -560,9 +572,13 @@ impl Trial {
 }
 
 impl Drop for Trial {
-    /// Stores what `report` still holds (a trial left without `tell`: a panic, an executor that
-    /// finishes it by id).
+    /// Stores what `report` and `suggest_deferred` still hold, and the seed attribute (a trial
+    /// left without `tell`: a panic, an executor that finishes it by id), unless the last flush
+    /// failed: the storage has already given up on it.
     fn drop(&mut self) {
+        if self.flush_failed {
+            return;
+        }
         if let Err(e) = self.flush() {
             eprintln!(
                 "warning: trial {}: its last parameters or intermediate values were not stored: {e:#}",

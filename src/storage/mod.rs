@@ -191,9 +191,9 @@ pub trait Storage: Send + Sync {
     /// distribution, and with `TrialFinished` on a finished trial.
     fn set_trial_param(&self, trial_id: i64, name: &str, internal: f64, dist: &Distribution) -> Result<()>;
     /// Records several parameters and user attributes of one trial, as
-    /// [`Storage::set_trial_param`] and [`Storage::set_trial_user_attr`] do each, in order. A
-    /// networked backend writes them in one transaction (all or none); the default writes them
-    /// one by one.
+    /// [`Storage::set_trial_param`] and [`Storage::set_trial_user_attr`] do each, in order (a
+    /// name given twice keeps its last value). A networked backend writes them in one
+    /// transaction (all or none); the default writes them one by one.
     fn set_trial_params_and_attrs(
         &self,
         trial_id: i64,

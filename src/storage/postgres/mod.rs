@@ -90,6 +90,9 @@ enum ErrorKind {
     Auth,
     /// The database does not exist.
     NoDatabase,
+    /// A statement this connection prepared is gone (a pooler such as PgBouncer in transaction
+    /// mode) or no longer fits the schema: prepare again and rerun.
+    StaleStatement,
     /// Anything else.
     Other,
 }
@@ -104,6 +107,12 @@ fn classify(e: &postgres::Error) -> ErrorKind {
                 ErrorKind::Auth
             }
             c if *c == SqlState::INVALID_CATALOG_NAME => ErrorKind::NoDatabase,
+            c if *c == SqlState::INVALID_SQL_STATEMENT_NAME
+                || (*c == SqlState::FEATURE_NOT_SUPPORTED
+                    && e.as_db_error().is_some_and(|d| d.message().contains("cached plan"))) =>
+            {
+                ErrorKind::StaleStatement
+            }
             c if c.code().starts_with("08")
                 || *c == SqlState::ADMIN_SHUTDOWN
                 || *c == SqlState::CRASH_SHUTDOWN
@@ -384,6 +393,7 @@ impl PostgresStorage {
         let deadline = Instant::now() + self.wait;
         let mut conflicts = 0;
         let mut attempt = 0;
+        let mut reprepared = false;
         loop {
             let r = (|| -> FResult<T> {
                 let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
@@ -399,7 +409,14 @@ impl PostgresStorage {
                     client.transaction()?
                 };
                 let mut tx = Tx { tx, statements };
-                let v = f(&mut tx, attempt)?;
+                let v = match f(&mut tx, attempt) {
+                    Err(Fail::Pg(e)) if classify(&e) == ErrorKind::StaleStatement => {
+                        drop(tx);
+                        statements.clear();
+                        return Err(Fail::Pg(e));
+                    }
+                    r => r?,
+                };
                 tx.tx.commit()?;
                 Ok(v)
             })();
@@ -410,6 +427,11 @@ impl PostgresStorage {
             attempt += 1;
             match &e {
                 Fail::Pg(pg) => match classify(pg) {
+                    // The connection's statements were dropped: once more, prepared anew.
+                    ErrorKind::StaleStatement if !reprepared => {
+                        reprepared = true;
+                        continue;
+                    }
                     ErrorKind::Conflict if conflicts < MAX_CONFLICT_RETRIES => {
                         conflicts += 1;
                         std::thread::sleep(backoff(conflicts));

@@ -171,3 +171,18 @@ fn a_trial_s_parameters_and_attributes_are_written_together_in_order_or_not_at_a
     assert_eq!(n, 0, "nothing of the refused batch was written");
     assert!(s.get_trial(u.trial_id).unwrap().user_attrs.is_empty());
 }
+
+#[test]
+fn statements_a_schema_change_invalidated_are_prepared_again() {
+    let Some(admin) = admin_url() else { return };
+    let url = fresh_database(&admin, "reprepare");
+    let s = PostgresStorage::open(&url, true).unwrap();
+    s.create_new_study("one", Direction::Minimize).unwrap();
+    assert_eq!(s.get_all_studies().unwrap().len(), 1);
+    // The cached listing statement returns study_name; another type for it invalidates the
+    // statement ("cached plan must not change result type"): the storage prepares it anew.
+    client(&url).batch_execute("ALTER TABLE studies ALTER COLUMN study_name TYPE text").unwrap();
+    s.create_new_study("two", Direction::Minimize).unwrap();
+    let names: Vec<String> = s.get_all_studies().unwrap().into_iter().map(|st| st.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
