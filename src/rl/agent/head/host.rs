@@ -156,6 +156,8 @@ pub(in crate::rl::agent) struct HostHead {
     /// The bootstrap row `p(s', a*)` (C51) or `T theta` (QR), and C51's projection `m`.
     row: Vec<f32>,
     m: Vec<f32>,
+    /// QR-DQN's sorted targets and their prefix sums.
+    sorted: SortedTargets,
     /// The upper shares of C51's projection, `K + 1` long.
     upper: Vec<f32>,
     /// Per atom of the bootstrap row: `floor(b_j)` and the shares of its two neighbours (C51).
@@ -189,6 +191,7 @@ impl HostHead {
             row: vec![0.0; k],
             m: vec![0.0; k],
             upper: vec![0.0; k + 1],
+            sorted: SortedTargets::default(),
             place: vec![0; k],
             lower_share: vec![0.0; k],
             upper_share: vec![0.0; k],
@@ -295,7 +298,12 @@ impl HostHead {
                     for (t, &x) in self.row.iter_mut().zip(&next[best * k..(best + 1) * k]) {
                         *t = ret + disc * x;
                     }
-                    quantile_huber_row(chosen, &self.row, taus, *kappa, g)
+                    if k >= SORTED_FROM {
+                        self.sorted.prepare(&self.row);
+                        self.sorted.loss(chosen, taus, *kappa, g)
+                    } else {
+                        quantile_huber_row(chosen, &self.row, taus, *kappa, g)
+                    }
                 }
             };
             let scale = b.weights.map_or(1.0, |w| w[r]) / batch as f32;
@@ -331,6 +339,91 @@ impl HostHead {
 fn softmax(x: &[f32], out: &mut [f32]) {
     let s = exp_shifted(x, max(x), out);
     out.iter_mut().for_each(|o| *o /= s);
+}
+
+/// Quantiles from which [`SortedTargets`] replaces the pairwise loop. Measured in one loaded
+/// session of `cargo bench --bench dqn`: at 32 quantiles the sort and binary searches cost more
+/// than the pairs save (update 269 us sorted, 213 us pairwise), at 200 they save (1.34 ms
+/// against 1.89 ms).
+const SORTED_FROM: usize = 100;
+
+/// The quantile Huber loss of a row in `O(N log N)` rather than over its `N x N` pairs: with
+/// the targets sorted and their prefix sums of `t` and `t^2` (in f64), the pairs of each
+/// `theta_i` fall in four runs, `t < theta - kappa`, `theta - kappa <= t < theta`,
+/// `theta <= t <= theta + kappa` and `t > theta + kappa`, found by binary search, over which the
+/// loss (`kappa (|u| - kappa / 2)` outside, `u^2 / 2` inside) and its derivative (`-kappa`,
+/// `u`, `u`, `kappa`) are sums of `1`, `u` and `u^2`: closed forms in the prefix sums. Ties at a
+/// boundary give the same value on either side (the Huber loss is continuous there, and `u = 0`
+/// adds nothing).
+#[derive(Debug, Default)]
+struct SortedTargets {
+    t: Vec<f32>,
+    /// `p1[j] = sum_{i < j} t_i`, `p2[j] = sum_{i < j} t_i^2`.
+    p1: Vec<f64>,
+    p2: Vec<f64>,
+}
+
+impl SortedTargets {
+    fn prepare(&mut self, t: &[f32]) {
+        self.t.clear();
+        self.t.extend_from_slice(t);
+        self.t.sort_unstable_by(f32::total_cmp);
+        self.p1.clear();
+        self.p2.clear();
+        let (mut a, mut b) = (0.0f64, 0.0f64);
+        self.p1.push(0.0);
+        self.p2.push(0.0);
+        for &x in &self.t {
+            let x = x as f64;
+            a += x;
+            b += x * x;
+            self.p1.push(a);
+            self.p2.push(b);
+        }
+    }
+
+    /// `(count, sum u, sum u^2)` over sorted targets `lo..hi`, `u = t - theta`.
+    fn run(&self, lo: usize, hi: usize, theta: f64) -> (f64, f64, f64) {
+        let n = (hi - lo) as f64;
+        let s1 = self.p1[hi] - self.p1[lo];
+        let s2 = self.p2[hi] - self.p2[lo];
+        (n, s1 - n * theta, s2 - 2.0 * theta * s1 + n * theta * theta)
+    }
+
+    /// As [`quantile_huber_row`], on the targets last prepared.
+    fn loss(&self, theta: &[f32], taus: &[f32], kappa: f32, grad: &mut [f32]) -> f32 {
+        let m = self.t.len();
+        let inv_m = 1.0 / m as f64;
+        let below = |x: f64| self.t.partition_point(|&t| (t as f64) < x);
+        let kappa = kappa as f64;
+        let nan = self.t.last().is_some_and(|t| t.is_nan());
+        let mut loss = 0.0f64;
+        for ((g, &th), &tau) in grad.iter_mut().zip(theta).zip(taus) {
+            let (th, tau) = (th as f64, tau as f64);
+            let (l, d) = if kappa > 0.0 {
+                let a = below(th - kappa);
+                let b = below(th);
+                let c = self.t.partition_point(|&t| (t as f64) <= th + kappa);
+                let (na, ua, _) = self.run(0, a, th);
+                let (_, ub, qb) = self.run(a, b, th);
+                let (_, uc, qc) = self.run(b, c, th);
+                let (nd, ud, _) = self.run(c, m, th);
+                let half = 0.5 * kappa * kappa;
+                let l = (1.0 - tau) * (-kappa * ua - na * half + 0.5 * qb) + tau * (0.5 * qc + kappa * ud - nd * half);
+                let d = (1.0 - tau) * (-kappa * na + ub) + tau * (uc + kappa * nd);
+                (l / kappa, d / kappa)
+            } else {
+                let b = below(th);
+                let (nb, ub, _) = self.run(0, b, th);
+                let (_, u_all, _) = self.run(0, m, th);
+                (tau * u_all - ub, tau * m as f64 - nb)
+            };
+            let (l, d) = if nan || th.is_nan() { (f64::NAN, f64::NAN) } else { (l, d) };
+            loss += l * inv_m;
+            *g = (-d * inv_m) as f32;
+        }
+        loss as f32
+    }
 }
 
 /// `sum_i mean_j rho^kappa_{tau_i}(t_j - theta_i)` for one row, its gradient with respect to
@@ -404,6 +497,29 @@ mod tests {
         let below = exp_nonpositive(f32x8::splat(-1000.0)).to_array()[0];
         assert!(below > 0.0 && below <= (-87.0f32).exp() * 1.000001, "{below}");
         assert!(exp_nonpositive(f32x8::splat(f32::NAN)).to_array()[0].is_nan());
+    }
+
+    #[test]
+    fn sorted_quantile_loss_matches_the_pairwise_one() {
+        let mut sorted = SortedTargets::default();
+        for n in [1usize, 2, 5, 32, 200] {
+            let taus: Vec<f32> = (0..n).map(|i| (2 * i + 1) as f32 / (2 * n) as f32).collect();
+            // Values on a coarse grid, so that ties and exact boundaries (u = 0, |u| = kappa) occur.
+            let theta: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.5 - 3.0).collect();
+            let t: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 17) as f32 * 0.5 - 4.0).collect();
+            for kappa in [0.0f32, 0.5, 1.0, 3.0] {
+                let (mut g1, mut g2) = (vec![0.0; n], vec![0.0; n]);
+                let l1 = quantile_huber_row(&theta, &t, &taus, kappa, &mut g1);
+                sorted.prepare(&t);
+                let l2 = sorted.loss(&theta, &taus, kappa, &mut g2);
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+                assert!(close(l2, l1), "n {n}, kappa {kappa}: loss {l2} vs {l1}");
+                assert!(g1.iter().zip(&g2).all(|(a, b)| close(*b, *a)), "n {n}, kappa {kappa}: {g2:?} vs {g1:?}");
+            }
+        }
+        let mut g = vec![0.0; 2];
+        sorted.prepare(&[1.0, f32::NAN]);
+        assert!(sorted.loss(&[0.0, 1.0], &[0.25, 0.75], 1.0, &mut g).is_nan());
     }
 
     #[test]
