@@ -341,18 +341,8 @@ impl Storage for InMemoryStorage {
         let mut g = self.lock();
         let study_id = g.updatable(trial_id)?.study_id;
         let s = g.study_mut(study_id)?;
-        match s.dists.get(name) {
-            Some(old) if !old.compatible(dist) => {
-                return Err(StorageError::IncompatibleDistribution {
-                    name: name.to_string(),
-                    old: old.to_optuna_json().to_string(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                s.dists.insert(name.to_string(), dist.clone());
-            }
-        }
+        StorageError::check_distribution(name, s.dists.get(name), dist)?;
+        s.dists.entry(name.to_string()).or_insert_with(|| dist.clone());
         let t = Arc::make_mut(&mut g.trials.get_mut(&trial_id).expect("checked above").frozen);
         t.params.insert(name.to_string(), internal);
         t.distributions.insert(name.to_string(), dist.clone());

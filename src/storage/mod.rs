@@ -113,6 +113,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// `IncompatibleDistribution` when `name` already has `old` in the study and `new` is not
+    /// compatible with it (the check every backend makes before storing a parameter).
+    pub fn check_distribution(
+        name: &str,
+        old: Option<&Distribution>,
+        new: &Distribution,
+    ) -> std::result::Result<(), Self> {
+        match old {
+            Some(old) if !old.compatible(new) => Err(StorageError::IncompatibleDistribution {
+                name: name.to_string(),
+                old: old.to_optuna_json().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// True for errors the user fixes by changing their input (exit code 2).
     pub fn is_user_fixable(&self) -> bool {
         matches!(

@@ -868,13 +868,7 @@ impl Storage for SqliteStorage {
                     }
                 }
             };
-            if let Some(old) = old.filter(|old| !old.compatible(dist)) {
-                return Err(StorageError::IncompatibleDistribution {
-                    name: name.to_string(),
-                    old: old.to_optuna_json().to_string(),
-                }
-                .into());
-            }
+            StorageError::check_distribution(name, old.as_ref(), dist)?;
             g.conn
                 .prepare_cached(
                     "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) \

@@ -1003,13 +1003,7 @@ impl Storage for PostgresStorage {
                         None => None,
                     },
                 };
-                if let Some(old) = old.filter(|old| !old.compatible(dist)) {
-                    return Err(StorageError::IncompatibleDistribution {
-                        name: name.to_string(),
-                        old: old.to_optuna_json().to_string(),
-                    }
-                    .into());
-                }
+                StorageError::check_distribution(name, old.as_ref(), dist)?;
             }
             // One statement for all of them, in order (param_id keeps the order, as Optuna's);
             // a name given twice keeps its last value.
