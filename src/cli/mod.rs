@@ -72,10 +72,29 @@ pub const SEED_ATTR: &str = "tune:seed";
 /// The storage a study file runs on: `--storage`, else the file's `storage:`, else the
 /// `TUNE_STORAGE` environment variable, else `sqlite:///tune.db`.
 pub(crate) fn resolve_storage(flag: Option<&str>, file: Option<&str>) -> String {
+    pick_storage(flag, file, std::env::var("TUNE_STORAGE").ok())
+}
+
+fn pick_storage(flag: Option<&str>, file: Option<&str>, env: Option<String>) -> String {
     flag.map(str::to_string)
         .or_else(|| file.map(str::to_string))
-        .or_else(|| std::env::var("TUNE_STORAGE").ok().filter(|s| !s.trim().is_empty()))
+        .or_else(|| env.filter(|s| !s.trim().is_empty()))
         .unwrap_or_else(|| DEFAULT_STORAGE.to_string())
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_then_the_study_file_then_tune_storage_then_tune_db() {
+        let pg = || Some("postgresql://tune@env/db".to_string());
+        assert_eq!(pick_storage(Some("postgresql://a@h/x"), Some("sqlite:///f.db"), pg()), "postgresql://a@h/x");
+        assert_eq!(pick_storage(None, Some("postgresql://b@h/y"), pg()), "postgresql://b@h/y");
+        assert_eq!(pick_storage(None, None, pg()), "postgresql://tune@env/db");
+        assert_eq!(pick_storage(None, None, Some("  ".into())), DEFAULT_STORAGE);
+        assert_eq!(pick_storage(None, None, None), DEFAULT_STORAGE);
+    }
 }
 
 /// Opens a storage for the read-only subcommands, refusing to create a new file (or a schema
