@@ -515,9 +515,23 @@ impl Network {
     /// fused path, with it otherwise unless the caller holds a no-grad guard.
     fn out(&self, x: &Tensor, taus: Option<&Tensor>) -> Tensor {
         match (&self.fused, taus) {
-            (Some(f), _) => f.forward(x),
+            (Some(f), _) => f.forward(x, None),
             (None, Some(taus)) => self.net.forward_taus(x, taus),
             (None, None) => self.net.forward(x),
+        }
+    }
+
+    /// The network's outputs written into `dst` (the fused path's last layer writes there
+    /// directly), without gradient tracking.
+    fn out_into(&self, x: &Tensor, dst: &mut Tensor) {
+        let _guard = tch::no_grad_guard();
+        match &self.fused {
+            Some(f) => {
+                let _ = f.forward(x, Some(dst));
+            }
+            None => {
+                dst.copy_(&self.net.forward(x));
+            }
         }
     }
 }
@@ -576,29 +590,40 @@ impl FusedMlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// The outputs for `x`, written into `into` when given (which saves the copy of a caller
+    /// that wants them there, such as a host buffer).
+    fn forward(&self, x: &Tensor, into: Option<&Tensor>) -> Tensor {
         let _guard = tch::no_grad_guard();
         let last = self.layers.len() - 1;
         let mut h = x.shallow_clone();
         for (l, layer) in self.layers.iter().enumerate() {
-            let mut z = layer.bias.addmm(&h, &layer.weight_t);
-            h = if l < last { z.relu_() } else { z };
+            h = Self::layer(layer, &h, l == last, into);
         }
         h
     }
 
     /// [`FusedMlp::forward`], keeping each layer's input for [`FusedMlp::backward`].
-    fn forward_saving(&mut self, x: &Tensor) -> Tensor {
+    fn forward_saving(&mut self, x: &Tensor, into: Option<&Tensor>) -> Tensor {
         let _guard = tch::no_grad_guard();
         self.inputs.clear();
         let last = self.layers.len() - 1;
         let mut h = x.shallow_clone();
         for (l, layer) in self.layers.iter().enumerate() {
-            let mut z = layer.bias.addmm(&h, &layer.weight_t);
+            let z = Self::layer(layer, &h, l == last, into);
             self.inputs.push(h);
-            h = if l < last { z.relu_() } else { z };
+            h = z;
         }
         h
+    }
+
+    /// One layer: `h W^T + b`, then the ReLU but for the last layer, whose outputs go to
+    /// `into` when given.
+    fn layer(layer: &FusedLayer, h: &Tensor, last: bool, into: Option<&Tensor>) -> Tensor {
+        match (last, into) {
+            (true, Some(out)) => layer.bias.addmm_out(out, h, &layer.weight_t),
+            (true, None) => layer.bias.addmm(h, &layer.weight_t),
+            (false, _) => layer.bias.addmm(h, &layer.weight_t).relu_(),
+        }
     }
 
     /// Writes `dL/dtheta` into the gradient views, given `dL/dQ` for the last saved forward pass.
@@ -669,8 +694,12 @@ impl Fractions {
 /// CPU training of C51 and QR-DQN without Munchausen: the head's maths on host copies of the
 /// network outputs ([`HostHead`]); the gradient buffer is read in place by a tensor.
 struct HostPath {
-    /// `[B, |A| K]` aliasing `grad` (declared first: dropped before it).
+    /// `[B, |A| K]` tensors aliasing `grad`, `next`, `chooser` and `out` (declared first: dropped
+    /// before them); the fused MLP writes its outputs straight into the last three.
     grad_t: Tensor,
+    next_t: Tensor,
+    chooser_t: Tensor,
+    out_t: Tensor,
     grad: Vec<f32>,
     head: HostHead,
     next: Vec<f32>,
@@ -685,10 +714,11 @@ impl HostPath {
         }
         let head = HostHead::new(&cfg.head)?;
         let len = cfg.batch_size * n_actions * atoms as usize;
-        let grad = vec![0f32; len];
-        // SAFETY: `grad` lives in the struct, is never resized and outlives `grad_t`.
-        let grad_t = unsafe { alias(&grad, &[cfg.batch_size as i64, n_actions as i64 * atoms]) };
-        Some(HostPath { grad_t, grad, head, next: vec![0.0; len], chooser: vec![0.0; len], out: vec![0.0; len] })
+        let (grad, next, chooser, out) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        let shape = [cfg.batch_size as i64, n_actions as i64 * atoms];
+        // SAFETY: the buffers live in the struct, are never resized and outlive the aliases.
+        let [grad_t, next_t, chooser_t, out_t] = [&grad, &next, &chooser, &out].map(|b| unsafe { alias(b, &shape) });
+        Some(HostPath { grad_t, next_t, chooser_t, out_t, grad, head, next, chooser, out })
     }
 }
 
@@ -1062,7 +1092,7 @@ impl DqnAgent {
         let columns = self.columns(&self.tensors.actions);
         let t = &self.tensors;
         let out = match (&mut self.online.fused, &self.fractions) {
-            (Some(fused), _) => fused.forward_saving(&t.obs),
+            (Some(fused), _) => fused.forward_saving(&t.obs, None),
             (None, Some(f)) => self.online.net.forward_taus(&t.obs, &f.online),
             (None, None) => self.online.net.forward(&t.obs),
         };
@@ -1113,20 +1143,20 @@ impl DqnAgent {
         self.stage_batch();
         let host = self.host.as_mut().expect("the host path is set up");
         let t = &self.tensors;
-        let len = host.next.len();
-        {
-            let _guard = tch::no_grad_guard();
-            let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
-            bootstrap_net.out(&t.next_obs, None).contiguous().copy_data(&mut host.next, len);
-            if self.cfg.double {
-                self.online.out(&t.next_obs, None).contiguous().copy_data(&mut host.chooser, len);
-            }
+        let bootstrap_net = self.target.as_ref().unwrap_or(&self.online);
+        bootstrap_net.out_into(&t.next_obs, &mut host.next_t);
+        if self.cfg.double {
+            self.online.out_into(&t.next_obs, &mut host.chooser_t);
         }
         let out = match &mut self.online.fused {
-            Some(fused) => fused.forward_saving(&t.obs),
-            None => self.online.net.forward(&t.obs),
+            Some(fused) => fused.forward_saving(&t.obs, Some(&host.out_t)),
+            None => {
+                let out = self.online.net.forward(&t.obs);
+                let _guard = tch::no_grad_guard();
+                host.out_t.copy_(&out);
+                out
+            }
         };
-        out.detach().contiguous().copy_data(&mut host.out, len);
         let prioritized = matches!(self.cfg.replay, ReplaySpec::Prioritized { .. });
         let weights = prioritized.then_some(&self.batch.weights[..]);
         let batch = HostBatch {
@@ -1663,7 +1693,7 @@ mod tests {
         let grads = Tensor::run_backward(&[(&q_autograd * &grad_q).sum(Kind::Float)], &net.vars, false, false);
         let expected = Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0);
         let fused = net.fused.as_mut().expect("a plain MLP takes the fused path");
-        let q_fused = fused.forward_saving(&x);
+        let q_fused = fused.forward_saving(&x, None);
         fused.backward(&grad_q);
         assert!((q_fused - q_autograd).abs().max().double_value(&[]) < 1e-6);
         let diff = (&net.grad - &expected).abs().max().double_value(&[]);

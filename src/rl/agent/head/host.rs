@@ -2,126 +2,111 @@
 //! for CPU training: the same equations (see the parent module), without libtorch's
 //! per-operation overhead, which at DQN sizes costs more than the arithmetic (FACTS.md §6). The
 //! C51 projection is Algorithm 1's `l = floor(b_j)`, `u = ceil(b_j)` split, `O(K)` per row; the
-//! quantile Huber loss is a branch-free loop over the `N x N` pairs of each row. Munchausen's
-//! mixture and IQN's sampled fractions stay on the tensor path.
+//! quantile Huber loss is a branch-free loop over the `N x N` pairs of each row (from 100
+//! quantiles, an `O(N log N)` form on sorted targets). Munchausen's mixture and IQN's sampled
+//! fractions stay on the tensor path.
 //!
-//! The loops run on 8-lane vectors (`wide::f32x8`): its `exp` is a polynomial that vectorises
-//! where libm's `expf` is one scalar call per element, and explicit lanes let the sums
-//! vectorise, which strict float ordering forbids the compiler to do by itself. A C51 update
-//! takes some 10,000 exponentials and a 32-quantile QR-DQN update 65,000 Huber terms, so this
-//! is most of the head's cost.
+//! The loops are written once over `pulp`'s [`Simd`] lanes and run on the instruction set the
+//! CPU has, picked at run time ([`Arch::new`]): AVX2 with FMA (8 lanes) on x86-64 machines from
+//! 2013 on, scalar code elsewhere. The default x86-64 target stops at SSE2, where a fixed-width
+//! vector type compiles to 4-lane halves without FMA; dispatching at run time keeps one binary
+//! for every machine. Softmax uses its own `exp` (a polynomial that vectorises, where libm's
+//! `expf` is one scalar call per element), and explicit lanes let the sums vectorise, which
+//! strict float ordering forbids the compiler to do by itself. A C51 update takes some 10,000
+//! exponentials and a 32-quantile QR-DQN update 65,000 Huber terms, so this is most of the
+//! head's cost.
 //!
 //! `every_head_matches_the_pytorch_reference` checks both paths against the PyTorch reference.
 
-use wide::f32x8;
+use pulp::{Arch, Simd, WithSimd};
 
 use super::HeadSpec;
 
-const LANES: usize = 8;
-
-/// What [`std::slice::ChunksExact`] leaves of `x`, as one vector and a mask of the lanes that
-/// hold it: the last `LANES` elements (overlapping the whole lanes before them, so no copy), or
-/// for a slice shorter than a lane, the elements padded with zeros.
-#[inline]
-fn tail(x: &[f32]) -> Option<(f32x8, f32x8)> {
-    let (n, r) = (x.len(), x.len() % LANES);
-    if r == 0 {
-        return None;
-    }
-    let index = f32x8::from([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
-    Some(if n >= LANES {
-        (load(&x[n - LANES..]), index.simd_ge(f32x8::splat((LANES - r) as f32)))
-    } else {
-        let mut a = [0.0; LANES];
-        a[..n].copy_from_slice(x);
-        (f32x8::from(a), index.simd_lt(f32x8::splat(n as f32)))
-    })
-}
-
 /// `exp(x)` for `x <= 0`, as softmax needs it (`x` a logit less the largest): Cephes' `expf`
 /// (Moshier), `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` by its degree-7 minimax polynomial,
-/// `2^n` written into the exponent bits; relative error below `2 f32::EPSILON`. It skips what wide's general
-/// `exp` does for large and special inputs (30 instructions an element without AVX, this one 5):
-/// inputs below -87 give `e^-87` (so that `2^n` stays a normal number, as flushed denormals
-/// need), and NaN stays NaN.
-#[inline]
-fn exp_nonpositive(x: f32x8) -> f32x8 {
+/// `2^n` written into the exponent bits; relative error below `2 f32::EPSILON`. It skips what a
+/// general `exp` does for large and special inputs: inputs below -87 give `e^-87` (so that `2^n`
+/// stays a normal number, as flushed denormals need), and NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     // 1.5 * 2^23: adding it rounds to an integer, left in the low bits of the mantissa.
     const ROUND: f32 = 12_582_912.0;
-    let c = x.max(f32x8::splat(-87.0));
-    let t = c * f32x8::splat(std::f32::consts::LOG2_E) + f32x8::splat(ROUND);
-    let n = t - f32x8::splat(ROUND);
-    let r = c - n * f32x8::splat(0.693_359_4) - n * f32x8::splat(-2.121_944_4e-4);
-    let mut p = f32x8::splat(1.987_569_1e-4);
+    let c = s.max_f32s(x, s.splat_f32s(-87.0));
+    let t = s.mul_add_e_f32s(c, s.splat_f32s(std::f32::consts::LOG2_E), s.splat_f32s(ROUND));
+    let n = s.sub_f32s(t, s.splat_f32s(ROUND));
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-0.693_359_4), c);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(2.121_944_4e-4), r);
+    let mut p = s.splat_f32s(1.987_569_1e-4);
     for coef in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = p * r + f32x8::splat(coef);
+        p = s.mul_add_e_f32s(p, r, s.splat_f32s(coef));
     }
-    let e = p * (r * r) + r + f32x8::ONE;
+    let e = s.add_f32s(s.mul_add_e_f32s(p, s.mul_f32s(r, r), r), s.splat_f32s(1.0));
     // 2^n: the integer in `t`'s low bits, biased and shifted into the exponent (the bits of
     // ROUND itself shift out).
-    let bits: wide::i32x8 = wide::bytemuck::cast(t);
-    let scale: f32x8 = wide::bytemuck::cast((bits + wide::i32x8::splat(127)) << 23u32);
-    x.is_nan().select(x, e * scale)
-}
-
-#[inline]
-fn load(c: &[f32]) -> f32x8 {
-    f32x8::from(<[f32; LANES]>::try_from(c).expect("a whole lane"))
+    let bits = s.add_u32s(s.transmute_u32s_f32s(t), s.splat_u32s(127));
+    let scale = s.transmute_f32s_u32s(s.wrapping_dyn_shl_u32s(bits, s.splat_u32s(23)));
+    s.select_f32s_m32s(s.equal_f32s(x, x), s.mul_f32s(e, scale), x)
 }
 
 /// `max_i x_i` (NaN-ignoring, as `f32::max`).
-#[inline]
-fn max(x: &[f32]) -> f32 {
-    let low = f32x8::splat(f32::NEG_INFINITY);
-    let mut m = x.chunks_exact(LANES).fold(low, |m, c| m.max(load(c)));
-    if let Some((v, keep)) = tail(x) {
-        m = m.max(keep.select(v, low));
+#[inline(always)]
+fn max<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut m = s.splat_f32s(f32::NEG_INFINITY);
+    for &v in head {
+        m = s.max_f32s(m, v);
     }
-    m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    let mut m = s.reduce_max_f32s(m);
+    for &v in tail {
+        m = m.max(v);
+    }
+    m
 }
 
 /// `out_i = exp(x_i - shift)`; returns `sum_i out_i`.
-#[inline]
-fn exp_shifted(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
-    let shift = f32x8::splat(shift);
-    let mut sum = f32x8::ZERO;
-    for (c, o) in x.chunks_exact(LANES).zip(out.chunks_exact_mut(LANES)) {
-        let e = exp_nonpositive(load(c) - shift);
-        o.copy_from_slice(&e.to_array());
-        sum += e;
+#[inline(always)]
+fn exp_shifted<S: Simd>(s: S, x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let (out_head, out_tail) = S::as_mut_simd_f32s(out);
+    let shift = s.splat_f32s(shift);
+    let mut sum = s.splat_f32s(0.0);
+    for (o, &v) in out_head.iter_mut().zip(head) {
+        *o = exp_nonpositive(s, s.sub_f32s(v, shift));
+        sum = s.add_f32s(sum, *o);
     }
-    if let Some((v, keep)) = tail(x) {
-        let e = exp_nonpositive(v - shift);
-        let (n, e_lanes) = (x.len(), e.to_array());
-        if n >= LANES {
-            // The overlapping lanes get the values they already have.
-            out[n - LANES..n].copy_from_slice(&e_lanes);
-        } else {
-            out[..n].copy_from_slice(&e_lanes[..n]);
-        }
-        sum += e & keep;
+    let mut total = s.reduce_sum_f32s(sum);
+    if !tail.is_empty() {
+        s.partial_store_f32s(out_tail, exp_nonpositive(s, s.sub_f32s(s.partial_load_f32s(tail), shift)));
+        total += out_tail.iter().sum::<f32>();
     }
-    sum.reduce_add()
+    total
 }
 
 /// `sum_i a_i b_i`.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sum = a.chunks_exact(LANES).zip(b.chunks_exact(LANES)).fold(f32x8::ZERO, |s, (x, y)| s + load(x) * load(y));
-    if let (Some((x, keep)), Some((y, _))) = (tail(a), tail(b)) {
-        sum += (x * y) & keep;
+#[inline(always)]
+fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    let (ha, ta) = S::as_simd_f32s(a);
+    let (hb, tb) = S::as_simd_f32s(b);
+    let mut acc = s.splat_f32s(0.0);
+    for (&x, &y) in ha.iter().zip(hb) {
+        acc = s.mul_add_e_f32s(x, y, acc);
     }
-    sum.reduce_add()
+    let mut total = s.reduce_sum_f32s(acc);
+    for (&x, &y) in ta.iter().zip(tb) {
+        total += x * y;
+    }
+    total
 }
 
 /// `sum_i x_i`.
-#[inline]
-fn sum(x: &[f32]) -> f32 {
-    let mut sum = x.chunks_exact(LANES).fold(f32x8::ZERO, |s, c| s + load(c));
-    if let Some((v, keep)) = tail(x) {
-        sum += v & keep;
+#[inline(always)]
+fn sum<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut acc = s.splat_f32s(0.0);
+    for &v in head {
+        acc = s.add_f32s(acc, v);
     }
-    sum.reduce_add()
+    s.reduce_sum_f32s(acc) + tail.iter().sum::<f32>()
 }
 
 /// One batch as host slices: network outputs are `[B, |A| K]`, action-major.
@@ -161,12 +146,12 @@ pub(in crate::rl::agent) struct HostHead {
     /// The upper shares of C51's projection, `K + 1` long.
     upper: Vec<f32>,
     /// Per atom of the bootstrap row: `floor(b_j)` and the shares of its two neighbours (C51).
-    place: Vec<i32>,
-    lower_share: Vec<f32>,
-    upper_share: Vec<f32>,
+    place: Places,
     /// `exp(x - max)` of every action's logits in the chooser row, and their sums (C51).
     exps: Vec<f32>,
     sums: Vec<f32>,
+    /// The instruction set the lane helpers run on (AVX2 and FMA where the CPU has them).
+    arch: Arch,
 }
 
 impl HostHead {
@@ -192,11 +177,10 @@ impl HostHead {
             m: vec![0.0; k],
             upper: vec![0.0; k + 1],
             sorted: SortedTargets::default(),
-            place: vec![0; k],
-            lower_share: vec![0.0; k],
-            upper_share: vec![0.0; k],
+            place: Places::default(),
             exps: Vec::new(),
             sums: Vec::new(),
+            arch: Arch::new(),
         })
     }
 
@@ -209,6 +193,13 @@ impl HostHead {
         rows: &mut [f32],
         grad: &mut [f32],
     ) {
+        let arch = self.arch;
+        arch.dispatch(Loss { head: self, b, n_actions, rows, grad });
+    }
+
+    /// [`HostHead::loss`] on the instruction set `s`.
+    #[inline(always)]
+    fn loss_with<S: Simd>(&mut self, s: S, b: &HostBatch<'_>, n_actions: usize, rows: &mut [f32], grad: &mut [f32]) {
         let k = self.k;
         let width = n_actions * k;
         let batch = rows.len();
@@ -219,7 +210,7 @@ impl HostHead {
         for r in 0..batch {
             let span = r * width..(r + 1) * width;
             let (next, chooser, out) = (&b.next[span.clone()], &b.chooser[span.clone()], &b.out[span.clone()]);
-            let best = self.greedy(chooser, n_actions);
+            let best = self.greedy(s, chooser, n_actions);
             let a = b.actions[r] as usize;
             let chosen = &out[a * k..(a + 1) * k];
             let g = &mut grad[span][a * k..(a + 1) * k];
@@ -232,67 +223,49 @@ impl HostHead {
                 Kind::C51 { z, v_min, v_max, dz } => {
                     if same {
                         // The chooser's exponentials of a* are p(s', a*) unnormalised.
-                        let s = self.sums[best];
+                        let inv = 1.0 / self.sums[best];
                         for (p, &e) in self.row.iter_mut().zip(&self.exps[best * k..(best + 1) * k]) {
-                            *p = e / s;
+                            *p = e * inv;
                         }
                     } else {
-                        softmax(&next[best * k..(best + 1) * k], &mut self.row);
+                        softmax(s, &next[best * k..(best + 1) * k], &mut self.row);
                     }
+                    project(
+                        s,
+                        Support { z, v_min: *v_min, v_max: *v_max, dz: *dz },
+                        ret,
+                        disc,
+                        &self.row,
+                        &mut self.place,
+                    );
                     // Algorithm 1: atom j's mass goes to the neighbours l <= b_j <= u of its shifted
-                    // place. Places and shares are computed a lane at a time, then scattered. The
-                    // lower and upper shares go to two arrays (`m` and `upper`, one longer than the
-                    // support, so that `l + 1` needs no branch): consecutive atoms land on
-                    // neighbouring places, and one array would make each addition wait for the
-                    // store of the one before.
-                    let (lv, uv, pv) = (f32x8::splat(*v_min), f32x8::splat(*v_max), f32x8::splat(*dz));
-                    let (rv, dv, top) = (f32x8::splat(ret), f32x8::splat(disc), f32x8::splat((k - 1) as f32));
-                    let n = k - k % LANES;
-                    let place = |z: f32x8, p: f32x8| {
-                        let b = ((rv + dv * z).max(lv).min(uv) - lv) / pv;
-                        let b = b.max(f32x8::ZERO).min(top);
-                        // floor(b_j) for b_j >= 0 is its truncation; at l == u the fraction is 0
-                        // and the whole mass stays at l.
-                        let l = b.trunc_int();
-                        let frac = b - f32x8::from_i32x8(l);
-                        (l.to_array(), (p - p * frac).to_array(), (p * frac).to_array())
-                    };
-                    for j in (0..n).step_by(LANES) {
-                        let (l, lo, up) = place(load(&z[j..j + LANES]), load(&self.row[j..j + LANES]));
-                        self.place[j..j + LANES].copy_from_slice(&l);
-                        self.lower_share[j..j + LANES].copy_from_slice(&lo);
-                        self.upper_share[j..j + LANES].copy_from_slice(&up);
-                    }
-                    if n < k {
-                        let (mut zt, mut pt) = ([0.0; LANES], [0.0; LANES]);
-                        zt[..k - n].copy_from_slice(&z[n..]);
-                        pt[..k - n].copy_from_slice(&self.row[n..]);
-                        let (l, lo, up) = place(f32x8::from(zt), f32x8::from(pt));
-                        self.place[n..].copy_from_slice(&l[..k - n]);
-                        self.lower_share[n..].copy_from_slice(&lo[..k - n]);
-                        self.upper_share[n..].copy_from_slice(&up[..k - n]);
-                    }
+                    // place. The lower and upper shares go to two arrays (`m` and `upper`, one
+                    // longer than the support, so that `l + 1` needs no branch): consecutive atoms
+                    // land on neighbouring places, and one array would make each addition wait for
+                    // the store of the one before.
                     self.m.fill(0.0);
                     self.upper.fill(0.0);
-                    for ((&l, &lo), &up) in self.place.iter().zip(&self.lower_share).zip(&self.upper_share) {
-                        // `l` lies in [0, K - 1]: the clamps above keep it there (NaN truncates to 0
-                        // or the most negative integer, which min/max would have replaced).
+                    let (m, upper) = (&mut self.m[..k], &mut self.upper[..k + 1]);
+                    for (&l, (&lo, &up)) in self.place.floor.iter().zip(self.place.lower.iter().zip(&self.place.upper))
+                    {
+                        // `l` lies in [0, K - 1]: `project` clamps its place there (a NaN place
+                        // would give garbage bits, which `min` keeps in bounds).
                         let l = (l as usize).min(k - 1);
-                        self.m[l] += lo;
-                        self.upper[l + 1] += up;
+                        m[l] += lo;
+                        upper[l + 1] += up;
                     }
-                    for (mi, &ui) in self.m.iter_mut().zip(&self.upper) {
+                    for (mi, &ui) in m.iter_mut().zip(upper.iter()) {
                         *mi += ui;
                     }
                     // -sum_i m_i log softmax_i, whose gradient is softmax - m.
-                    let max = max(chosen);
-                    let s = exp_shifted(chosen, max, g);
-                    let lse = max + s.ln();
-                    let inv = 1.0 / s;
-                    for (gi, &mi) in g.iter_mut().zip(&self.m) {
+                    let max = max(s, chosen);
+                    let sum_e = exp_shifted(s, chosen, max, g);
+                    let lse = max + sum_e.ln();
+                    let inv = 1.0 / sum_e;
+                    for (gi, &mi) in g.iter_mut().zip(m.iter()) {
                         *gi = *gi * inv - mi;
                     }
-                    lse * sum(&self.m) - dot(&self.m, chosen)
+                    lse * sum(s, m) - dot(s, m, chosen)
                 }
                 Kind::Qr { taus, kappa } => {
                     for (t, &x) in self.row.iter_mut().zip(&next[best * k..(best + 1) * k]) {
@@ -302,7 +275,7 @@ impl HostHead {
                         self.sorted.prepare(&self.row);
                         self.sorted.loss(chosen, taus, *kappa, g)
                     } else {
-                        quantile_huber_row(chosen, &self.row, taus, *kappa, g)
+                        quantile_huber_row(s, chosen, &self.row, taus, *kappa, g)
                     }
                 }
             };
@@ -313,7 +286,8 @@ impl HostHead {
 
     /// `argmax_a Q(s, a)` of one row of outputs (C51: the mean of each action's softmax, whose
     /// exponentials and sums are kept in `exps` and `sums`).
-    fn greedy(&mut self, row: &[f32], n_actions: usize) -> usize {
+    #[inline(always)]
+    fn greedy<S: Simd>(&mut self, s: S, row: &[f32], n_actions: usize) -> usize {
         let k = self.k;
         let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
         for a in 0..n_actions {
@@ -321,11 +295,11 @@ impl HostHead {
             let v = match &self.kind {
                 Kind::C51 { z, .. } => {
                     let exps = &mut self.exps[a * k..(a + 1) * k];
-                    let s = exp_shifted(x, max(x), exps);
-                    self.sums[a] = s;
-                    dot(exps, z) / s
+                    let sum_e = exp_shifted(s, x, max(s, x), exps);
+                    self.sums[a] = sum_e;
+                    dot(s, exps, z) / sum_e
                 }
-                Kind::Qr { .. } => sum(x) / k as f32,
+                Kind::Qr { .. } => sum(s, x) / k as f32,
             };
             // The first of equal maxima, as libtorch's argmax.
             if a == 0 || v > best_v {
@@ -336,9 +310,89 @@ impl HostHead {
     }
 }
 
-fn softmax(x: &[f32], out: &mut [f32]) {
-    let s = exp_shifted(x, max(x), out);
-    out.iter_mut().for_each(|o| *o /= s);
+/// [`HostHead::loss`]'s arguments, run by [`Arch::dispatch`] on the best instruction set.
+struct Loss<'a, 'b> {
+    head: &'a mut HostHead,
+    b: &'a HostBatch<'b>,
+    n_actions: usize,
+    rows: &'a mut [f32],
+    grad: &'a mut [f32],
+}
+
+impl WithSimd for Loss<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> Self::Output {
+        self.head.loss_with(s, self.b, self.n_actions, self.rows, self.grad)
+    }
+}
+
+#[inline(always)]
+fn softmax<S: Simd>(s: S, x: &[f32], out: &mut [f32]) {
+    let inv = 1.0 / exp_shifted(s, x, max(s, x), out);
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// C51's support `z_i = v_min + i dz`.
+#[derive(Clone, Copy)]
+struct Support<'a> {
+    z: &'a [f32],
+    v_min: f32,
+    v_max: f32,
+    dz: f32,
+}
+
+/// Per atom of the bootstrap row: the lower neighbour `floor(b_j)` of its shifted place and the
+/// shares of `p_j` its two neighbours get.
+#[derive(Debug, Default)]
+struct Places {
+    floor: Vec<u32>,
+    lower: Vec<f32>,
+    upper: Vec<f32>,
+}
+
+/// Algorithm 1's places: `b_j = (clamp(ret + disc z_j, v_min, v_max) - v_min) / dz`, clamped to
+/// `[0, K - 1]` against rounding, `l = floor(b_j)`, shares `p_j (1 - (b_j - l))` and
+/// `p_j (b_j - l)` (at `l == u` the fraction is 0 and the whole mass stays at `l`).
+#[inline(always)]
+fn project<S: Simd>(s: S, sup: Support<'_>, ret: f32, disc: f32, p: &[f32], out: &mut Places) {
+    // 1.5 * 2^23: adding it rounds a float in [0, 2^22) to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let k = p.len();
+    out.floor.resize(k, 0);
+    out.lower.resize(k, 0.0);
+    out.upper.resize(k, 0.0);
+    let (lv, uv, inv) = (s.splat_f32s(sup.v_min), s.splat_f32s(sup.v_max), s.splat_f32s(1.0 / sup.dz));
+    let (rv, dv, top, zero) = (s.splat_f32s(ret), s.splat_f32s(disc), s.splat_f32s((k - 1) as f32), s.splat_f32s(0.0));
+    let round = s.splat_f32s(ROUND);
+    #[inline(always)]
+    fn lane<S: Simd>(s: S, c: [S::f32s; 8], z: S::f32s, pj: S::f32s) -> (S::u32s, S::f32s, S::f32s) {
+        let [lv, uv, inv, rv, dv, top, zero, round] = c;
+        let tz = s.min_f32s(s.max_f32s(s.mul_add_e_f32s(dv, z, rv), lv), uv);
+        let b = s.min_f32s(s.max_f32s(s.mul_f32s(s.sub_f32s(tz, lv), inv), zero), top);
+        let near = s.sub_f32s(s.add_f32s(b, round), round);
+        let l = s.sub_f32s(near, s.select_f32s_m32s(s.greater_than_f32s(near, b), s.splat_f32s(1.0), zero));
+        let up = s.mul_f32s(pj, s.sub_f32s(b, l));
+        // The integer `l` from the low mantissa bits of `l + ROUND`.
+        let bits = s.sub_u32s(s.transmute_u32s_f32s(s.add_f32s(l, round)), s.splat_u32s(ROUND.to_bits()));
+        (bits, s.sub_f32s(pj, up), up)
+    }
+    let c = [lv, uv, inv, rv, dv, top, zero, round];
+    let (zh, zt) = S::as_simd_f32s(sup.z);
+    let (ph, pt) = S::as_simd_f32s(p);
+    let (fh, ft) = S::as_mut_simd_u32s(&mut out.floor);
+    let (lh, lt) = S::as_mut_simd_f32s(&mut out.lower);
+    let (uh, ut) = S::as_mut_simd_f32s(&mut out.upper);
+    for ((((&z, &pj), f), lo), up) in zh.iter().zip(ph).zip(fh).zip(lh).zip(uh) {
+        (*f, *lo, *up) = lane(s, c, z, pj);
+    }
+    if !zt.is_empty() {
+        let (f, lo, up) = lane(s, c, s.partial_load_f32s(zt), s.partial_load_f32s(pt));
+        s.partial_store_u32s(ft, f);
+        s.partial_store_f32s(lt, lo);
+        s.partial_store_f32s(ut, up);
+    }
 }
 
 /// Quantiles from which [`SortedTargets`] replaces the pairwise loop. Measured in one loaded
@@ -429,25 +483,25 @@ impl SortedTargets {
 /// `sum_i mean_j rho^kappa_{tau_i}(t_j - theta_i)` for one row, its gradient with respect to
 /// `theta` written into `grad`. With `c = clamp(u, -kappa, kappa)`, the Huber loss is
 /// `c (u - c / 2)` and its derivative `c`, so the loop has no branch.
-fn quantile_huber_row(theta: &[f32], t: &[f32], taus: &[f32], kappa: f32, grad: &mut [f32]) -> f32 {
+#[inline(always)]
+fn quantile_huber_row<S: Simd>(s: S, theta: &[f32], t: &[f32], taus: &[f32], kappa: f32, grad: &mut [f32]) -> f32 {
     let inv_m = 1.0 / t.len() as f32;
-    let chunks = t.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    let (zero, one) = (f32x8::ZERO, f32x8::ONE);
+    let (head, rest) = S::as_simd_f32s(t);
+    let (zero, one) = (s.splat_f32s(0.0), s.splat_f32s(1.0));
     let mut loss = 0.0;
     for ((g, &th), &tau) in grad.iter_mut().zip(theta).zip(taus) {
-        let (thv, tauv) = (f32x8::splat(th), f32x8::splat(tau));
+        let (thv, tauv) = (s.splat_f32s(th), s.splat_f32s(tau));
         let (mut l, mut d) = (zero, zero);
         let (mut l_rest, mut d_rest) = (0.0f32, 0.0f32);
         if kappa > 0.0 {
-            let (lo, hi, half) = (f32x8::splat(-kappa), f32x8::splat(kappa), f32x8::splat(0.5));
-            for c in chunks.clone() {
-                let u = load(c) - thv;
-                let w = (tauv - u.simd_lt(zero).select(one, zero)).abs();
-                let c = u.max(lo).min(hi);
-                let wc = w * c;
-                l += wc * (u - half * c);
-                d += wc;
+            let (lo, hi, half) = (s.splat_f32s(-kappa), s.splat_f32s(kappa), s.splat_f32s(0.5));
+            for &v in head {
+                let u = s.sub_f32s(v, thv);
+                let w = s.abs_f32s(s.sub_f32s(tauv, s.select_f32s_m32s(s.less_than_f32s(u, zero), one, zero)));
+                let c = s.min_f32s(s.max_f32s(u, lo), hi);
+                let wc = s.mul_f32s(w, c);
+                l = s.mul_add_e_f32s(wc, s.sub_f32s(u, s.mul_f32s(half, c)), l);
+                d = s.add_f32s(d, wc);
             }
             for &tj in rest {
                 let u = tj - th;
@@ -456,14 +510,14 @@ fn quantile_huber_row(theta: &[f32], t: &[f32], taus: &[f32], kappa: f32, grad: 
                 l_rest += w * c * (u - 0.5 * c);
                 d_rest += w * c;
             }
-            l_rest = (l.reduce_add() + l_rest) / kappa;
-            d_rest = (d.reduce_add() + d_rest) / kappa;
+            l_rest = (s.reduce_sum_f32s(l) + l_rest) / kappa;
+            d_rest = (s.reduce_sum_f32s(d) + d_rest) / kappa;
         } else {
-            for c in chunks.clone() {
-                let u = load(c) - thv;
-                let slope = tauv - u.simd_lt(zero).select(one, zero);
-                l += u * slope;
-                d += slope;
+            for &v in head {
+                let u = s.sub_f32s(v, thv);
+                let slope = s.sub_f32s(tauv, s.select_f32s_m32s(s.less_than_f32s(u, zero), one, zero));
+                l = s.mul_add_e_f32s(u, slope, l);
+                d = s.add_f32s(d, slope);
             }
             for &tj in rest {
                 let u = tj - th;
@@ -471,8 +525,8 @@ fn quantile_huber_row(theta: &[f32], t: &[f32], taus: &[f32], kappa: f32, grad: 
                 l_rest += u * slope;
                 d_rest += slope;
             }
-            l_rest += l.reduce_add();
-            d_rest += d.reduce_add();
+            l_rest += s.reduce_sum_f32s(l);
+            d_rest += s.reduce_sum_f32s(d);
         }
         loss += l_rest * inv_m;
         *g = -d_rest * inv_m;
@@ -484,19 +538,33 @@ fn quantile_huber_row(theta: &[f32], t: &[f32], taus: &[f32], kappa: f32, grad: 
 mod tests {
     use super::*;
 
+    /// Runs `check` on scalar lanes and, where the CPU has them, on AVX2 lanes.
+    fn on_every_arch(check: impl Fn(&dyn Fn(&[f32]) -> Vec<f32>, &str)) {
+        struct Exp<'a>(&'a [f32]);
+        impl WithSimd for Exp<'_> {
+            type Output = Vec<f32>;
+            fn with_simd<S: Simd>(self, s: S) -> Vec<f32> {
+                self.0.iter().map(|&x| s.reduce_max_f32s(exp_nonpositive(s, s.splat_f32s(x)))).collect()
+            }
+        }
+        check(&|x| Exp(x).with_simd(pulp::Scalar), "scalar");
+        check(&|x| Arch::new().dispatch(Exp(x)), "detected");
+    }
+
     #[test]
     fn exp_is_within_two_epsilon_and_keeps_nan() {
-        let mut worst = 0.0f64;
-        for i in 0..=1_000_000 {
-            let x = -87.0 * i as f32 / 1_000_000.0;
-            let got = exp_nonpositive(f32x8::splat(x)).to_array()[0] as f64;
-            let want = (x as f64).exp();
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 2.0 * f32::EPSILON as f64, "relative error {worst}");
-        let below = exp_nonpositive(f32x8::splat(-1000.0)).to_array()[0];
-        assert!(below > 0.0 && below <= (-87.0f32).exp() * 1.000001, "{below}");
-        assert!(exp_nonpositive(f32x8::splat(f32::NAN)).to_array()[0].is_nan());
+        on_every_arch(|exp, arch| {
+            let xs: Vec<f32> = (0..=1_000_000).map(|i| -87.0 * i as f32 / 1_000_000.0).collect();
+            let worst = exp(&xs)
+                .iter()
+                .zip(&xs)
+                .map(|(&got, &x)| (got as f64 - (x as f64).exp()).abs() / (x as f64).exp())
+                .fold(0.0, f64::max);
+            assert!(worst < 2.0 * f32::EPSILON as f64, "{arch}: relative error {worst}");
+            let special = exp(&[-1000.0, f32::NAN]);
+            assert!(special[0] > 0.0 && special[0] <= (-87.0f32).exp() * 1.000001, "{arch}: {}", special[0]);
+            assert!(special[1].is_nan(), "{arch}");
+        });
     }
 
     #[test]
@@ -509,7 +577,7 @@ mod tests {
             let t: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 17) as f32 * 0.5 - 4.0).collect();
             for kappa in [0.0f32, 0.5, 1.0, 3.0] {
                 let (mut g1, mut g2) = (vec![0.0; n], vec![0.0; n]);
-                let l1 = quantile_huber_row(&theta, &t, &taus, kappa, &mut g1);
+                let l1 = quantile_huber_row(pulp::Scalar, &theta, &t, &taus, kappa, &mut g1);
                 sorted.prepare(&t);
                 let l2 = sorted.loss(&theta, &taus, kappa, &mut g2);
                 let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
@@ -522,21 +590,67 @@ mod tests {
         assert!(sorted.loss(&[0.0, 1.0], &[0.25, 0.75], 1.0, &mut g).is_nan());
     }
 
-    #[test]
-    fn lane_helpers_match_plain_loops_at_every_length() {
-        for n in 1..=40usize {
+    struct Helpers(usize);
+
+    impl WithSimd for Helpers {
+        type Output = ();
+
+        fn with_simd<S: Simd>(self, s: S) {
+            let n = self.0;
             let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 23) as f32 * 0.37 - 4.0).collect();
             let y: Vec<f32> = (0..n).map(|i| ((i * 104729) % 19) as f32 * 0.11 - 1.0).collect();
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(max(&x), m, "n = {n}");
+            assert_eq!(max(s, &x), m, "n = {n}");
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
-            assert!(close(sum(&x), x.iter().sum()), "n = {n}");
-            assert!(close(dot(&x, &y), x.iter().zip(&y).map(|(a, b)| a * b).sum()), "n = {n}");
+            assert!(close(sum(s, &x), x.iter().sum()), "n = {n}");
+            assert!(close(dot(s, &x, &y), x.iter().zip(&y).map(|(a, b)| a * b).sum()), "n = {n}");
             let mut out = vec![f32::NAN; n];
-            let s = exp_shifted(&x, m, &mut out);
+            let total = exp_shifted(s, &x, m, &mut out);
             let want: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
             assert!(out.iter().zip(&want).all(|(a, b)| close(*a, *b)), "n = {n}: {out:?} vs {want:?}");
-            assert!(close(s, want.iter().sum()), "n = {n}");
+            assert!(close(total, want.iter().sum()), "n = {n}");
+            // The quantile loss on these lanes against its scalar form.
+            let taus: Vec<f32> = (0..n).map(|i| (2 * i + 1) as f32 / (2 * n) as f32).collect();
+            for kappa in [0.0f32, 1.0] {
+                let (mut g1, mut g2) = (vec![0.0; n], vec![0.0; n]);
+                let l1 = quantile_huber_row(pulp::Scalar, &x, &y, &taus, kappa, &mut g1);
+                let l2 = quantile_huber_row(s, &x, &y, &taus, kappa, &mut g2);
+                assert!(close(l2, l1) && g1.iter().zip(&g2).all(|(a, b)| close(*b, *a)), "n = {n}, kappa {kappa}");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_helpers_match_plain_loops_at_every_length() {
+        for n in 1..=40usize {
+            Helpers(n).with_simd(pulp::Scalar);
+            Arch::new().dispatch(Helpers(n));
+        }
+    }
+
+    #[test]
+    fn c51_places_split_each_atom_between_its_neighbours() {
+        // Support 0, 1, ..., 10 (dz 1); r + disc z lands between atoms, on them, and past both ends.
+        let z: Vec<f32> = (0..11).map(|i| i as f32).collect();
+        let sup = Support { z: &z, v_min: 0.0, v_max: 10.0, dz: 1.0 };
+        let p = vec![1.0 / 11.0; 11];
+        for (ret, disc) in [(0.25f32, 0.9f32), (1.0, 1.0), (-3.0, 0.5), (8.0, 0.99), (0.0, 0.0)] {
+            let mut places = Places::default();
+            struct Run<'a>(Support<'a>, f32, f32, &'a [f32], &'a mut Places);
+            impl WithSimd for Run<'_> {
+                type Output = ();
+                fn with_simd<S: Simd>(self, s: S) {
+                    project(s, self.0, self.1, self.2, self.3, self.4)
+                }
+            }
+            Arch::new().dispatch(Run(sup, ret, disc, &p, &mut places));
+            for j in 0..11 {
+                let b = ((ret + disc * z[j]).clamp(0.0, 10.0) - 0.0) / 1.0;
+                let l = b.floor();
+                assert_eq!(places.floor[j] as f32, l, "ret {ret}, disc {disc}, atom {j}");
+                let (lo, up) = (p[j] * (1.0 - (b - l)), p[j] * (b - l));
+                assert!((places.lower[j] - lo).abs() < 1e-6 && (places.upper[j] - up).abs() < 1e-6, "atom {j}");
+            }
         }
     }
 }
