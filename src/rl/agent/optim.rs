@@ -216,14 +216,22 @@ impl FlatOptimizer {
         match self.spec {
             OptimizerSpec::Adam { betas, eps, weight_decay, .. }
             | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
+                let decoupled = matches!(self.spec, OptimizerSpec::Adamw { .. });
+                let (b1, b2) = betas;
+                let step = lr / (1.0 - b1.powi(self.t));
+                let bias2_sqrt = (1.0 - b2.powi(self.t)).sqrt();
+                if let Some(host) = HostAdam::of(params, grad, &self.m, &self.v, &self.v_max) {
+                    let consts = AdamStep { b1, b2, eps, step, bias2_sqrt, weight_decay, decoupled, lr };
+                    host.step(&consts);
+                    return;
+                }
                 if weight_decay != 0.0 {
-                    if matches!(self.spec, OptimizerSpec::Adamw { .. }) {
+                    if decoupled {
                         let _ = params.g_mul_scalar_(1.0 - lr * weight_decay);
                     } else {
                         let _ = grad.g_add_(&(&*params * weight_decay));
                     }
                 }
-                let (b1, b2) = betas;
                 let (m, v, denom) = (self.m.as_mut().unwrap(), self.v.as_mut().unwrap(), self.denom.as_mut().unwrap());
                 // m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2 (g is scratch from here on).
                 let _ = m.lerp_(grad, 1.0 - b1);
@@ -238,8 +246,6 @@ impl FlatOptimizer {
                 };
                 // p <- p - step m / (sqrt(v) / sqrt(bias2) + eps), step = lr / bias1, with the
                 // factor -1/step folded into the denominator (tch's addcdiv_ has no `value`).
-                let step = lr / (1.0 - b1.powi(self.t));
-                let bias2_sqrt = (1.0 - b2.powi(self.t)).sqrt();
                 let _ = second.sqrt_out(denom);
                 let _ = denom.g_mul_scalar_(-1.0 / (step * bias2_sqrt)).g_add_scalar_(-eps / step);
                 let _ = params.addcdiv_(m, denom);
@@ -278,6 +284,115 @@ impl FlatOptimizer {
                     None => &*grad,
                 };
                 let _ = params.g_add_(&(direction * -lr));
+            }
+        }
+    }
+}
+
+/// The constants of one Adam step.
+struct AdamStep {
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    /// `lr / (1 - b1^t)`.
+    step: f64,
+    /// `sqrt(1 - b2^t)`.
+    bias2_sqrt: f64,
+    weight_decay: f64,
+    /// AdamW's decoupled decay rather than Adam's L2 term.
+    decoupled: bool,
+    lr: f64,
+}
+
+/// Adam's state as host slices of CPU tensors, for the step fused into one pass.
+///
+/// libtorch runs Adam as seven operations over the flat vectors (eight with AMSGrad), each a
+/// dispatch and a pass over memory; at DQN sizes (a few thousand to tens of thousands of
+/// parameters) the dispatches cost more than the arithmetic. One loop over the elements, which
+/// the compiler vectorises (compiled for AVX2 through pulp's dispatch where the CPU has it),
+/// does the same arithmetic in the same order as PyTorch's single-tensor Adam
+/// (`torch/optim/adam.py`: `lerp_` for both moments, `sqrt(v) / sqrt(bias2) + eps`,
+/// `addcdiv_` by `-step`), in `f32` with the scalars rounded to `f32` as libtorch does.
+struct HostAdam<'a> {
+    params: &'a mut [f32],
+    grad: &'a [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    v_max: Option<&'a mut [f32]>,
+}
+
+impl<'a> HostAdam<'a> {
+    /// The slices, when every tensor is a contiguous `f32` tensor on the CPU of the same size.
+    fn of(
+        params: &'a mut Tensor,
+        grad: &'a Tensor,
+        m: &'a Option<Tensor>,
+        v: &'a Option<Tensor>,
+        v_max: &'a Option<Tensor>,
+    ) -> Option<Self> {
+        let n = params.numel();
+        let host = |t: &Tensor| {
+            t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float && t.is_contiguous() && t.numel() == n
+        };
+        let (m, v) = (m.as_ref()?, v.as_ref()?);
+        if ![&*params, grad, m, v].into_iter().chain(v_max.as_ref()).all(host) {
+            return None;
+        }
+        // SAFETY: each tensor is a contiguous CPU f32 tensor of `n` elements, alive for 'a; the
+        // optimizer owns `m`, `v` and `v_max` and the caller lends `params` mutably, so no other
+        // reference writes them meanwhile. `grad` is only read, and is a different tensor.
+        let slice = |t: &Tensor| unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) };
+        Some(HostAdam {
+            params: slice(params),
+            grad: slice(grad),
+            m: slice(m),
+            v: slice(v),
+            v_max: v_max.as_ref().map(slice),
+        })
+    }
+
+    fn step(self, c: &AdamStep) {
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || self.run(c),
+        )
+    }
+
+    #[inline(always)]
+    fn run(self, c: &AdamStep) {
+        let w1 = (1.0 - c.b1) as f32;
+        let w2 = (1.0 - c.b2) as f32;
+        let (eps, bias2_sqrt, neg_step) = (c.eps as f32, c.bias2_sqrt as f32, -c.step as f32);
+        let (l2, keep) = match (c.weight_decay, c.decoupled) {
+            (wd, _) if wd == 0.0 => (0.0f32, 1.0f32),
+            (wd, true) => (0.0, (1.0 - c.lr * wd) as f32),
+            (wd, false) => (wd as f32, 1.0),
+        };
+        // torch.lerp(a, b, w) for w < 0.5 is a + w (b - a); Adam's weights 1 - beta are below it.
+        let lerp = |a: f32, b: f32, w: f32| if w < 0.5 { a + w * (b - a) } else { b - (b - a) * (1.0 - w) };
+        let v_max = self.v_max;
+        match v_max {
+            None => {
+                for (((p, &g), m), v) in
+                    self.params.iter_mut().zip(self.grad).zip(self.m.iter_mut()).zip(self.v.iter_mut())
+                {
+                    let g = g + l2 * *p;
+                    *p *= keep;
+                    *m = lerp(*m, g, w1);
+                    *v = lerp(*v, g * g, w2);
+                    *p += neg_step * (*m / (v.sqrt() / bias2_sqrt + eps));
+                }
+            }
+            Some(v_max) => {
+                let moments = self.m.iter_mut().zip(self.v.iter_mut()).zip(v_max.iter_mut());
+                for ((p, &g), ((m, v), vm)) in self.params.iter_mut().zip(self.grad).zip(moments) {
+                    let g = g + l2 * *p;
+                    *p *= keep;
+                    *m = lerp(*m, g, w1);
+                    *v = lerp(*v, g * g, w2);
+                    *vm = vm.max(*v);
+                    *p += neg_step * (*m / (vm.sqrt() / bias2_sqrt + eps));
+                }
             }
         }
     }
