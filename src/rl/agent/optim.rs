@@ -363,11 +363,9 @@ impl<'a> HostAdam<'a> {
         let w1 = (1.0 - c.b1) as f32;
         let w2 = (1.0 - c.b2) as f32;
         let (eps, bias2_sqrt, neg_step) = (c.eps as f32, c.bias2_sqrt as f32, -c.step as f32);
-        let (l2, keep) = match (c.weight_decay, c.decoupled) {
-            (wd, _) if wd == 0.0 => (0.0f32, 1.0f32),
-            (wd, true) => (0.0, (1.0 - c.lr * wd) as f32),
-            (wd, false) => (wd as f32, 1.0),
-        };
+        // Adam's L2 term is added to the gradient, AdamW's decay scales the parameter.
+        let (l2, keep) =
+            if c.decoupled { (0.0, (1.0 - c.lr * c.weight_decay) as f32) } else { (c.weight_decay as f32, 1.0) };
         // torch.lerp(a, b, w) for w < 0.5 is a + w (b - a); Adam's weights 1 - beta are below it.
         let lerp = |a: f32, b: f32, w: f32| if w < 0.5 { a + w * (b - a) } else { b - (b - a) * (1.0 - w) };
         let v_max = self.v_max;
