@@ -47,6 +47,14 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 const MAX_CONFLICT_RETRIES: u32 = 12;
 /// Connections per process at most (opened lazily: one per thread that uses the storage).
 const POOL_SIZE: u32 = 16;
+/// How long the server lets one of our sessions sit idle inside a transaction before it ends
+/// the session (`idle_in_transaction_session_timeout`, set on every pooled connection). Our
+/// transactions never wait on anything between statements, so only a worker frozen in the
+/// middle of one (a paused VM, SIGSTOP, a cut network) reaches it; without it, the row locks
+/// of its open transaction would block every other worker's write to those rows for as long
+/// as it stays frozen. When it comes back, its next statement fails as a lost connection and
+/// the transaction is rerun on a new one.
+pub(super) const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 const TRIAL_COLUMNS: &str = "trial_id, study_id, number, state::text, datetime_start, datetime_complete";
 
@@ -114,6 +122,7 @@ fn classify(e: &postgres::Error) -> ErrorKind {
                 ErrorKind::StaleStatement
             }
             c if c.code().starts_with("08")
+                || *c == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                 || *c == SqlState::ADMIN_SHUTDOWN
                 || *c == SqlState::CRASH_SHUTDOWN
                 || *c == SqlState::CANNOT_CONNECT_NOW
@@ -210,7 +219,12 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
-        Ok(Conn { client: self.0.connect(NoTls)?, statements: HashMap::new() })
+        let mut client = self.0.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        ))?;
+        Ok(Conn { client, statements: HashMap::new() })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {

@@ -186,3 +186,35 @@ fn statements_a_schema_change_invalidated_are_prepared_again() {
     let names: Vec<String> = s.get_all_studies().unwrap().into_iter().map(|st| st.name).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn a_worker_frozen_inside_a_transaction_blocks_the_others_only_briefly() {
+    let Some(admin) = admin_url() else { return };
+    let url = fresh_database(&admin, "frozen");
+    let a = PostgresStorage::open(&url, true).unwrap();
+    let b = Arc::new(PostgresStorage::open(&url, true).unwrap());
+    let study = a.create_new_study("frozen", Direction::Minimize).unwrap();
+    let t = a.start_next_trial(study, None).unwrap().unwrap();
+    // Worker a freezes in the middle of a write: its pooled connection holds the trial's row
+    // lock in an open transaction and sends nothing more.
+    let mut conn = a.pool.get().unwrap();
+    let mut tx = conn.client.transaction().unwrap();
+    tx.query("SELECT 1 FROM trials WHERE trial_id = $1 FOR UPDATE", &[&(t.trial_id as i32)]).unwrap();
+    // Worker b's write to that trial waits for the lock until the server ends a's session.
+    let (done, result) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    let writer = Arc::clone(&b);
+    std::thread::spawn(move || {
+        let _ = done.send(writer.set_trial_state_values(t.trial_id, TrialState::Complete, Some(1.0)));
+    });
+    let written = result
+        .recv_timeout(IDLE_IN_TRANSACTION_TIMEOUT + Duration::from_secs(20))
+        .expect("a frozen transaction blocked another worker's write");
+    assert!(written.unwrap(), "b's result is stored");
+    assert!(started.elapsed() >= IDLE_IN_TRANSACTION_TIMEOUT / 2, "b did wait for the lock");
+    // a's session is gone: its transaction cannot go on, and a new connection works.
+    assert!(tx.query("SELECT 1", &[]).is_err());
+    drop(tx);
+    drop(conn);
+    assert_eq!(a.get_trial(t.trial_id).unwrap().state, TrialState::Complete);
+}
