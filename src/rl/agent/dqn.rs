@@ -714,10 +714,14 @@ impl HostPath {
         }
         let head = HostHead::new(&cfg.head)?;
         let len = cfg.batch_size * n_actions * atoms as usize;
-        let (grad, next, chooser, out) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        let (grad, mut next, mut chooser, mut out) =
+            (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
         let shape = [cfg.batch_size as i64, n_actions as i64 * atoms];
-        // SAFETY: the buffers live in the struct, are never resized and outlive the aliases.
-        let [grad_t, next_t, chooser_t, out_t] = [&grad, &next, &chooser, &out].map(|b| unsafe { alias(b, &shape) });
+        // SAFETY: the buffers live in the struct, are never resized and outlive the aliases;
+        // libtorch writes the last three only in `host_loss_and_gradient`, before the slices
+        // of them are borrowed.
+        let grad_t = unsafe { alias(&grad, &shape) };
+        let [next_t, chooser_t, out_t] = [&mut next, &mut chooser, &mut out].map(|b| unsafe { alias_mut(b, &shape) });
         Some(HostPath { grad_t, next_t, chooser_t, out_t, grad, head, next, chooser, out })
     }
 }
@@ -781,6 +785,15 @@ fn batch_shape(space: &ObsSpace, rows: usize) -> Vec<i64> {
 unsafe fn alias<T: tch::kind::Element>(data: &[T], shape: &[i64]) -> Tensor {
     debug_assert_eq!(data.len() as i64, shape.iter().product::<i64>());
     Tensor::from_blob(data.as_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
+}
+
+/// A CPU tensor over `data` that libtorch writes into.
+///
+/// # Safety
+/// As [`alias`]; besides, no Rust reference to `data` may be alive while libtorch writes.
+unsafe fn alias_mut<T: tch::kind::Element>(data: &mut [T], shape: &[i64]) -> Tensor {
+    debug_assert_eq!(data.len() as i64, shape.iter().product::<i64>());
+    Tensor::from_blob(data.as_mut_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
 }
 
 impl DqnAgent {

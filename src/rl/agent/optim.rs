@@ -4,9 +4,10 @@
 //! update (FACTS.md §6), and `torch.optim.Adam` costs about ten operations per parameter tensor.
 //! Every trainable parameter of the online network is instead a view into one contiguous tensor
 //! and the gradients are gathered into another, so each optimizer step is a handful of
-//! operations whatever the number of layers: Adam is 7 (8 with AMSGrad). The update rules are
-//! PyTorch's (`torch/optim/{adam,adamw,rmsprop,sgd}.py`, single-tensor form), so a config tuned
-//! with PyTorch keeps its meaning.
+//! operations whatever the number of layers: Adam is 7 (8 with AMSGrad), and on CPU one loop
+//! over host memory ([`HostAdam`]). The update rules are PyTorch's
+//! (`torch/optim/{adam,adamw,rmsprop,sgd}.py`, single-tensor form), so a config tuned with
+//! PyTorch keeps its meaning.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -187,6 +188,8 @@ pub struct FlatOptimizer {
     v_max: Option<Tensor>,
     /// Scratch for the denominator.
     denom: Option<Tensor>,
+    /// Whether Adam may take the host path on CPU (tests turn it off to check the tensor one).
+    host: bool,
 }
 
 impl FlatOptimizer {
@@ -202,7 +205,7 @@ impl FlatOptimizer {
             }
             OptimizerSpec::Sgd { momentum, .. } => (if momentum > 0.0 { zeros() } else { None }, None, None, None),
         };
-        FlatOptimizer { spec: spec.clone(), t: 0, m, v, v_max, denom }
+        FlatOptimizer { spec: spec.clone(), t: 0, m, v, v_max, denom, host: true }
     }
 
     /// One step on `params` (updated in place) with gradient `grad` (used as scratch), at
@@ -220,7 +223,7 @@ impl FlatOptimizer {
                 let (b1, b2) = betas;
                 let step = lr / (1.0 - b1.powi(self.t));
                 let bias2_sqrt = (1.0 - b2.powi(self.t)).sqrt();
-                if let Some(host) = HostAdam::of(params, grad, &self.m, &self.v, &self.v_max) {
+                if let Some(host) = HostAdam::of(params, grad, &self.m, &self.v, &self.v_max).filter(|_| self.host) {
                     let consts = AdamStep { b1, b2, eps, step, bias2_sqrt, weight_decay, decoupled, lr };
                     host.step(&consts);
                     return;
@@ -311,8 +314,10 @@ struct AdamStep {
 /// parameters) the dispatches cost more than the arithmetic. One loop over the elements, which
 /// the compiler vectorises (compiled for AVX2 through pulp's dispatch where the CPU has it),
 /// does the same arithmetic in the same order as PyTorch's single-tensor Adam
-/// (`torch/optim/adam.py`: `lerp_` for both moments, `sqrt(v) / sqrt(bias2) + eps`,
-/// `addcdiv_` by `-step`), in `f32` with the scalars rounded to `f32` as libtorch does.
+/// (`torch/optim/adam.py`: `m.lerp_(g, 1 - b1)`, `v.mul_(b2).addcmul_(g, g, value=1 - b2)`,
+/// `sqrt(v) / sqrt(bias2) + eps`, `p.addcdiv_(m, denom, value=-step)`, AMSGrad's
+/// `torch.maximum`, NaN passing through as there), in `f32` with the scalars rounded to `f32`
+/// as libtorch does.
 struct HostAdam<'a> {
     params: &'a mut [f32],
     grad: &'a [f32],
@@ -331,6 +336,9 @@ impl<'a> HostAdam<'a> {
         v_max: &'a Option<Tensor>,
     ) -> Option<Self> {
         let n = params.numel();
+        if n == 0 {
+            return None;
+        }
         let host = |t: &Tensor| {
             t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float && t.is_contiguous() && t.numel() == n
         };
@@ -361,7 +369,7 @@ impl<'a> HostAdam<'a> {
     #[inline(always)]
     fn run(self, c: &AdamStep) {
         let w1 = (1.0 - c.b1) as f32;
-        let w2 = (1.0 - c.b2) as f32;
+        let (b2, w2) = (c.b2 as f32, (1.0 - c.b2) as f32);
         let (eps, bias2_sqrt, neg_step) = (c.eps as f32, c.bias2_sqrt as f32, -c.step as f32);
         // Adam's L2 term is added to the gradient, AdamW's decay scales the parameter.
         let (l2, keep) =
@@ -377,8 +385,8 @@ impl<'a> HostAdam<'a> {
                     let g = g + l2 * *p;
                     *p *= keep;
                     *m = lerp(*m, g, w1);
-                    *v = lerp(*v, g * g, w2);
-                    *p += neg_step * (*m / (v.sqrt() / bias2_sqrt + eps));
+                    *v = *v * b2 + w2 * g * g;
+                    *p += neg_step * *m / (v.sqrt() / bias2_sqrt + eps);
                 }
             }
             Some(v_max) => {
@@ -387,9 +395,12 @@ impl<'a> HostAdam<'a> {
                     let g = g + l2 * *p;
                     *p *= keep;
                     *m = lerp(*m, g, w1);
-                    *v = lerp(*v, g * g, w2);
-                    *vm = vm.max(*v);
-                    *p += neg_step * (*m / (vm.sqrt() / bias2_sqrt + eps));
+                    *v = *v * b2 + w2 * g * g;
+                    // torch.maximum: NaN wins.
+                    if !(*vm >= *v) {
+                        *vm = *v;
+                    }
+                    *p += neg_step * *m / (vm.sqrt() / bias2_sqrt + eps);
                 }
             }
         }
@@ -410,16 +421,24 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let x = vs.root().var_copy("x", &init);
         let mut opt = reference.build(&vs, lr).unwrap();
-        let mut flat = init.copy();
-        let mut ours = FlatOptimizer::new(&spec, &flat);
+        // Ours on the host path (CPU) and on the tensor path (other devices).
+        let mut flats = [init.copy(), init.copy()];
+        let mut ours = [
+            FlatOptimizer::new(&spec, &flats[0]),
+            FlatOptimizer { host: false, ..FlatOptimizer::new(&spec, &flats[1]) },
+        ];
         for _ in 0..25 {
             let loss = (&x - &target).square().sum(Kind::Float) + x.abs().sum(Kind::Float);
             opt.backward_step(&loss);
-            let mut grad = (&flat - &target) * 2.0 + flat.sign();
-            ours.step(&mut flat, &mut grad, lr);
+            for (flat, ours) in flats.iter_mut().zip(&mut ours) {
+                let mut grad = (&*flat - &target) * 2.0 + flat.sign();
+                ours.step(flat, &mut grad, lr);
+            }
         }
-        let diff = (&flat - &x).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{spec:?}: ours {flat:?} libtorch {x:?}");
+        for (flat, path) in flats.iter().zip(["host", "tensor"]) {
+            let diff = (flat - &x).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{spec:?} ({path} path): ours {flat:?} libtorch {x:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub(super) fn matern52_grad(r2: f64) -> f64 {
 /// plainly elsewhere; with [`exp_nonpositive`] instead of libm's scalar `exp` it vectorises,
 /// some 2.5 times faster per value than [`matern52`] here.
 pub(super) fn matern52_in_place(r2: &mut [f64], scale: f64, grad: Option<&mut [f64]>) {
+    debug_assert!(grad.as_ref().is_none_or(|g| g.len() == r2.len()));
     #[cfg(target_arch = "x86_64")]
     if let Some(v3) = pulp::x86::V3::try_new() {
         return v3.vectorize(
@@ -521,7 +522,7 @@ impl Regressor {
         for j in 0..self.n {
             out[j] = self.r2(x, self.row(j));
         }
-        matern52_in_place(out.as_mut_slice(), self.params.scale, None);
+        matern52_in_place(&mut out.as_mut_slice()[..self.n], self.params.scale, None);
     }
 
     /// `k(x, b)` and its gradient in `x` (zero on categorical coordinates) added to `grad`

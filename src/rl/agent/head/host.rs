@@ -8,7 +8,7 @@
 //!
 //! The loops are written once over `pulp`'s [`Simd`] lanes and run on the instruction set the
 //! CPU has, picked at run time ([`Arch::new`]): AVX2 with FMA (8 lanes) on x86-64 machines from
-//! 2013 on, scalar code elsewhere. The default x86-64 target stops at SSE2, where a fixed-width
+//! 2013 on, NEON on aarch64, scalar code elsewhere. The default x86-64 target stops at SSE2, where a fixed-width
 //! vector type compiles to 4-lane halves without FMA; dispatching at run time keeps one binary
 //! for every machine. Softmax uses its own `exp` (a polynomial that vectorises, where libm's
 //! `expf` is one scalar call per element), and explicit lanes let the sums vectorise, which
@@ -48,7 +48,8 @@ fn exp_nonpositive<S: Simd>(s: S, x: S::f32s) -> S::f32s {
     s.select_f32s_m32s(s.equal_f32s(x, x), s.mul_f32s(e, scale), x)
 }
 
-/// `max_i x_i` (NaN-ignoring, as `f32::max`).
+/// `max_i x_i`. With NaN among the values the result is unspecified (lanes and scalar `max`
+/// treat it differently), but the softmax it shifts then has a NaN sum either way.
 #[inline(always)]
 fn max<S: Simd>(s: S, x: &[f32]) -> f32 {
     let (head, tail) = S::as_simd_f32s(x);
@@ -216,9 +217,9 @@ impl HostHead {
             let g = &mut grad[span][a * k..(a + 1) * k];
             let (ret, disc) = (b.returns[r], b.bootstrap[r]);
             rows[r] = match &self.kind {
-                // The vectors' min and max pass over NaN: a NaN return or discount would be clamped
-                // to the support and vanish, so the row's loss is NaN there (training stops as
-                // diverged, as on the tensor path).
+                // Min and max may drop a NaN (lanes differ in which operand wins): a NaN return or
+                // discount could be clamped to the support and vanish, so the row's loss is NaN
+                // here (training stops as diverged, as on the tensor path).
                 Kind::C51 { .. } if !(ret.is_finite() && disc.is_finite()) => f32::NAN,
                 Kind::C51 { z, v_min, v_max, dz } => {
                     if same {
@@ -643,13 +644,70 @@ mod tests {
                     project(s, self.0, self.1, self.2, self.3, self.4)
                 }
             }
+            let mut scalar = Places::default();
+            Run(sup, ret, disc, &p, &mut scalar).with_simd(pulp::Scalar);
             Arch::new().dispatch(Run(sup, ret, disc, &p, &mut places));
+            assert_eq!(scalar.floor, places.floor, "ret {ret}, disc {disc}");
             for j in 0..11 {
                 let b = ((ret + disc * z[j]).clamp(0.0, 10.0) - 0.0) / 1.0;
                 let l = b.floor();
                 assert_eq!(places.floor[j] as f32, l, "ret {ret}, disc {disc}, atom {j}");
                 let (lo, up) = (p[j] * (1.0 - (b - l)), p[j] * (b - l));
                 assert!((places.lower[j] - lo).abs() < 1e-6 && (places.upper[j] - up).abs() < 1e-6, "atom {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_loss_is_the_same_on_scalar_and_detected_lanes() {
+        // 5 rows, 3 actions; odd widths so that every lane loop has a tail.
+        let (rows, n_actions) = (5usize, 3usize);
+        let specs = [
+            HeadSpec::C51 { atoms: 11, v_min: -2.0, v_max: 3.0 },
+            HeadSpec::Qr { quantiles: 7, kappa: 1.0 },
+            HeadSpec::Qr { quantiles: 7, kappa: 0.0 },
+        ];
+        for spec in specs {
+            let k = match spec {
+                HeadSpec::C51 { atoms, .. } => atoms,
+                HeadSpec::Qr { quantiles, .. } => quantiles,
+                _ => unreachable!(),
+            };
+            let w = rows * n_actions * k;
+            let value = |i: usize, m: usize| ((i * m) % 29) as f32 * 0.21 - 3.0;
+            let next: Vec<f32> = (0..w).map(|i| value(i, 7919)).collect();
+            let chooser: Vec<f32> = (0..w).map(|i| value(i, 104_729)).collect();
+            let out: Vec<f32> = (0..w).map(|i| value(i, 31)).collect();
+            let actions = [0i64, 2, 1, 1, 0];
+            let returns = [1.0f32, -0.5, 0.25, 2.0, 0.0];
+            let bootstrap = [0.99f32, 0.0, 0.9, 0.5, 0.99];
+            let weights = [1.0f32, 0.5, 2.0, 1.0, 0.25];
+            for (chooser, weights) in [(&next, None), (&chooser, Some(&weights[..]))] {
+                let batch = HostBatch {
+                    next: &next,
+                    chooser,
+                    out: &out,
+                    actions: &actions,
+                    returns: &returns,
+                    bootstrap: &bootstrap,
+                    weights,
+                };
+                let run = |scalar: bool| {
+                    let mut head = HostHead::new(&spec).unwrap();
+                    let (mut r, mut g) = (vec![0.0; rows], vec![0.0; w]);
+                    let op = Loss { head: &mut head, b: &batch, n_actions, rows: &mut r, grad: &mut g };
+                    if scalar {
+                        op.with_simd(pulp::Scalar);
+                    } else {
+                        Arch::new().dispatch(op);
+                    }
+                    (r, g)
+                };
+                let ((r1, g1), (r2, g2)) = (run(true), run(false));
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+                assert!(r1.iter().zip(&r2).all(|(a, b)| close(*b, *a)), "{spec:?}: {r2:?} vs {r1:?}");
+                assert!(g1.iter().zip(&g2).all(|(a, b)| close(*b, *a)), "{spec:?}: {g2:?} vs {g1:?}");
+                assert!(r1.iter().all(|v| v.is_finite()) && g1.iter().any(|v| *v != 0.0));
             }
         }
     }
