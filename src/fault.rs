@@ -4,7 +4,9 @@
 //! - `storage.<method>:<n>` / `storage.<method>:<n>:locked`: the n-th call of that storage write
 //!   method fails (see [`crate::storage::FaultyStorage`]);
 //! - `trial.panic:<n>`: the n-th trial this process evaluates panics inside its objective;
-//! - `train.panic:<n>`: the n-th training run (`rl` objective, `tune train`) panics on its thread.
+//! - `train.panic:<n>`: the n-th training run (`rl` objective, `tune train`) panics on its thread;
+//! - `train.diverge:<n>`: the n-th stretch of training (a run, or a PBT segment) fails as a
+//!   diverged one does (its loss became NaN).
 //!
 //! Unset (the normal case), every check is one relaxed load of a `OnceLock`.
 
@@ -46,11 +48,11 @@ pub fn parse(spec: &str) -> Result<Vec<Point>, String> {
         };
         let known = match name.strip_prefix("storage.") {
             Some(method) => crate::storage::faulty::WRITE_METHODS.contains(&method),
-            None => matches!(name.as_str(), "trial.panic" | "train.panic"),
+            None => matches!(name.as_str(), "trial.panic" | "train.panic" | "train.diverge"),
         };
         if !known {
             return Err(format!(
-                "{ENV}: unknown fault point `{name}`; use storage.<write method>, trial.panic or train.panic"
+                "{ENV}: unknown fault point `{name}`; use storage.<write method>, trial.panic, train.panic or train.diverge"
             ));
         }
         out.push(Point { name, nth, kind, hits: AtomicU64::new(0) });

@@ -7,4 +7,5 @@ pub mod net;
 pub mod record;
 pub mod replay;
 pub mod schedule;
+pub mod state;
 pub mod train;

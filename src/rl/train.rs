@@ -27,6 +27,7 @@ use tch::Device;
 
 use super::agent::{Agent, AgentConfig, Progress, Transition};
 use super::env::{Env, EnvSpec, Obs, ObsSpace};
+use super::state::State;
 use crate::error::InputError;
 
 /// A trainer config.
@@ -54,6 +55,20 @@ pub struct TrainConfig {
     /// libtorch intra-op threads for this run.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Hyperparameters that change during the run (what `tune export` writes for a PBT study):
+    /// from each entry's `step` on, its values replace the config's at their dotted paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<ScheduleEntry>,
+}
+
+/// `schedule: [{step: 12500, set: {agent.lr: 0.0012, agent.gamma: 0.985}}, ...]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry {
+    /// The first environment step the values apply to.
+    pub step: u64,
+    /// Dotted paths under `agent.` and their values.
+    pub set: serde_json::Map<String, Value>,
 }
 
 fn default_device() -> String {
@@ -158,7 +173,61 @@ impl TrainConfig {
         }
         parse_device(&self.device)?;
         let env = self.env.make().map_err(|e| format!("env: {e}"))?;
-        self.agent.validate(&env.observation_space()).map_err(|e| format!("agent: {e}"))
+        self.agent.validate(&env.observation_space()).map_err(|e| format!("agent: {e}"))?;
+        self.validate_schedule()
+    }
+
+    /// Checks the `schedule:` entries: increasing steps within a step budget, paths under
+    /// `agent.`, and configs that are valid and can take over the learner's state.
+    fn validate_schedule(&self) -> Result<(), String> {
+        if self.schedule.is_empty() {
+            return Ok(());
+        }
+        let Some(steps) = self.budget.steps else {
+            return Err("schedule: needs a budget in steps (`budget: {steps: N}`)".into());
+        };
+        let mut last = 0;
+        for (i, entry) in self.schedule.iter().enumerate() {
+            if entry.step <= last || entry.step >= steps {
+                return Err(format!(
+                    "schedule[{i}].step must be above the previous entry's (or 0) and below the budget of {steps} steps, got {}",
+                    entry.step
+                ));
+            }
+            last = entry.step;
+            if let Some(key) = entry.set.keys().find(|k| !k.starts_with("agent.")) {
+                return Err(format!(
+                    "schedule[{i}].set: `{key}`: only agent hyperparameters (`agent.*`) can change during a run"
+                ));
+            }
+        }
+        let mut previous = self.scheduled(0)?;
+        for i in 1..=self.schedule.len() {
+            let next = self.scheduled(i).map_err(|e| format!("schedule[{}]: {e}", i - 1))?;
+            previous.agent.continues_as(&next.agent).map_err(|e| format!("schedule[{}]: {e}", i - 1))?;
+            previous = next;
+        }
+        Ok(())
+    }
+
+    /// The config in force after the first `entries` schedule entries (without its schedule).
+    pub fn scheduled(&self, entries: usize) -> Result<TrainConfig, String> {
+        let mut base = self.clone();
+        base.schedule.clear();
+        if entries == 0 {
+            return Ok(base);
+        }
+        let mut value = base.to_value();
+        for entry in &self.schedule[..entries] {
+            for (path, v) in &entry.set {
+                crate::spec::path::set(&mut value, path, v.clone()).map_err(|e| format!("set `{path}`: {e}"))?;
+            }
+        }
+        let cfg: TrainConfig =
+            serde_path_to_error::deserialize(value).map_err(|e| format!("at `{}`: {}", e.path(), e.inner()))?;
+        let env = cfg.env.make().map_err(|e| format!("env: {e}"))?;
+        cfg.agent.validate(&env.observation_space()).map_err(|e| format!("agent: {e}"))?;
+        Ok(cfg)
     }
 
     /// Makes relative file paths in the config (pretrained weights) relative to `base` instead,
@@ -326,12 +395,7 @@ pub fn derive(seed: u64, purpose: u64) -> u64 {
 
 /// Builds the environment and the agent of `cfg`, checking the agent against the spaces.
 pub fn build(cfg: &TrainConfig) -> anyhow::Result<(Box<dyn Env>, Box<dyn Agent>)> {
-    let env = cfg.env.make()?;
-    let space = env.observation_space();
-    cfg.agent.validate(&space).map_err(|e| InputError::new(format!("agent: {e}")))?;
-    let device = parse_device(&cfg.device).map_err(InputError::new)?;
-    let agent = cfg.agent.build(&space, env.action_space(), device, cfg.seed)?;
-    Ok((env, agent))
+    build_seeded(cfg, cfg.seed)
 }
 
 /// Runs `episodes` episodes of `agent` on `env` with exploration `epsilon`; the first reset
@@ -368,88 +432,370 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 
 /// Trains the agent of `cfg`, reporting episodes and evaluations to `observer`.
 pub fn train(cfg: &TrainConfig, observer: &mut dyn Observer) -> anyhow::Result<TrainOutcome> {
-    cfg.validate().map_err(InputError::new)?;
-    tch::set_num_threads(cfg.threads as i32);
-    let start = Instant::now();
-    let (mut env, mut agent) = build(cfg)?;
-    crate::fault::maybe_panic("train.panic");
-    let mut eval_env = cfg.env.make()?;
-    let eval_seed = derive(cfg.seed, 2);
-    let exploration = cfg.agent.exploration().clone();
-    let mut rng = StdRng::seed_from_u64(derive(cfg.seed, 1));
-    let mut obs = ObsBuf::new(&env.observation_space());
-    obs.set(env.reset(Some(cfg.seed)));
+    let mut trainer = Trainer::new(cfg)?;
+    let stopped = trainer.advance(u64::MAX, observer)?;
+    trainer.finish(stopped, observer)
+}
 
-    let (mut step, mut episode) = (0u64, 0u64);
-    let (mut ep_return, mut ep_len) = (0.0f64, 0u64);
-    let mut evaluations = Vec::new();
-    let mut stopped = false;
-    let mut run_eval =
-        |agent: &mut dyn Agent, observer: &mut dyn Observer, step, episode, evaluations: &mut Vec<Evaluation>| {
-            let results = evaluate(agent, eval_env.as_mut(), cfg.eval.episodes, cfg.eval.epsilon, eval_seed);
-            let returns: Vec<f64> = results.iter().map(|r| r.0).collect();
-            let (mean, std) = mean_std(&returns);
-            let eval = Evaluation { step, episode, mean, std, returns };
-            let control = observer.evaluation(&eval, agent);
-            evaluations.push(eval);
-            control
-        };
-    while !cfg.budget.done(step, episode) {
-        let before = Progress { step, episode, fraction: cfg.budget.fraction(step, episode) };
-        let epsilon = exploration.epsilon(before);
-        let action = agent.act(obs.as_obs(), epsilon, &mut rng);
-        step += 1;
-        let (reward, done) = {
-            let s = env.step(action);
-            let p = Progress { step, episode, fraction: cfg.budget.fraction(step, episode) };
-            let t = Transition {
-                obs: obs.as_obs(),
-                action,
-                reward: s.reward as f32,
-                next_obs: s.obs,
-                terminated: s.terminated,
-                truncated: s.truncated,
-            };
-            agent.observe(t, p, &mut rng)?;
-            if !s.done() {
-                obs.set(s.obs);
-            }
-            (s.reward, s.done())
-        };
-        ep_return += reward;
-        ep_len += 1;
-        if done {
-            let record = EpisodeRecord {
-                step,
-                episode,
-                ret: ep_return,
-                length: ep_len,
-                epsilon,
-                lr: agent.learning_rate(),
-                loss: agent.take_mean_loss()?,
-            };
-            observer.episode(&record)?;
-            episode += 1;
-            ep_return = 0.0;
-            ep_len = 0;
-            obs.set(env.reset(None));
+/// The seed of segment `segment` of a run seeded with `seed`: the run's own for the first, an
+/// independent stream for each later one (PBT's generations, a `schedule:` step).
+pub fn segment_seed(seed: u64, segment: u64) -> u64 {
+    if segment == 0 {
+        seed
+    } else {
+        derive(seed, 0x5E6_0000 + segment)
+    }
+}
+
+/// The training loop, resumable: [`Trainer::advance`] runs it up to a step, so that a run can
+/// stop at a boundary, be checkpointed ([`Agent::learner_state`], [`Agent::replay_state`]) and
+/// continue there, in this process or another, under the same or new hyperparameters.
+///
+/// A run is a chain of segments. Segment `k` starts with a fresh reset of the environment
+/// seeded by [`segment_seed`], its own action-sampling stream and (for `k > 0`) the learner and
+/// replay state the previous segment left; schedules (epsilon, learning rate, PER's beta) go
+/// on from the step count. A `schedule:` entry of the config starts a new segment at its step,
+/// as each of PBT's generations does, so that `tune train` of an exported PBT schedule runs the
+/// same chain.
+pub struct Trainer {
+    cfg: TrainConfig,
+    /// The config with the schedule entries applied so far.
+    current: TrainConfig,
+    env: Box<dyn Env>,
+    eval_env: Box<dyn Env>,
+    agent: Box<dyn Agent>,
+    rng: StdRng,
+    obs: ObsBuf,
+    eval_seed: u64,
+    step: u64,
+    episode: u64,
+    ep_return: f64,
+    ep_len: u64,
+    segment: u64,
+    /// Index of the next `schedule:` entry.
+    next_entry: usize,
+    evaluations: Vec<Evaluation>,
+    start: Instant,
+}
+
+impl Trainer {
+    /// A run of `cfg` from its first step.
+    pub fn new(cfg: &TrainConfig) -> anyhow::Result<Self> {
+        Self::resume(cfg, Resume::default())
+    }
+
+    /// A run of `cfg` that continues from `from` (a checkpoint's step, episode count and state).
+    pub fn resume(cfg: &TrainConfig, from: Resume<'_>) -> anyhow::Result<Self> {
+        cfg.validate().map_err(InputError::new)?;
+        tch::set_num_threads(cfg.threads as i32);
+        let start = Instant::now();
+        // The schedule's entries up to the starting step are in force.
+        let next_entry = cfg.schedule.iter().take_while(|e| e.step <= from.step).count();
+        let current = cfg.scheduled(next_entry).map_err(InputError::new)?;
+        let seed = segment_seed(cfg.seed, from.segment);
+        let (mut env, mut agent) = build_seeded(&current, seed)?;
+        crate::fault::maybe_panic("train.panic");
+        if let Some(learner) = from.learner {
+            agent.load_learner_state(learner)?;
         }
-        if cfg.eval.every > 0 && step % cfg.eval.every == 0 {
-            if run_eval(agent.as_mut(), observer, step, episode, &mut evaluations)? == Control::Stop {
-                stopped = true;
-                break;
+        if let Some(replay) = from.replay {
+            agent.load_replay_state(replay)?;
+        }
+        let eval_env = cfg.env.make()?;
+        let mut obs = ObsBuf::new(&env.observation_space());
+        obs.set(env.reset(Some(seed)));
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            current,
+            env,
+            eval_env,
+            agent,
+            rng: StdRng::seed_from_u64(derive(seed, 1)),
+            obs,
+            eval_seed: derive(cfg.seed, 2),
+            step: from.step,
+            episode: from.episode,
+            ep_return: 0.0,
+            ep_len: 0,
+            segment: from.segment,
+            next_entry,
+            evaluations: Vec::new(),
+            start,
+        })
+    }
+
+    /// Environment steps taken (counting those before a resume).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Episodes completed (counting those before a resume).
+    pub fn episode(&self) -> u64 {
+        self.episode
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &dyn Agent {
+        self.agent.as_ref()
+    }
+
+    /// The evaluations of this run so far.
+    pub fn evaluations(&self) -> &[Evaluation] {
+        &self.evaluations
+    }
+
+    /// Trains until `until` steps (or the budget) are reached, evaluating every `eval.every`
+    /// steps; true when the observer stopped the run.
+    pub fn advance(&mut self, until: u64, observer: &mut dyn Observer) -> anyhow::Result<bool> {
+        if crate::fault::hit("train.diverge") {
+            anyhow::bail!("training diverged: the loss became NaN (injected fault train.diverge)");
+        }
+        let budget = self.cfg.budget.clone();
+        let every = self.cfg.eval.every;
+        let mut exploration = self.current.agent.exploration().clone();
+        while self.step < until && !budget.done(self.step, self.episode) {
+            if self.cfg.schedule.get(self.next_entry).is_some_and(|e| e.step == self.step) {
+                self.next_segment()?;
+                exploration = self.current.agent.exploration().clone();
             }
+            let (step, episode) = (self.step, self.episode);
+            let before = Progress { step, episode, fraction: budget.fraction(step, episode) };
+            let epsilon = exploration.epsilon(before);
+            let action = self.agent.act(self.obs.as_obs(), epsilon, &mut self.rng);
+            self.step += 1;
+            let step = self.step;
+            let (reward, done) = {
+                let s = self.env.step(action);
+                let p = Progress { step, episode, fraction: budget.fraction(step, episode) };
+                let t = Transition {
+                    obs: self.obs.as_obs(),
+                    action,
+                    reward: s.reward as f32,
+                    next_obs: s.obs,
+                    terminated: s.terminated,
+                    truncated: s.truncated,
+                };
+                self.agent.observe(t, p, &mut self.rng)?;
+                if !s.done() {
+                    self.obs.set(s.obs);
+                }
+                (s.reward, s.done())
+            };
+            self.ep_return += reward;
+            self.ep_len += 1;
+            if done {
+                let record = EpisodeRecord {
+                    step,
+                    episode,
+                    ret: self.ep_return,
+                    length: self.ep_len,
+                    epsilon,
+                    lr: self.agent.learning_rate(),
+                    loss: self.agent.take_mean_loss()?,
+                };
+                observer.episode(&record)?;
+                self.episode += 1;
+                self.ep_return = 0.0;
+                self.ep_len = 0;
+                self.obs.set(self.env.reset(None));
+            }
+            if every > 0 && step % every == 0 && self.evaluate(observer)? == Control::Stop {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Evaluates the agent now and hands the result to `observer`.
+    pub fn evaluate(&mut self, observer: &mut dyn Observer) -> anyhow::Result<Control> {
+        let eval = &self.cfg.eval;
+        let results =
+            evaluate(self.agent.as_mut(), self.eval_env.as_mut(), eval.episodes, eval.epsilon, self.eval_seed);
+        let returns: Vec<f64> = results.iter().map(|r| r.0).collect();
+        let (mean, std) = mean_std(&returns);
+        let eval = Evaluation { step: self.step, episode: self.episode, mean, std, returns };
+        let control = observer.evaluation(&eval, self.agent.as_ref());
+        self.evaluations.push(eval);
+        control
+    }
+
+    /// Evaluates now unless the last evaluation was at this step; true when the observer stopped
+    /// the run.
+    pub fn evaluate_if_due(&mut self, observer: &mut dyn Observer) -> anyhow::Result<bool> {
+        if self.evaluations.last().is_some_and(|e| e.step == self.step) {
+            return Ok(false);
+        }
+        Ok(self.evaluate(observer)? == Control::Stop)
+    }
+
+    /// Ends the episode in progress (the agent's replay closes it as truncated) and returns the
+    /// learner's and the replay's state, for a checkpoint at this step.
+    pub fn checkpoint(&mut self) -> anyhow::Result<(State, State)> {
+        self.agent.cut_episode();
+        let learner = self.agent.learner_state();
+        let replay = self.agent.replay_state();
+        match (learner, replay) {
+            (Some(l), Some(r)) => Ok((l, r)),
+            _ => Err(InputError::new("only `dqn` agents can be checkpointed during a run (PBT, schedule:)").into()),
         }
     }
-    if !stopped && evaluations.last().is_none_or(|e| e.step != step) {
-        stopped = run_eval(agent.as_mut(), observer, step, episode, &mut evaluations)? == Control::Stop;
+
+    /// Starts the next segment at a `schedule:` entry: the learner and replay state move to an
+    /// agent built under the entry's values, and the environment is reset.
+    fn next_segment(&mut self) -> anyhow::Result<()> {
+        self.next_entry += 1;
+        self.segment += 1;
+        self.current = self.cfg.scheduled(self.next_entry).map_err(InputError::new)?;
+        let (learner, replay) = self.checkpoint()?;
+        let seed = segment_seed(self.cfg.seed, self.segment);
+        let (mut env, mut agent) = build_seeded(&self.current, seed)?;
+        agent.load_learner_state(&learner)?;
+        agent.load_replay_state(&replay)?;
+        self.obs.set(env.reset(Some(seed)));
+        self.env = env;
+        self.agent = agent;
+        self.rng = StdRng::seed_from_u64(derive(seed, 1));
+        self.ep_return = 0.0;
+        self.ep_len = 0;
+        Ok(())
     }
-    Ok(TrainOutcome {
-        agent,
-        evaluations,
-        steps: step,
-        episodes: episode,
-        wall_s: start.elapsed().as_secs_f64(),
-        stopped,
-    })
+
+    /// Evaluates once more at the last step unless the run was stopped or just evaluated, and
+    /// returns the outcome.
+    pub fn finish(mut self, stopped: bool, observer: &mut dyn Observer) -> anyhow::Result<TrainOutcome> {
+        let stopped = stopped || self.evaluate_if_due(observer)?;
+        Ok(TrainOutcome {
+            agent: self.agent,
+            evaluations: self.evaluations,
+            steps: self.step,
+            episodes: self.episode,
+            wall_s: self.start.elapsed().as_secs_f64(),
+            stopped,
+        })
+    }
+}
+
+/// Where [`Trainer::resume`] starts: step and episode counts, the segment's index (which seeds
+/// it) and the states to load. The default is a run's start.
+#[derive(Default)]
+pub struct Resume<'a> {
+    /// Environment steps already taken.
+    pub step: u64,
+    /// Episodes already completed.
+    pub episode: u64,
+    /// The segment's index in its chain.
+    pub segment: u64,
+    /// The network, target network and optimizer to start from.
+    pub learner: Option<&'a State>,
+    /// The replay buffer's contents to start from.
+    pub replay: Option<&'a State>,
+}
+
+/// [`build`] with the agent's initial weights and noise seeded by `seed`.
+fn build_seeded(cfg: &TrainConfig, seed: u64) -> anyhow::Result<(Box<dyn Env>, Box<dyn Agent>)> {
+    let env = cfg.env.make()?;
+    let space = env.observation_space();
+    cfg.agent.validate(&space).map_err(|e| InputError::new(format!("agent: {e}")))?;
+    let device = parse_device(&cfg.device).map_err(InputError::new)?;
+    let agent = cfg.agent.build(&space, env.action_space(), device, seed)?;
+    Ok((env, agent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> TrainConfig {
+        let yaml = format!(
+            "env: {{id: CartPole-v1}}
+seed: 3
+budget: {{steps: 1200}}
+eval: {{every: 400, episodes: 2}}
+agent:
+  type: dqn
+  net: {{type: mlp, hidden: [16]}}
+  lr: 0.001
+  learning_starts: 100
+  batch_size: 16
+  replay: {{type: prioritized, size: 2000}}
+  target: {{type: hard, every: 50}}
+  exploration: {{type: linear, start: 1.0, end: 0.05, fraction: 0.5}}
+{extra}"
+        );
+        TrainConfig::from_value(&serde_norway::from_str(&yaml).unwrap()).unwrap()
+    }
+
+    /// Records each episode's last-step learning rate.
+    #[derive(Default)]
+    struct Lrs(Vec<(u64, f64)>);
+
+    impl Observer for Lrs {
+        fn episode(&mut self, r: &EpisodeRecord) -> anyhow::Result<()> {
+            self.0.push((r.step, r.lr.unwrap()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_schedule_changes_hyperparameters_from_its_steps_on() {
+        let cfg = config(
+            "schedule:
+  - {step: 400, set: {agent.lr: 0.002, agent.gamma: 0.95}}
+  - {step: 800, set: {agent.lr: 0.0005}}",
+        );
+        let mut lrs = Lrs::default();
+        let outcome = train(&cfg, &mut lrs).unwrap();
+        assert_eq!(outcome.steps, 1200);
+        assert_eq!(outcome.evaluations.iter().map(|e| e.step).collect::<Vec<_>>(), vec![400, 800, 1200]);
+        for &(step, lr) in &lrs.0 {
+            let expected = match step {
+                0..400 => 0.001,
+                400..800 => 0.002,
+                _ => 0.0005,
+            };
+            assert_eq!(lr, expected, "episode ending at step {step}");
+        }
+        assert!(lrs.0.iter().any(|e| e.0 > 800));
+        let AgentConfig::Dqn(second) = cfg.scheduled(1).unwrap().agent else { unreachable!() };
+        assert_eq!((second.lr, second.gamma), (0.002, 0.95));
+    }
+
+    #[test]
+    fn a_run_split_at_a_checkpoint_continues_as_one_run() {
+        // Two stretches with a checkpoint between them train the same as a schedule boundary
+        // at that step with unchanged values.
+        let cfg = config("");
+        let mut first = Trainer::new(&cfg).unwrap();
+        assert!(!first.advance(600, &mut ()).unwrap());
+        let (learner, replay) = first.checkpoint().unwrap();
+        let mut second = Trainer::resume(
+            &cfg,
+            Resume { step: 600, episode: first.episode(), segment: 1, learner: Some(&learner), replay: Some(&replay) },
+        )
+        .unwrap();
+        assert!(!second.advance(u64::MAX, &mut ()).unwrap());
+        let split = second.finish(false, &mut ()).unwrap();
+        let scheduled = config("schedule:\n  - {step: 600, set: {agent.lr: 0.001}}");
+        let whole = train(&scheduled, &mut ()).unwrap();
+        assert_eq!(split.steps, whole.steps);
+        let means = |o: &TrainOutcome| o.evaluations.iter().map(|e| (e.step, e.mean)).collect::<Vec<_>>();
+        assert_eq!(means(&split)[..], means(&whole)[1..]);
+    }
+
+    #[test]
+    fn impossible_schedules_are_refused_naming_the_rule() {
+        let refused = |extra: &str| {
+            let yaml: Value = serde_norway::from_str(&format!(
+                "env: {{id: CartPole-v1}}\nbudget: {{steps: 1000}}\nagent: {{type: dqn}}\n{extra}"
+            ))
+            .unwrap();
+            TrainConfig::from_value(&yaml).unwrap_err()
+        };
+        assert!(refused("schedule: [{step: 1000, set: {agent.lr: 0.1}}]").contains("below the budget"));
+        assert!(refused("schedule: [{step: 500, set: {seed: 3}}]").contains("only agent hyperparameters"));
+        assert!(refused("schedule: [{step: 500, set: {agent.net.hidden: [8]}}]").contains("agent.net"));
+        assert!(refused("schedule: [{step: 500, set: {agent.lr: -1}}]").contains("lr must be a positive number"));
+        assert!(refused("schedule: [{step: 500, set: {agent.lr: 0.1}}, {step: 400, set: {agent.lr: 0.2}}]")
+            .contains("schedule[1].step"));
+    }
 }

@@ -60,6 +60,7 @@ use crate::rl::env::{ActionSpace, Obs, ObsSpace};
 use crate::rl::net::{is_noise, Layers, NetOptions, NetSpec, Noise, QNetwork};
 use crate::rl::replay::{Batch, LatestReplay, ObsBatch, PrioritizedConfig, PrioritizedReplay, Replay, UniformReplay};
 use crate::rl::schedule::linear_schedule;
+use crate::rl::state::State;
 
 /// The `agent: {type: dqn, ...}` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -274,6 +275,44 @@ pub struct Pretrained {
 }
 
 impl DqnConfig {
+    /// See [`super::AgentConfig::continues_as`].
+    pub fn continues_as(&self, other: &DqnConfig) -> Result<(), String> {
+        let same = |name: &str, a: serde_json::Value, b: serde_json::Value| {
+            if a == b {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`agent.{name}` must stay the same during a run (it shapes the learner's state): {a} vs {b}"
+                ))
+            }
+        };
+        fn json<T: Serialize>(v: &T) -> serde_json::Value {
+            serde_json::to_value(v).unwrap_or_default()
+        }
+        same("net", json(&self.net), json(&other.net))?;
+        same("head", json(&self.head), json(&other.head))?;
+        same("noisy", json(&self.noisy.is_some()), json(&other.noisy.is_some()))?;
+        same("n_step", json(&self.n_step), json(&other.n_step))?;
+        same("pretrained", json(&self.pretrained), json(&other.pretrained))?;
+        let replay = |r: &ReplaySpec| match r {
+            ReplaySpec::None => ("none", 0),
+            ReplaySpec::Uniform { size } => ("uniform", *size),
+            ReplaySpec::Prioritized { size, .. } => ("prioritized", *size),
+        };
+        same("replay (type and size)", json(&replay(&self.replay)), json(&replay(&other.replay)))?;
+        if matches!(self.replay, ReplaySpec::None) && self.batch_size != other.batch_size {
+            return Err(
+                "`agent.batch_size` must stay the same with `replay: {type: none}` (it sizes the buffer)".into()
+            );
+        }
+        let optimizer = |o: &OptimizerSpec| match o {
+            OptimizerSpec::Adam { .. } | OptimizerSpec::Adamw { .. } => "adam",
+            OptimizerSpec::Rmsprop { .. } => "rmsprop",
+            OptimizerSpec::Sgd { .. } => "sgd",
+        };
+        same("optimizer.type", json(&optimizer(&self.optimizer)), json(&optimizer(&other.optimizer)))
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self, space: &ObsSpace) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.gamma) {
@@ -1356,6 +1395,43 @@ impl Agent for DqnAgent {
     fn weights_file(&self) -> &'static str {
         "weights.safetensors"
     }
+
+    fn learner_state(&self) -> Option<State> {
+        let mut s = State::new();
+        s.put("online", &self.online.flat);
+        if let Some(target) = &self.target {
+            s.put("target", &target.flat);
+        }
+        self.optimizer.state(&mut s);
+        s.put_ints("agent.updates", &[self.updates as i64]);
+        Some(s)
+    }
+
+    fn load_learner_state(&mut self, state: &State) -> anyhow::Result<()> {
+        state.copy_into("online", &mut self.online.flat)?;
+        if let Some(target) = &mut self.target {
+            // A config that gains a target network starts it from the online weights.
+            let name = if state.find("target").is_some() { "target" } else { "online" };
+            state.copy_into(name, &mut target.flat)?;
+        }
+        self.optimizer.load_state(state)?;
+        self.updates = state.ints("agent.updates")?.first().copied().unwrap_or(0) as u64;
+        Ok(())
+    }
+
+    fn replay_state(&self) -> Option<State> {
+        let mut s = State::new();
+        self.replay.state(&mut s);
+        Some(s)
+    }
+
+    fn load_replay_state(&mut self, state: &State) -> anyhow::Result<()> {
+        self.replay.load_state(state)
+    }
+
+    fn cut_episode(&mut self) {
+        self.replay.cut_episode();
+    }
 }
 
 #[cfg(test)]
@@ -1758,6 +1834,83 @@ mod tests {
             values(fused.parameters()),
             values(&DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 5).unwrap().online.flat)
         );
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_learner_and_replay_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        for replay in [
+            ReplaySpec::Uniform { size: 64 },
+            ReplaySpec::Prioritized { size: 64, alpha: 0.6, beta: 0.4, beta_fraction: 1.0, epsilon: 1e-6 },
+        ] {
+            let cfg = DqnConfig {
+                net: Some(NetSpec::Mlp { hidden: vec![8], dueling: false }),
+                learning_starts: 4,
+                batch_size: 4,
+                n_step: 3,
+                replay,
+                target: TargetSpec::Hard { every: 7 },
+                ..Default::default()
+            };
+            let mut a = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 1).unwrap();
+            let mut rng = StdRng::seed_from_u64(0);
+            for t in 1..=30 {
+                step(&mut a, t, &mut rng);
+            }
+            a.learner_state().unwrap().save(&dir.path().join("l.safetensors")).unwrap();
+            a.replay_state().unwrap().save(&dir.path().join("r.safetensors")).unwrap();
+            // Another seed: everything that matters comes from the checkpoint.
+            let mut b = DqnAgent::new(&cfg, &space(), ActionSpace { n: 2 }, Device::Cpu, 9).unwrap();
+            b.load_learner_state(&State::load(&dir.path().join("l.safetensors")).unwrap()).unwrap();
+            b.load_replay_state(&State::load(&dir.path().join("r.safetensors")).unwrap()).unwrap();
+            assert_eq!(values(a.parameters()), values(b.parameters()));
+            assert_eq!(a.updates(), b.updates());
+            let (mut ra, mut rb) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+            for t in 31..=50 {
+                step(&mut a, t, &mut ra);
+                step(&mut b, t, &mut rb);
+            }
+            assert_eq!(values(a.parameters()), values(b.parameters()), "same updates after the restore");
+            assert_eq!(values(a.target_parameters().unwrap()), values(b.target_parameters().unwrap()));
+            // A config that shapes the network differently cannot take the state.
+            let other = DqnConfig { net: Some(NetSpec::Mlp { hidden: vec![16], dueling: false }), ..cfg.clone() };
+            let mut c = DqnAgent::new(&other, &space(), ActionSpace { n: 2 }, Device::Cpu, 9).unwrap();
+            assert!(c.load_learner_state(&a.learner_state().unwrap()).is_err());
+            assert!(cfg.continues_as(&other).unwrap_err().contains("agent.net"));
+            let lr = DqnConfig { lr: 0.5, gamma: 0.9, batch_size: 16, ..cfg.clone() };
+            assert!(cfg.continues_as(&lr).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_cut_episode_closes_its_windows_and_the_next_push_starts_a_new_one() {
+        let cfg = DqnConfig {
+            n_step: 3,
+            learning_starts: 1000,
+            replay: ReplaySpec::Uniform { size: 64 },
+            ..Default::default()
+        };
+        let mut agent = linear(cfg);
+        let mut rng = StdRng::seed_from_u64(0);
+        for t in 1..=5 {
+            step(&mut agent, t, &mut rng);
+        }
+        // 5 steps with 3-step windows: 3 are sampleable; the cut makes the last 2 so too.
+        assert_eq!(agent.replay.len(), 3);
+        agent.cut_episode();
+        assert_eq!(agent.replay.len(), 5);
+        // A new episode from an unrelated observation.
+        let (x, next) = ([0.9f32, 0.9], [0.8f32, 0.8]);
+        let tr = Transition {
+            obs: Obs::F32(&x),
+            action: 0,
+            reward: 0.0,
+            next_obs: Obs::F32(&next),
+            terminated: true,
+            truncated: false,
+        };
+        agent.observe(tr, Progress { step: 6, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
+        assert_eq!(agent.replay.len(), 6);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
 use crate::rl::schedule::{exponential_decay, linear_schedule, Per};
+use crate::rl::state::State;
 
 /// One environment transition as the agent learns from it.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +78,32 @@ pub trait Agent {
 
     /// File name [`Agent::save`] uses in a run folder.
     fn weights_file(&self) -> &'static str;
+
+    /// The learner's state (network, target network, optimizer, counters) for a checkpoint;
+    /// `None` for agents that cannot be checkpointed mid-run.
+    fn learner_state(&self) -> Option<State> {
+        None
+    }
+
+    /// Restores a learner state written by [`Agent::learner_state`] (maybe by an agent with
+    /// other hyperparameters, as [`AgentConfig::continues_as`] allows).
+    fn load_learner_state(&mut self, _state: &State) -> anyhow::Result<()> {
+        anyhow::bail!("this agent cannot resume from a checkpoint (only `dqn` agents can)")
+    }
+
+    /// The replay buffer's contents for a checkpoint; `None` for agents without one.
+    fn replay_state(&self) -> Option<State> {
+        None
+    }
+
+    /// Restores replay contents written by [`Agent::replay_state`].
+    fn load_replay_state(&mut self, _state: &State) -> anyhow::Result<()> {
+        anyhow::bail!("this agent has no replay buffer to restore")
+    }
+
+    /// Ends the episode in progress in the agent's memory as a time-limit cut would (the
+    /// environment is about to be reset mid-episode).
+    fn cut_episode(&mut self) {}
 }
 
 /// The `agent:` section of a trainer config, tagged by `type`.
@@ -144,6 +171,17 @@ impl AgentConfig {
             AgentConfig::Dqn(c) => c.validate(space),
             AgentConfig::QLearning(c) | AgentConfig::Sarsa(c) => c.validate(space),
         }
+    }
+
+    /// Why a learner trained under this config cannot go on under `other` (PBT's explore, a
+    /// config's `schedule:`): what shapes the network, the optimizer's state or the replay
+    /// buffer must stay the same; scalars (learning rate, discount, exploration, target period,
+    /// PER exponents, batch size, update schedule) may change.
+    pub fn continues_as(&self, other: &AgentConfig) -> Result<(), String> {
+        let (AgentConfig::Dqn(a), AgentConfig::Dqn(b)) = (self, other) else {
+            return Err("only `dqn` agents can change hyperparameters during a run (PBT, schedule:)".into());
+        };
+        a.continues_as(b)
     }
 
     /// Builds the agent for an environment with these spaces.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::rl::schedule::{exponential_decay, linear_schedule, Per};
+use crate::rl::state::State;
 
 use super::Progress;
 
@@ -206,6 +207,34 @@ impl FlatOptimizer {
             OptimizerSpec::Sgd { momentum, .. } => (if momentum > 0.0 { zeros() } else { None }, None, None, None),
         };
         FlatOptimizer { spec: spec.clone(), t: 0, m, v, v_max, denom, host: true }
+    }
+
+    /// Appends the step count and moment buffers to `out` under `opt.*`.
+    pub fn state(&self, out: &mut State) {
+        out.put_ints("opt.t", &[self.t as i64]);
+        for (name, buf) in [("opt.m", &self.m), ("opt.v", &self.v), ("opt.v_max", &self.v_max)] {
+            if let Some(buf) = buf {
+                out.put(name, buf);
+            }
+        }
+    }
+
+    /// Restores what [`state`](Self::state) wrote. A buffer the checkpoint lacks (AMSGrad
+    /// switched on, momentum added) starts from zero, as a new optimizer's would.
+    pub fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
+        let t = state.ints("opt.t")?;
+        anyhow::ensure!(t.len() == 1, "checkpoint entry `opt.t` is malformed");
+        self.t = t[0] as i32;
+        for (name, buf) in [("opt.m", &mut self.m), ("opt.v", &mut self.v), ("opt.v_max", &mut self.v_max)] {
+            if let Some(buf) = buf {
+                if state.find(name).is_some() {
+                    state.copy_into(name, buf)?;
+                } else {
+                    let _ = buf.zero_();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One step on `params` (updated in place) with gradient `grad` (used as scratch), at

@@ -6,6 +6,7 @@ use rand::RngCore;
 
 use super::{Batch, Replay, ReplayStorage};
 use crate::rl::env::{Obs, ObsSpace};
+use crate::rl::state::State;
 
 /// The newest transitions, no sampling.
 #[derive(Clone, Debug)]
@@ -36,11 +37,9 @@ impl LatestReplay {
     pub fn storage(&self) -> &ReplayStorage {
         &self.storage
     }
-}
 
-impl Replay for LatestReplay {
-    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
-        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+    /// Follows the slots the storage's last change made sampleable or overwrote.
+    fn track_changes(&mut self) {
         for &(slot, valid) in self.storage.changes() {
             if valid {
                 if self.recent.len() == self.keep {
@@ -51,6 +50,13 @@ impl Replay for LatestReplay {
                 self.recent.retain(|&s| s != slot);
             }
         }
+    }
+}
+
+impl Replay for LatestReplay {
+    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
+        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+        self.track_changes();
     }
 
     fn sample(&mut self, _rng: &mut dyn RngCore, _beta: f64, batch: &mut Batch) {
@@ -66,6 +72,27 @@ impl Replay for LatestReplay {
 
     fn len(&self) -> usize {
         self.recent.len()
+    }
+
+    fn cut_episode(&mut self) {
+        self.storage.cut_episode();
+        self.track_changes();
+    }
+
+    fn state(&self, out: &mut State) {
+        self.storage.state(out);
+        let recent: Vec<i64> = self.recent.iter().map(|&s| s as i64).collect();
+        out.put_slice("replay.recent", &recent);
+    }
+
+    fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
+        self.storage.load_state(state)?;
+        self.recent.clear();
+        for s in state.ints("replay.recent")?.into_iter().rev().take(self.keep).collect::<Vec<_>>().into_iter().rev() {
+            anyhow::ensure!((s as usize) < self.storage.capacity(), "checkpoint entry `replay.recent` is out of range");
+            self.recent.push_back(s as usize);
+        }
+        Ok(())
     }
 }
 

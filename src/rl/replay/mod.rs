@@ -29,6 +29,7 @@ pub use uniform::UniformReplay;
 use rand::RngCore;
 
 use crate::rl::env::{Obs, ObsSpace};
+use crate::rl::state::State;
 
 /// A replay buffer as the DQN trainer sees it: store a step, sample a batch, report TD errors.
 pub trait Replay {
@@ -52,6 +53,19 @@ pub trait Replay {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Ends the episode in progress as if a time limit cut it: its last step bootstraps from the
+    /// stored final observation, and the next push starts a new episode (a training segment's
+    /// end, where the environment is reset).
+    fn cut_episode(&mut self);
+
+    /// The buffer's contents, for a checkpoint.
+    fn state(&self, out: &mut State);
+
+    /// Restores contents written by [`Replay::state`] into a buffer of the same capacity and
+    /// observation space (an error names what differs). Prioritized replay re-weights the
+    /// stored priorities to its own `alpha`.
+    fn load_state(&mut self, state: &State) -> anyhow::Result<()>;
 }
 
 /// Observations of a batch, row-major `[batch, shape...]`: floats for vectors, bytes for pixels
@@ -101,6 +115,7 @@ impl Batch {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum SlotKind {
     /// Never written.
     Empty,
@@ -358,6 +373,116 @@ impl ReplayStorage {
             }
             self.changes.push((i, valid));
         }
+    }
+
+    /// Ends the episode in progress (see [`Replay::cut_episode`]); [`changes`](Self::changes)
+    /// then lists the transitions this made sampleable.
+    pub fn cut_episode(&mut self) {
+        self.changes.clear();
+        if !self.in_episode {
+            return;
+        }
+        if self.episode_steps > 0 {
+            // The last step is the slot just before the latest observation.
+            let s = (self.current + self.capacity - 1) % self.capacity;
+            self.truncated[s] = true;
+            for j in 0..self.n_step.min(self.episode_steps) {
+                self.set_valid((s + self.capacity - j) % self.capacity, true);
+            }
+        }
+        self.in_episode = false;
+        self.episode_steps = 0;
+    }
+
+    /// Appends the ring's contents to `out` under `replay.*`.
+    pub fn state(&self, out: &mut State) {
+        match self.kind {
+            ObsKind::U8 => out.put_slice("replay.obs", &self.obs_u8),
+            _ => out.put_slice("replay.obs", &self.obs_f32),
+        }
+        let actions: Vec<i64> = self.actions.iter().map(|&a| a as i64).collect();
+        out.put_slice("replay.actions", &actions);
+        out.put_slice("replay.rewards", &self.rewards);
+        let bytes = |v: &[bool]| -> Vec<u8> { v.iter().map(|&b| b as u8).collect() };
+        out.put_slice("replay.terminated", &bytes(&self.terminated));
+        out.put_slice("replay.truncated", &bytes(&self.truncated));
+        out.put_slice("replay.valid", &bytes(&self.valid));
+        let slots: Vec<u8> = self.slots.iter().map(|k| *k as u8).collect();
+        out.put_slice("replay.slots", &slots);
+        out.put_ints(
+            "replay.meta",
+            &[
+                self.capacity as i64,
+                self.slot_len as i64,
+                self.stack as i64,
+                self.n_valid as i64,
+                self.cursor as i64,
+                self.filled as i64,
+                self.in_episode as i64,
+                self.current as i64,
+                self.episode_steps as i64,
+            ],
+        );
+    }
+
+    /// Restores what [`state`](Self::state) wrote; `n_step` and `gamma` stay this storage's own
+    /// (returns are computed when sampling).
+    pub fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
+        let meta = state.ints("replay.meta")?;
+        anyhow::ensure!(meta.len() == 9, "checkpoint entry `replay.meta` is malformed");
+        anyhow::ensure!(
+            meta[0] as usize == self.capacity && meta[1] as usize == self.slot_len && meta[2] as usize == self.stack,
+            "the checkpoint's replay buffer has {} slots of {}x{} values, this config's has {} of {}x{}: replay.size and the environment must stay the same",
+            meta[0],
+            meta[2],
+            meta[1],
+            self.capacity,
+            self.stack,
+            self.slot_len
+        );
+        match self.kind {
+            ObsKind::U8 => state.fill("replay.obs", &mut self.obs_u8)?,
+            _ => state.fill("replay.obs", &mut self.obs_f32)?,
+        }
+        let mut actions = vec![0i64; self.capacity];
+        state.fill("replay.actions", &mut actions)?;
+        for (a, v) in self.actions.iter_mut().zip(actions) {
+            *a = v as u32;
+        }
+        state.fill("replay.rewards", &mut self.rewards)?;
+        let mut bytes = vec![0u8; self.capacity];
+        for (name, dst) in [
+            ("replay.terminated", &mut self.terminated),
+            ("replay.truncated", &mut self.truncated),
+            ("replay.valid", &mut self.valid),
+        ] {
+            state.fill(name, &mut bytes)?;
+            for (d, &b) in dst.iter_mut().zip(&bytes) {
+                *d = b != 0;
+            }
+        }
+        state.fill("replay.slots", &mut bytes)?;
+        for (d, &b) in self.slots.iter_mut().zip(&bytes) {
+            *d = match b {
+                0 => SlotKind::Empty,
+                1 => SlotKind::Pad,
+                2 => SlotKind::Obs,
+                3 => SlotKind::Step,
+                other => anyhow::bail!("checkpoint entry `replay.slots` holds an unknown slot kind {other}"),
+            };
+        }
+        self.n_valid = meta[3] as usize;
+        self.cursor = meta[4] as usize;
+        self.filled = meta[5] as usize;
+        self.in_episode = meta[6] != 0;
+        self.current = meta[7] as usize;
+        self.episode_steps = meta[8] as usize;
+        anyhow::ensure!(
+            self.n_valid == self.valid.iter().filter(|&&v| v).count() && self.cursor < self.capacity,
+            "checkpoint entry `replay.meta` disagrees with the stored slots (a damaged checkpoint)"
+        );
+        self.changes.clear();
+        Ok(())
     }
 
     /// Writes transition `i` (a valid slot) into row `row` of `batch`; weights are left alone.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Batch, MinTree, Replay, ReplayStorage, SumTree};
 use crate::rl::env::{Obs, ObsSpace};
+use crate::rl::state::State;
 
 /// The `prioritized: {alpha: 0.6, epsilon: 1.0e-6}` section of a DQN config; `beta` is a
 /// schedule driven by the trainer.
@@ -139,6 +140,54 @@ impl Replay for PrioritizedReplay {
 
     fn len(&self) -> usize {
         self.storage.len()
+    }
+
+    fn cut_episode(&mut self) {
+        self.storage.cut_episode();
+        let initial = self.max_priority.powf(self.config.alpha);
+        for k in 0..self.storage.changes().len() {
+            let (i, valid) = self.storage.changes()[k];
+            self.set_leaf(i, if valid { initial } else { 0.0 });
+        }
+    }
+
+    fn state(&self, out: &mut State) {
+        self.storage.state(out);
+        let leaves: Vec<f64> = (0..self.storage.capacity()).map(|i| self.sum.get(i)).collect();
+        out.put_slice("replay.priorities", &leaves);
+        out.put_slice("replay.priority_info", &[self.max_priority, self.config.alpha]);
+    }
+
+    fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
+        self.storage.load_state(state)?;
+        let info = state.vec::<f64>("replay.priority_info")?;
+        anyhow::ensure!(info.len() == 2, "checkpoint entry `replay.priority_info` is malformed");
+        let (max_priority, alpha) = (info[0], info[1]);
+        let mut leaves = vec![0f64; self.storage.capacity()];
+        state.fill("replay.priorities", &mut leaves)?;
+        // Leaves hold p^alpha: a new alpha re-weights the same priorities, (p^a)^(a'/a) = p^a'.
+        if alpha != self.config.alpha {
+            let ratio = self.config.alpha / alpha;
+            for l in &mut leaves {
+                if *l > 0.0 {
+                    *l = if alpha == 0.0 { 1.0 } else { l.powf(ratio) };
+                }
+            }
+        }
+        let valid: Vec<bool> = (0..leaves.len()).map(|i| self.storage.is_valid(i)).collect();
+        for (l, v) in leaves.iter_mut().zip(valid) {
+            if !v {
+                *l = 0.0;
+            }
+        }
+        let indices: Vec<usize> = (0..leaves.len()).collect();
+        self.sum = SumTree::new(leaves.len());
+        self.min = MinTree::new(leaves.len());
+        self.sum.set_many(&indices, &leaves);
+        let mins: Vec<f64> = leaves.iter().map(|&l| if l > 0.0 { l } else { f64::INFINITY }).collect();
+        self.min.set_many(&indices, &mins);
+        self.max_priority = max_priority;
+        Ok(())
     }
 }
 

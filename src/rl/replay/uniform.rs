@@ -5,6 +5,7 @@ use rand::{Rng, RngCore};
 
 use super::{Batch, Replay, ReplayStorage};
 use crate::rl::env::{Obs, ObsSpace};
+use crate::rl::state::State;
 
 /// Samples stored transitions uniformly, with replacement.
 #[derive(Clone, Debug)]
@@ -48,6 +49,18 @@ impl Replay for UniformReplay {
 
     fn len(&self) -> usize {
         self.storage.len()
+    }
+
+    fn cut_episode(&mut self) {
+        self.storage.cut_episode();
+    }
+
+    fn state(&self, out: &mut State) {
+        self.storage.state(out);
+    }
+
+    fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
+        self.storage.load_state(state)
     }
 }
 
