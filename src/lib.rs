@@ -22,6 +22,7 @@ pub mod study;
 pub use study::{Outcome, Study, Trial};
 pub mod cli;
 pub mod executor;
+pub mod pbt;
 pub mod report;
 pub mod rl;
 

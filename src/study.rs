@@ -180,8 +180,21 @@ impl Study {
     /// Adds a WAITING trial whose parameters are fixed to `params` (user-facing values); it
     /// runs before any newly sampled trial.
     pub fn enqueue(&self, params: &BTreeMap<String, Value>) -> anyhow::Result<FrozenTrial> {
+        self.enqueue_with(params, &[])
+    }
+
+    /// [`Study::enqueue`] with more system attributes, written with the trial in one
+    /// transaction (a scheduler's plan for it, such as PBT's segment).
+    pub fn enqueue_with(
+        &self,
+        params: &BTreeMap<String, Value>,
+        extra: &[(&str, Value)],
+    ) -> anyhow::Result<FrozenTrial> {
         let mut attrs = BTreeMap::new();
         attrs.insert(FIXED_PARAMS_KEY.to_string(), serde_json::to_value(params)?);
+        for (k, v) in extra {
+            attrs.insert(k.to_string(), v.clone());
+        }
         Ok(self.shared.storage.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs)?)
     }
 
@@ -197,6 +210,11 @@ impl Study {
         if let (true, Some(fixed)) = (ok, frozen.system_attrs.get(FIXED_PARAMS_KEY)) {
             let mut attrs = BTreeMap::new();
             attrs.insert(FIXED_PARAMS_KEY.to_string(), fixed.clone());
+            for key in CARRIED_KEYS {
+                if let Some(v) = frozen.system_attrs.get(*key) {
+                    attrs.insert(key.to_string(), v.clone());
+                }
+            }
             let _ = st.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs);
         }
     }
@@ -340,6 +358,10 @@ impl Study {
         Ok(())
     }
 }
+
+/// System attributes an enqueued trial's retry inherits besides its fixed parameters: a
+/// scheduler's plan for it (PBT's segment).
+pub const CARRIED_KEYS: &[&str] = &[crate::pbt::SEGMENT_KEY];
 
 /// Maps an objective's result to an `Outcome` (`TrialPruned` anywhere in the chain: pruned).
 pub fn outcome_of(result: anyhow::Result<f64>) -> Outcome {

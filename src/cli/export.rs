@@ -30,9 +30,14 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let study = load_study(&a.storage, &a.study)?;
+    let all = study.trials()?;
+    let pbt = !crate::pbt::segments(&all).is_empty();
     let trial = match a.trial {
         Some(n) => study.trials()?.into_iter().find(|t| t.number == n).map(|t| (*t).clone()).ok_or_else(|| {
             crate::input_err!("study `{}` has no trial #{n}; `tune show {}` lists them", a.study, a.study)
+        })?,
+        None if pbt => crate::pbt::final_best(&all, study.direction()).map(|t| (*t).clone()).ok_or_else(|| {
+            crate::input_err!("PBT study `{}` has no COMPLETE segment to export yet; run it first", a.study)
         })?,
         None => study.best_trial()?.ok_or_else(|| {
             crate::input_err!("study `{}` has no COMPLETE trial to export yet; run it first", a.study)
@@ -44,7 +49,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let base = report::base_config(&study)?.ok_or_else(|| {
         crate::input_err!("study `{}` was not created by `tune run`, so its base config is unknown", a.study)
     })?;
-    let config = report::trial_config(base, &trial)?;
+    let config = if pbt {
+        // The schedule of hyperparameters along the chain of learners that ends at the trial.
+        crate::pbt::export_config(base, &crate::pbt::chain(&all, trial.number))?
+    } else {
+        report::trial_config(base, &trial)?
+    };
     let header = format!(
         "Exported by tune {} from study `{}`, trial #{} (value {}) on {} UTC.",
         env!("CARGO_PKG_VERSION"),

@@ -47,6 +47,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             crate::spec::MAX_SECONDS
         ));
     }
+    if spec.scheduler.is_some() && a.n_trials.is_some() {
+        return Err(crate::input_err!(
+            "--n-trials: a PBT study's budget is its population times its generations; raise the trainer's budget or the population instead"
+        ));
+    }
     if a.jobs.is_some_and(|j| !(1..=crate::spec::MAX_JOBS).contains(&j)) {
         return Err(crate::input_err!("--jobs must be from 1 to {}", crate::spec::MAX_JOBS));
     }
@@ -73,6 +78,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let seed = spec.seed.or(stored_seed).unwrap_or_else(|| rand::random::<u32>() as u64);
     let ctx = BuildContext { base_dir: spec.base_dir(), log_dir: PathBuf::from("tune-logs").join(&spec.name) };
     let objective = spec.objective.build(&ctx)?;
+    let pbt_signature = spec.scheduler.as_ref().map(|p| {
+        let steps =
+            crate::rl::train::TrainConfig::from_value(objective.base_config()).ok().and_then(|c| c.budget.steps);
+        serde_json::json!({"population": p.population, "interval": p.interval, "steps": steps, "seed": seed})
+    });
+    check_pbt_resume(storage.as_ref(), &spec.name, pbt_signature.as_ref(), &a.file)?;
     let study = Study::create_or_load(
         storage.clone(),
         &spec.name,
@@ -84,6 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     storage.set_study_system_attr(study.study_id(), SEED_ATTR, &Value::from(seed))?;
     storage.set_study_system_attr(study.study_id(), BASE_CONFIG_ATTR, objective.base_config())?;
     storage.set_study_system_attr(study.study_id(), STUDY_FILE_ATTR, &Value::from(a.file.display().to_string()))?;
+    if let Some(sig) = &pbt_signature {
+        storage.set_study_system_attr(study.study_id(), PBT_ATTR, sig)?;
+    }
 
     let jobs = a.jobs.unwrap_or(spec.parallelism.jobs);
     let opts = RunOptions {
@@ -101,7 +115,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             ProgressMode::Auto
         },
+        progress_total: None,
+        enqueued_only: false,
     };
+    if let (Some(pbt), crate::objective::ObjectiveSpec::Rl(rl)) = (&spec.scheduler, &spec.objective) {
+        let objective = crate::objective::rl::RlObjective::new(rl, &ctx)?;
+        return run_pbt(&a, &spec, pbt, &objective, &study, &ctx, opts, seed);
+    }
     let before = study.trials()?.iter().filter(|t| t.state.is_finished() && !t.interrupted()).count();
     if let Some(n) = opts.n_trials {
         if before as u64 >= n {
@@ -142,6 +162,96 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if summary.failed > 0 && summary.complete + summary.pruned == 0 {
         eprintln!("Every trial of this run failed; `tune show {}` lists the reasons.", spec.name);
         return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Study system attribute of a PBT study: population, interval, budget and seed, which a
+/// resume must keep (the plan of every generation depends on them).
+const PBT_ATTR: &str = "tune:pbt";
+
+/// Refuses, before anything is written, to resume a study as PBT with another population,
+/// interval, budget or seed, to turn an ordinary study into a PBT one, or the reverse.
+fn check_pbt_resume(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    signature: Option<&Value>,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Some(id) = storage.get_study_id_from_name(name)? else { return Ok(()) };
+    let stored = storage.get_study_system_attrs(id)?.get(PBT_ATTR).cloned();
+    let has_trials = !storage.get_all_trials(id, None)?.is_empty();
+    match (stored, signature) {
+        (Some(old), Some(new)) if &old != new => Err(crate::input_err!(
+            "{}: study `{name}` is a PBT study with {old}, but the file now gives {new}; these fix every generation's plan and cannot change: put them back, or give the study a new `name:`",
+            file.display()
+        )),
+        (Some(_), None) => Err(crate::input_err!(
+            "{}: study `{name}` is a PBT study, but the file has no `scheduler: {{type: pbt}}`; put it back, or give the study a new `name:`",
+            file.display()
+        )),
+        (None, Some(_)) if has_trials => Err(crate::input_err!(
+            "{}: study `{name}` already has ordinary trials; a PBT study needs a study of its own: give it a new `name:`",
+            file.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `tune run` of a study with `scheduler: {type: pbt}`: the population runs generation by
+/// generation on the study's workers; prints the lineage at the end.
+#[allow(clippy::too_many_arguments)]
+fn run_pbt(
+    a: &Args,
+    spec: &StudySpec,
+    pbt: &crate::pbt::PbtConfig,
+    objective: &crate::objective::rl::RlObjective,
+    study: &Study,
+    ctx: &BuildContext,
+    opts: RunOptions,
+    seed: u64,
+) -> anyhow::Result<i32> {
+    let generations = pbt.generations(objective.budget_steps());
+    let total = pbt.population as u64 * generations;
+    let opts = RunOptions { n_trials: None, progress_total: Some(total), enqueued_only: true, ..opts };
+    let trials = study.trials()?;
+    let done = crate::pbt::segments(&trials).iter().filter(|(t, _)| t.state.is_finished() && !t.interrupted()).count();
+    println!(
+        "{} PBT study `{}`: population {}, {} generations of {} steps ({done} of {total} segments finished).",
+        if done > 0 { "Resuming" } else { "Running" },
+        spec.name,
+        pbt.population,
+        generations,
+        pbt.interval
+    );
+    install_ctrlc(Arc::clone(study.stop_flag()));
+    let root = crate::pbt::checkpoint_root(&ctx.log_dir);
+    let quiet = a.quiet;
+    let summary = crate::pbt::run(study, pbt, &spec.params, objective, &opts, &root, seed, |line| {
+        if !quiet {
+            println!("{line}");
+        }
+    })?;
+    show::print_pbt(study)?;
+    println!(
+        "This run: {} segments complete, {} failed in {:.1} s{}.",
+        summary.run.complete,
+        summary.run.failed,
+        summary.run.elapsed.as_secs_f64(),
+        if summary.run.recovered > 0 {
+            format!("; {} stale segment(s) recovered", summary.run.recovered)
+        } else {
+            String::new()
+        }
+    );
+    if !summary.finished {
+        eprintln!(
+            "{}: resume with: tune run {}{}",
+            if summary.run.interrupted { "Interrupted" } else { "Stopped (timeout)" },
+            a.file.display(),
+            a.storage.clone().map(|s| format!(" --storage {}", crate::storage::postgres::mask(&s))).unwrap_or_default()
+        );
+        return Ok(if summary.run.interrupted { 130 } else { 0 });
     }
     Ok(0)
 }

@@ -54,7 +54,66 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         trials.truncate(k);
     }
     print_table(&trials);
+    print_pbt(&study)?;
     Ok(0)
+}
+
+/// For a PBT study: the lineage (one row per generation, one column per member: the
+/// segment's trial and value, `<-#n` where it took the learner of trial `n`) and the schedule
+/// of the best final member. Prints nothing for other studies.
+pub fn print_pbt(study: &Study) -> anyhow::Result<()> {
+    let trials = study.trials()?;
+    let segs = crate::pbt::segments(&trials);
+    if segs.is_empty() {
+        return Ok(());
+    }
+    let members = segs.iter().map(|(_, s)| s.member).max().unwrap_or(0) + 1;
+    let generations = segs.iter().map(|(_, s)| s.generation).max().unwrap_or(0) + 1;
+    println!("\nPBT lineage (trial value, <-#parent where the learner was copied):");
+    let header: Vec<String> = (0..members).map(|m| format!("{:>22}", format!("member {m}"))).collect();
+    println!("{:>10} {:>9} {}", "generation", "from step", header.join(""));
+    for g in 0..generations {
+        let mut row = Vec::new();
+        let mut step = 0;
+        for m in 0..members {
+            // The settled attempt: COMPLETE first, else the last one.
+            let mut attempts: Vec<_> = segs.iter().filter(|(_, s)| s.generation == g && s.member == m).collect();
+            attempts.sort_by_key(|(t, _)| (t.state == TrialState::Complete, t.number));
+            let cell = match attempts.last() {
+                Some((t, s)) => {
+                    step = s.start_step;
+                    let v = match t.state {
+                        TrialState::Complete => {
+                            fmt_f64(t.value).trim_end_matches('0').trim_end_matches('.').to_string()
+                        }
+                        other => other.as_str().to_lowercase(),
+                    };
+                    let parent = if s.exploited {
+                        s.parent.map(|p| format!(" <-#{p}")).unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    format!("#{} {v}{parent}", t.number)
+                }
+                None => "-".into(),
+            };
+            row.push(format!("{cell:>22}"));
+        }
+        println!("{g:>10} {step:>9} {}", row.join(""));
+    }
+    if let Some(best) = crate::pbt::final_best(&trials, study.direction()) {
+        let chain = crate::pbt::chain(&trials, best.number);
+        println!(
+            "Best final member: trial #{} (value {}); its hyperparameter schedule:",
+            best.number,
+            fmt_f64(best.value)
+        );
+        for (step, params, number, value) in crate::pbt::schedule(&chain) {
+            let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", fmt_value(v))).collect();
+            println!("  from step {step:>8}: {}   (trial #{number}, value {})", p.join(" "), fmt_f64(value));
+        }
+    }
+    Ok(())
 }
 
 fn sort(trials: &mut [Arc<FrozenTrial>], key: SortKey, direction: Direction) {

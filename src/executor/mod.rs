@@ -39,6 +39,11 @@ pub struct RunOptions {
     pub retries: u32,
     /// Progress display.
     pub progress: ProgressMode,
+    /// The total the progress display counts towards, when not `n_trials` (PBT's segments).
+    pub progress_total: Option<u64>,
+    /// Run only enqueued (WAITING) trials, never sample new ones: a scheduler (PBT) enqueues
+    /// what it wants run.
+    pub enqueued_only: bool,
 }
 
 impl Default for RunOptions {
@@ -52,6 +57,8 @@ impl Default for RunOptions {
             grace: Duration::from_secs(60),
             retries: 1,
             progress: ProgressMode::Quiet,
+            progress_total: None,
+            enqueued_only: false,
         }
     }
 }
@@ -80,6 +87,8 @@ struct Run<'a> {
     study: &'a Study,
     opts: &'a RunOptions,
     running: Mutex<HashSet<i64>>,
+    /// Held while a worker checks for and starts an enqueued trial (`enqueued_only`).
+    asking: Mutex<()>,
     /// Workers between starting a trial in storage and listing it in `running`.
     starting: AtomicUsize,
     active: AtomicUsize,
@@ -107,13 +116,14 @@ where
         study,
         opts,
         running: Mutex::new(HashSet::new()),
+        asking: Mutex::new(()),
         starting: AtomicUsize::new(0),
         active: AtomicUsize::new(slots.len()),
         told_waiting: AtomicBool::new(false),
         summary: Mutex::new(RunSummary::default()),
         failure: Mutex::new(None),
         done: (Mutex::new(false), Condvar::new()),
-        progress: Progress::new(opts.progress, opts.n_trials, study.direction()),
+        progress: Progress::new(opts.progress, opts.progress_total.or(opts.n_trials), study.direction()),
         start: Instant::now(),
     };
     run.recover_stale()?;
@@ -175,7 +185,7 @@ impl Run<'_> {
                 return Ok(());
             }
             self.starting.fetch_add(1, Ordering::SeqCst);
-            let asked = self.study.ask_within(budget);
+            let asked = self.ask(budget);
             if let Ok(Some(t)) = &asked {
                 self.running.lock().unwrap().insert(t.trial_id());
             }
@@ -204,6 +214,20 @@ impl Run<'_> {
             trial.place_on(device);
             self.run_trial(trial, evaluate)?;
         }
+    }
+
+    /// Starts the next trial within `budget`; with `enqueued_only`, only a WAITING one (the
+    /// check and the start are one step for this process's workers).
+    fn ask(&self, budget: Option<u64>) -> anyhow::Result<Option<Trial>> {
+        if !self.opts.enqueued_only {
+            return self.study.ask_within(budget);
+        }
+        let _one_at_a_time = self.asking.lock().unwrap();
+        let counts = self.study.storage().count_trials(self.study.study_id())?;
+        if counts.get(&TrialState::Waiting).copied().unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        self.study.ask_within(budget)
     }
 
     /// Evaluates one started trial (already listed in `running`) and records its outcome. If recording fails (a storage
@@ -333,7 +357,9 @@ impl Run<'_> {
             None => BTreeMap::new(),
         };
         params.extend(t.external_params());
-        let new = self.study.enqueue(&params)?;
+        let carried: Vec<(&str, Value)> =
+            crate::study::CARRIED_KEYS.iter().filter_map(|k| t.system_attrs.get(*k).map(|v| (*k, v.clone()))).collect();
+        let new = self.study.enqueue_with(&params, &carried)?;
         let next = if count_retry { retry + 1 } else { retry };
         let st = self.study.storage();
         st.set_trial_system_attr(new.trial_id, RETRY_KEY, &Value::from(next))?;

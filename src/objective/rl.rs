@@ -112,6 +112,34 @@ impl RlObjective {
     }
 }
 
+impl RlObjective {
+    /// The trainer config of a trial: `config` read and checked, relative paths resolved, and
+    /// the trial's device (if placed) in force.
+    pub fn trial_config(&self, config: &Value, trial: &Trial) -> anyhow::Result<TrainConfig> {
+        let mut cfg = TrainConfig::from_value(config).map_err(|e| anyhow::anyhow!("invalid trial config: {e}"))?;
+        cfg.resolve_paths(&self.base_dir);
+        if let Some(device) = trial.device() {
+            cfg.device = device.to_string();
+        }
+        Ok(cfg)
+    }
+
+    /// The base config's budget in steps (0 for an episode budget).
+    pub fn budget_steps(&self) -> u64 {
+        TrainConfig::from_value(&self.base).ok().and_then(|c| c.budget.steps).unwrap_or(0)
+    }
+
+    /// The base config.
+    pub fn base_config_value(&self) -> &Value {
+        &self.base
+    }
+
+    /// The `objective:` section it was built from.
+    pub fn spec(&self) -> &RlSpec {
+        &self.spec
+    }
+}
+
 /// Forwards one training run's evaluations to the trial's thread and waits for its verdict.
 struct SeedObserver {
     index: usize,
@@ -160,11 +188,7 @@ impl Objective for RlObjective {
     }
 
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
-        let mut cfg = TrainConfig::from_value(config).map_err(|e| anyhow::anyhow!("invalid trial config: {e}"))?;
-        cfg.resolve_paths(&self.base_dir);
-        if let Some(device) = trial.device() {
-            cfg.device = device.to_string();
-        }
+        let cfg = self.trial_config(config, trial)?;
         let seeds: Vec<u64> =
             (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
         trial.set_user_attr("seeds", json!(seeds))?;

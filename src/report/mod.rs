@@ -64,6 +64,9 @@ pub fn write_report(study: &Study, dir: &Path, storage: Option<&str>) -> anyhow:
         ),
     ];
 
+    let pbt = pbt_figures(&trials)?;
+    let figures: Vec<(&str, &str, Plot)> =
+        figures.into_iter().chain(pbt.iter().map(|(f, t, p)| (f.as_str(), t.as_str(), p.clone()))).collect();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Written { files: Vec::new(), skipped: Vec::new() };
     let mut listed = Vec::new();
@@ -88,9 +91,46 @@ pub fn write_report(study: &Study, dir: &Path, storage: Option<&str>) -> anyhow:
         best_config,
         importances: &importances,
         figures: &listed,
+        pbt: pbt_schedule_table(&trials, study.direction()),
     });
     written.files.push(write_file(dir, SUMMARY_MD, md.as_bytes())?);
     Ok(written)
+}
+
+/// For a PBT study, one figure per hyperparameter: its schedule over environment steps, one
+/// colour per member (`pbt_<name>.png`); none for other studies.
+fn pbt_figures(trials: &[std::sync::Arc<crate::frozen::FrozenTrial>]) -> anyhow::Result<Vec<(String, String, Plot)>> {
+    let segs = crate::pbt::segments(trials);
+    let settled: Vec<_> = segs.iter().filter(|(t, _)| t.state.is_finished() && !t.interrupted()).collect();
+    let mut names: Vec<String> = settled.iter().flat_map(|(t, _)| t.params.keys().cloned()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let mut categories: Option<Vec<String>> = None;
+        let mut values = Vec::new();
+        for (t, s) in &settled {
+            let (Some(v), Some(d)) = (t.params.get(&name), t.distributions.get(&name)) else { continue };
+            // Categoricals are drawn at their choice index (the internal value).
+            if let crate::distribution::Distribution::Categorical { choices } = d {
+                categories.get_or_insert_with(|| choices.iter().map(crate::cli::fmt_value).collect());
+            }
+            values.push((s.member, s.start_step as i64, s.end_step as i64, *v, s.exploited));
+        }
+        let file = format!("pbt_{}.png", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let title = format!("PBT schedule of {name}");
+        out.push((file, title, plots::pbt_schedule(&name, &values, categories.as_deref())?));
+    }
+    Ok(out)
+}
+
+/// The best final member's schedule, `(first step, parameters, trial, value)` per segment.
+fn pbt_schedule_table(
+    trials: &[std::sync::Arc<crate::frozen::FrozenTrial>],
+    direction: crate::frozen::Direction,
+) -> Option<Vec<crate::pbt::ScheduleRow>> {
+    let best = crate::pbt::final_best(trials, direction)?;
+    Some(crate::pbt::schedule(&crate::pbt::chain(trials, best.number)))
 }
 
 /// Writes through a temporary file and a rename, so a failure never leaves half a file.

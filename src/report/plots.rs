@@ -152,6 +152,58 @@ pub fn intermediate(trials: &[Arc<FrozenTrial>]) -> anyhow::Result<Plot> {
     .map(Plot::Png)
 }
 
+/// Matplotlib's `tab10` colours, one per PBT member (repeating past ten).
+const TAB10: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One PBT hyperparameter's schedule: per member (a colour each), the value in force over
+/// environment steps, piecewise constant from each segment's first step to its last; a marker
+/// where a member took another's learner. `values` gives, per segment, `(member, start, end,
+/// value, exploited)`; categorical values are drawn at their choice index, named in the title.
+pub fn pbt_schedule(
+    name: &str,
+    values: &[(usize, i64, i64, f64, bool)],
+    categories: Option<&[String]>,
+) -> anyhow::Result<Plot> {
+    if values.is_empty() {
+        return Ok(Plot::Skipped(format!("no segment has a value of `{name}`")));
+    }
+    let members = values.iter().map(|v| v.0).max().unwrap_or(0) + 1;
+    let x = int_range(values.iter().flat_map(|v| [v.1, v.2]));
+    let y = padded(values.iter().map(|v| v.3));
+    let title = match categories {
+        Some(c) => format!("PBT schedule of {name} (0..{}: {})", c.len() - 1, c.join(", ")),
+        None => format!("PBT schedule of {name}"),
+    };
+    render(|root| {
+        let mut chart = chart(&root, &title, x, y)?;
+        chart.configure_mesh().x_desc("environment step").y_desc(name).label_style((FONT, 14)).draw()?;
+        for m in 0..members {
+            let color = TAB10[m % TAB10.len()];
+            let mut segs: Vec<_> = values.iter().filter(|v| v.0 == m).collect();
+            segs.sort_by_key(|v| v.1);
+            let line: Vec<(i64, f64)> = segs.iter().flat_map(|v| [(v.1, v.3), (v.2, v.3)]).collect();
+            chart
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))?
+                .label(format!("member {m}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], color.stroke_width(2)));
+            chart.draw_series(segs.iter().filter(|v| v.4).map(|v| Circle::new((v.1, v.3), 4, color.filled())))?;
+        }
+        legend(&mut chart)
+    })
+    .map(Plot::Png)
+}
+
 /// A horizontal bar per parameter, the most important at the top, with its value.
 pub fn importances(imp: &Importances) -> anyhow::Result<Vec<u8>> {
     let n = imp.params.len();

@@ -32,6 +32,9 @@ pub struct Summary<'a> {
     pub importances: &'a Result<Importances, String>,
     /// Each figure: file name, title, and the reason it was skipped if it was.
     pub figures: &'a [(&'a str, &'a str, Option<String>)],
+    /// For a PBT study: the best final member's schedule, `(first step, parameters, trial,
+    /// value)` per segment.
+    pub pbt: Option<Vec<crate::pbt::ScheduleRow>>,
 }
 
 /// Renders the summary as Markdown.
@@ -130,6 +133,30 @@ fn write_markdown(md: &mut String, s: &Summary) -> std::fmt::Result {
         }
     }
 
+    if let Some(schedule) = &s.pbt {
+        writeln!(md, "\n## PBT: the best final member's schedule\n")?;
+        writeln!(
+            md,
+            "Each row is a segment of the chain of learners that ends at the population's best final member: \
+             the hyperparameters in force from that step on (`tune export` writes them as a `schedule:`).\n"
+        )?;
+        let mut names: Vec<&String> = schedule.iter().flat_map(|r| r.1.keys()).collect();
+        names.sort();
+        names.dedup();
+        write!(md, "| from step | trial | value |")?;
+        for n in &names {
+            write!(md, " {} |", cell(n))?;
+        }
+        writeln!(md, "\n|---|---|---|{}", "---|".repeat(names.len()))?;
+        for (step, params, number, value) in schedule {
+            write!(md, "| {step} | #{number} | {} |", fmt_f64(*value))?;
+            for n in &names {
+                write!(md, " {} |", cell(&params.get(*n).map_or_else(|| "-".to_string(), fmt_value)))?;
+            }
+            writeln!(md)?;
+        }
+    }
+
     writeln!(md, "\n## Parameter importances\n")?;
     match s.importances {
         Ok(imp) => {
@@ -199,6 +226,7 @@ mod tests {
                 ("history.png", "Optimisation history", None),
                 ("intermediate.png", "Intermediate values", Some("no trial reported".into())),
             ],
+            pbt: None,
         });
         assert!(md.contains("- Trials: 4 (2 complete, 1 pruned, 1 fail, 0 running, 0 waiting)"), "{md}");
         assert!(md.contains("- Best value: 1.5 (trial #2)"), "{md}");
@@ -227,6 +255,7 @@ mod tests {
             best_config: None,
             importances: &imp,
             figures: &[],
+            pbt: None,
         });
         assert!(md.contains("- Best value: none yet (no COMPLETE trial)"), "{md}");
         assert!(!md.contains("## Top"), "{md}");

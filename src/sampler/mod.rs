@@ -12,7 +12,7 @@ use crate::frozen::{Direction, FrozenTrial};
 
 pub mod gp;
 mod grid;
-mod random;
+pub(crate) mod random;
 pub mod tpe;
 
 pub use gp::{GpConfig, GpSampler};

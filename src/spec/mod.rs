@@ -50,6 +50,8 @@ pub const SAMPLER_TYPES: &[&str] = &["tpe", "gp", "random", "grid"];
 /// Pruner types a study file may name.
 pub const PRUNER_TYPES: &[&str] =
     &["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"];
+/// Scheduler types a study file may name.
+pub const SCHEDULER_TYPES: &[&str] = &["pbt"];
 /// Longest duration a file may give, in seconds (about 31 years): beyond it no timer can be
 /// set, and no study runs that long.
 pub const MAX_SECONDS: f64 = 1.0e9;
@@ -87,6 +89,8 @@ pub struct StudySpec {
     pub objective: ObjectiveSpec,
     /// `search_space`: the parameters, in file order.
     pub params: Vec<ParamSpec>,
+    /// `scheduler`: Population-Based Training instead of independent trials.
+    pub scheduler: Option<crate::pbt::PbtConfig>,
     /// The file's text, for the line numbers of later messages.
     text: String,
 }
@@ -256,6 +260,9 @@ struct RawStudy {
     /// Dotted path -> parameter.
     #[serde(default)]
     search_space: Yaml,
+    /// `{type: pbt, ...}`.
+    #[serde(default)]
+    scheduler: Option<Yaml>,
 }
 
 impl StudySpec {
@@ -307,14 +314,18 @@ impl StudySpec {
                 ));
             }
         }
-        if raw.n_trials.is_none() && raw.timeout.is_none() {
+        if raw.n_trials.is_none() && raw.timeout.is_none() && raw.scheduler.is_none() {
             return Err(doc.error(
                 &root,
                 "the study has no budget: set `n_trials` (finished trials to reach), `timeout` (seconds) or both",
             ));
         }
+        let scheduler = match raw.scheduler.clone() {
+            None => None,
+            Some(v) => Some(parse_scheduler(&doc, v, &raw)?),
+        };
         let sampler = parse_sampler(&doc, raw.sampler)?;
-        let pruner = parse_pruner(&doc, raw.pruner)?;
+        let pruner = if scheduler.is_some() { PrunerSpec::None } else { parse_pruner(&doc, raw.pruner)? };
         check_parallelism(&doc, &raw.parallelism)?;
         check_heartbeat(&doc, &raw.heartbeat)?;
         let params = search_space::parse(&doc, raw.search_space, &root.key("search_space"))?;
@@ -349,6 +360,9 @@ impl StudySpec {
             }
         }
 
+        if let Some(pbt) = &scheduler {
+            check_pbt(&doc, pbt, &objective, built.as_ref(), &params)?;
+        }
         let spec = StudySpec {
             path: path.to_path_buf(),
             name: raw.name,
@@ -363,6 +377,7 @@ impl StudySpec {
             heartbeat: raw.heartbeat,
             objective,
             params,
+            scheduler,
             text: text.to_string(),
         };
         if matches!(spec.sampler, SamplerSpec::Grid) {
@@ -446,6 +461,106 @@ pub fn folder_of(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Reads the `scheduler:` section, refusing the study-file keys PBT decides itself.
+fn parse_scheduler(doc: &Doc, value: Yaml, raw: &RawStudy) -> anyhow::Result<crate::pbt::PbtConfig> {
+    let at = YamlPath::root().key("scheduler");
+    let (_, rest) = doc.tagged(value, &at, "scheduler", SCHEDULER_TYPES, false)?;
+    let c: crate::pbt::PbtConfig = doc.parse(rest, &at)?;
+    c.validate().map_err(|e| doc.error(&at.join(&blame(&e)), e))?;
+    let root = YamlPath::root();
+    if raw.n_trials.is_some() {
+        return Err(doc.error(
+            &root.key("n_trials"),
+            "a PBT study's budget is its population times its generations (the trainer's budget over `interval`); remove n_trials",
+        ));
+    }
+    if raw.sampler.is_some() {
+        return Err(doc.error(
+            &root.key("sampler"),
+            "PBT draws its first population uniformly from the search space and explores from there; remove `sampler`",
+        ));
+    }
+    if raw.pruner.is_some() {
+        return Err(doc.error(
+            &root.key("pruner"),
+            "PBT replaces the bottom of the population at every interval instead of pruning; remove `pruner`",
+        ));
+    }
+    Ok(c)
+}
+
+/// PBT's demands on the rest of the file: an `rl` objective with one seed, a step budget of
+/// more than one interval, a `dqn` agent, and a search space whose every edge can take over a
+/// learner's state (nothing that shapes the network, the optimizer or the replay buffer).
+fn check_pbt(
+    doc: &Doc,
+    pbt: &crate::pbt::PbtConfig,
+    objective: &ObjectiveSpec,
+    built: &dyn crate::objective::Objective,
+    params: &[ParamSpec],
+) -> anyhow::Result<()> {
+    let root = YamlPath::root();
+    let ObjectiveSpec::Rl(rl) = objective else {
+        return Err(doc.error(
+            &root.key("scheduler"),
+            "PBT trains `rl` objectives (it copies learners between members); use `objective: {type: rl, ...}`",
+        ));
+    };
+    if rl.seeds != 1 {
+        return Err(doc.error(
+            &root.key("objective").key("seeds"),
+            "a PBT member is one training run; the population is the replication. Remove `seeds` (or set it to 1)",
+        ));
+    }
+    let base = crate::rl::train::TrainConfig::from_value(built.base_config())
+        .map_err(|e| doc.error(&root.key("objective").key("config"), e))?;
+    let Some(steps) = base.budget.steps else {
+        return Err(doc.error(
+            &root.key("objective").key("config"),
+            "PBT needs the trainer's budget in steps (`budget: {steps: N}`)",
+        ));
+    };
+    if pbt.interval >= steps {
+        return Err(doc.error(
+            &root.key("scheduler").key("interval"),
+            format!(
+                "interval ({}) must be below the trainer's budget of {steps} steps, or no member is ever perturbed",
+                pbt.interval
+            ),
+        ));
+    }
+    if params.is_empty() {
+        return Err(doc.error(&root.key("search_space"), "PBT needs at least one hyperparameter to explore"));
+    }
+    for p in params {
+        if !p.name.starts_with("agent.") {
+            return Err(doc.error(
+                &root.key("search_space").key(p.name.clone()),
+                "PBT changes agent hyperparameters during a run; only `agent.*` paths can be explored",
+            ));
+        }
+        if !p.when.is_empty() {
+            return Err(doc.error(
+                &root.key("search_space").key(p.name.clone()).key("when"),
+                "PBT explores every hyperparameter of every member; conditional parameters are not supported",
+            ));
+        }
+    }
+    for case in edge_cases(params) {
+        let at = root.key("search_space").key(params[case.param].name.clone());
+        let problem = case.config(built.base_config()).and_then(|config| {
+            let cfg = crate::rl::train::TrainConfig::from_value(&config)?;
+            base.agent.continues_as(&cfg.agent)
+        });
+        if let Err(rule) = problem {
+            return Err(
+                doc.error(&at, format!("{}: PBT cannot change this during a run: {rule}", case.describe(params)))
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads the `sampler:` section (default: TPE with Optuna's defaults).
