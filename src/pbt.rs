@@ -56,7 +56,7 @@ use crate::study::{Study, Trial};
 pub const SEGMENT_KEY: &str = "tune:pbt_segment";
 
 /// The `scheduler: {type: pbt, ...}` section.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PbtConfig {
     /// Members trained at once.
@@ -494,7 +494,10 @@ impl Generation {
         let mut pending = vec![false; population];
         for t in trials {
             let Some(seg) = segment_of(t) else { continue };
-            if seg.generation != g || seg.member >= population {
+            // An attempt stopped by an interruption (Ctrl-C, a dead process) is not the member's
+            // failure: its re-queued copy stands for it, and without one (retries used up) the
+            // member is planned again, the same way.
+            if seg.generation != g || seg.member >= population || t.interrupted() {
                 continue;
             }
             // The values the driver planned (an enqueued trial's fixed parameters).
@@ -516,8 +519,7 @@ impl Generation {
         let settled = (0..population)
             .map(|m| match (&complete[m], &planned[m]) {
                 (Some(o), _) => Some(o.clone()),
-                // Failed (NaN, a panic, or retries after dead workers used up): replaced at the
-                // next boundary.
+                // Failed (a NaN loss, a panic): replaced at the next boundary.
                 (None, Some(params)) if !pending[m] => {
                     Some(Outcome { member: m, result: None, params: params.clone() })
                 }
@@ -613,6 +615,8 @@ pub fn run(
             }
             continue;
         }
+        check_checkpoints(&trials, g, root)?;
+        prune_checkpoints(&trials, g, root);
         if waited_for == Some(g) {
             // The workers returned with segments still pending: they are RUNNING in another
             // process whose heartbeats are fresh.
@@ -648,6 +652,50 @@ pub fn run(
         if r.interrupted || opts.timeout.is_some_and(|t| start.elapsed() >= t) {
             summary.run.interrupted = r.interrupted;
             return Ok(summary);
+        }
+    }
+}
+
+/// Refuses to run generation `g` when a checkpoint its segments start from is not under `root`
+/// (the study resumed from another folder, or a wrong `TUNE_CHECKPOINTS`): the trials would
+/// fail for a reason that is not theirs.
+fn check_checkpoints(trials: &[Arc<FrozenTrial>], g: u64, root: &Path) -> anyhow::Result<()> {
+    for (t, s) in segments(trials) {
+        if s.generation != g || t.state.is_finished() {
+            continue;
+        }
+        for n in [s.parent, s.replay_from].into_iter().flatten() {
+            let dir = checkpoint_dir(root, n);
+            if !dir.join("meta.json").exists() {
+                return Err(InputError::new(format!(
+                    "PBT generation {g} continues from the checkpoint of trial {n}, which is not in {}: run `tune run` from the folder the study started in (its checkpoints are in tune-logs/<study>/pbt/ there), or set TUNE_CHECKPOINTS to the folder that holds trial-{n}/",
+                    root.display()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the checkpoints of generations before `g - 1` (generation `g` starts from those of
+/// `g - 1`, and nothing reads older ones: the lineage and the schedule live in the storage) and
+/// folders left half-written by a crash. The last two generations' stay, the final members'
+/// learners among them.
+fn prune_checkpoints(trials: &[Arc<FrozenTrial>], g: u64, root: &Path) {
+    for (t, s) in segments(trials) {
+        if s.generation + 1 < g {
+            let dir = checkpoint_dir(root, t.number);
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    // Half-written folders of attempts that died (no segment runs while the driver is here).
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".trial-") && name.ends_with(".tmp") {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -712,9 +760,11 @@ pub fn schedule(chain: &[(Arc<FrozenTrial>, Segment)]) -> Vec<ScheduleRow> {
 }
 
 /// `base` (a trainer config) with a chain's schedule written in: the first segment's values at
-/// their dotted paths, then a `schedule:` entry at each later segment's first step for the
-/// values that changed there, and the first segment's member seed. `tune train` of the result
-/// trains one agent under the hyperparameter schedule the population found.
+/// their dotted paths, then a `schedule:` entry at each later segment's first step with the
+/// values that changed there (maybe none: the entry still starts a segment, as each generation
+/// did), and the first segment's member seed. `tune train` of the result trains one agent under
+/// the hyperparameter schedule the population found, in the same segments; the weights the
+/// chain copied between members and their replay buffers are not replayed.
 pub fn export_config(mut base: Value, chain: &[(Arc<FrozenTrial>, Segment)]) -> anyhow::Result<Value> {
     let steps = schedule(chain);
     let Some((_, first, _, _)) = steps.first() else {
@@ -728,9 +778,7 @@ pub fn export_config(mut base: Value, chain: &[(Arc<FrozenTrial>, Segment)]) -> 
     for (step, params, _, _) in &steps[1..] {
         let changed: serde_json::Map<String, Value> =
             params.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        if !changed.is_empty() {
-            entries.push(json!({"step": step, "set": changed}));
-        }
+        entries.push(json!({"step": step, "set": changed}));
         current = params.clone();
     }
     if let Some(map) = base.as_object_mut() {
@@ -936,6 +984,48 @@ mod tests {
             assert!((1e-4..=1e-1).contains(&p.params["agent.lr"].as_f64().unwrap()));
             assert!(p.parent.is_none() && !p.exploited);
         }
+    }
+
+    fn trial(number: i64, member: usize, state: TrialState, interrupted: bool) -> Arc<FrozenTrial> {
+        let mut t = FrozenTrial::new(number, number, state);
+        let seg = Segment {
+            member,
+            generation: 1,
+            start_step: 100,
+            end_step: 200,
+            seed: 0,
+            parent: Some(0),
+            replay_from: Some(0),
+            exploited: false,
+        };
+        t.system_attrs.insert(SEGMENT_KEY.into(), serde_json::to_value(&seg).unwrap());
+        t.system_attrs.insert(crate::frozen::FIXED_PARAMS_KEY.into(), json!({"agent.lr": 0.001}));
+        if interrupted {
+            t.system_attrs.insert(crate::frozen::INTERRUPTED_KEY.into(), json!(true));
+        }
+        if state == TrialState::Complete {
+            t.value = Some(number as f64);
+        }
+        Arc::new(t)
+    }
+
+    #[test]
+    fn an_interrupted_attempt_is_planned_again_and_a_failed_one_settles_the_member() {
+        let trials = vec![
+            trial(10, 0, TrialState::Fail, true),  // killed, retries used up: planned again
+            trial(11, 1, TrialState::Fail, false), // diverged: failed
+            trial(12, 2, TrialState::Fail, true),  // killed, then re-queued and completed
+            trial(13, 2, TrialState::Complete, false),
+            trial(14, 3, TrialState::Fail, true), // killed and re-queued: pending
+            trial(15, 3, TrialState::Waiting, false),
+        ];
+        let g = Generation::read(&trials, 1, 4);
+        assert_eq!(g.planned, vec![false, true, true, true]);
+        assert_eq!(g.pending, 1);
+        assert!(g.settled[0].is_none() && g.settled[3].is_none());
+        assert_eq!(g.settled[1].as_ref().unwrap().result, None);
+        assert_eq!(g.settled[2].as_ref().unwrap().result, Some((13, 13.0)));
+        assert_eq!(g.settled[1].as_ref().unwrap().params["agent.lr"], json!(0.001));
     }
 
     #[test]

@@ -102,7 +102,9 @@ fn a_pbt_study_stores_ordinary_trials_with_their_lineage_and_exports_a_schedule(
         assert_eq!((seg.start_step, seg.end_step), (g * 500, (g + 1) * 500));
         assert_eq!(t.user_attrs["pbt_member"], Value::from(*m));
         assert_eq!(t.user_attrs["pbt_generation"], Value::from(*g));
-        assert!(Path::new(t.user_attrs["pbt_checkpoint"].as_str().unwrap()).join("learner.safetensors").exists());
+        // Checkpoints of the last two generations are kept, older ones deleted.
+        let kept = Path::new(t.user_attrs["pbt_checkpoint"].as_str().unwrap()).join("learner.safetensors").exists();
+        assert_eq!(kept, *g >= 2, "checkpoint of generation {g}");
         // Its value is its last evaluation, reported at the segment's last step.
         let (&last_step, &last) = t.intermediate_values.iter().next_back().unwrap();
         assert_eq!((last_step as u64, Some(last)), ((g + 1) * 500, t.value));
@@ -185,6 +187,22 @@ print(json.dumps({'n': len(ts), 'members': sorted({t.user_attrs['pbt_member'] fo
     assert_eq!(v["gens"], serde_json::json!([0, 1]));
     assert_eq!(v["params"], serde_json::json!(["agent.batch_size", "agent.gamma", "agent.lr", "agent.target.every"]));
     assert!(v["steps"].as_array().unwrap().iter().all(|s| s == 500 || s == 1000));
+
+    // optuna-dashboard's API serves it as any study.
+    if !StdCommand::new(&py).args(["-c", "import optuna_dashboard"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped the dashboard check: optuna_dashboard is not installed in .venv");
+        return;
+    }
+    let out = StdCommand::new(&py)
+        .arg(repo().join("tests/python/dashboard_api.py"))
+        .args([&dir.path().join("tune.db").display().to_string(), "pbt-optuna"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((got["studies_status"].as_i64(), got["detail_status"].as_i64()), (Some(200), Some(200)), "{got}");
+    assert_eq!(got["n_trials"], 8, "{got}");
+    assert_eq!(got["has_intermediate_values"], true, "{got}");
 }
 
 #[test]
@@ -226,6 +244,13 @@ fn kill_9_in_a_pbt_study_then_resume_loses_no_finished_segment() {
         .collect();
     assert!(before.len() >= 5);
 
+    // Resumed where its checkpoints are not: refused before any segment runs, nothing lost.
+    let out =
+        tune(dir.path()).args(["run", &file]).env("TUNE_CHECKPOINTS", dir.path().join("elsewhere")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("set TUNE_CHECKPOINTS to the folder that holds trial-"), "{err}");
+
     let out = tune(dir.path()).args(["run", &file, "--plain"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -251,6 +276,9 @@ fn kill_9_in_a_pbt_study_then_resume_loses_no_finished_segment() {
         segs.values().map(|t| t.value).collect()
     };
     assert_eq!(values(&segs), values(&settled(&trials(clean.path(), "pbt-kill"))));
+    // Only the last two generations' checkpoints are kept.
+    let kept = std::fs::read_dir(dir.path().join("tune-logs/pbt-kill/pbt")).unwrap().count();
+    assert_eq!(kept, 8, "4 members x 2 generations");
 }
 
 #[test]

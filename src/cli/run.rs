@@ -78,10 +78,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let seed = spec.seed.or(stored_seed).unwrap_or_else(|| rand::random::<u32>() as u64);
     let ctx = BuildContext { base_dir: spec.base_dir(), log_dir: PathBuf::from("tune-logs").join(&spec.name) };
     let objective = spec.objective.build(&ctx)?;
+    // Everything that decides a generation's plan: a resume must keep it.
     let pbt_signature = spec.scheduler.as_ref().map(|p| {
         let steps =
             crate::rl::train::TrainConfig::from_value(objective.base_config()).ok().and_then(|c| c.budget.steps);
-        serde_json::json!({"population": p.population, "interval": p.interval, "steps": steps, "seed": seed})
+        let space: Vec<String> =
+            spec.params.iter().map(|q| format!("{}: {}", q.name, q.distribution.describe())).collect();
+        serde_json::json!({"scheduler": p, "steps": steps, "seed": seed, "search_space": space})
     });
     check_pbt_resume(storage.as_ref(), &spec.name, pbt_signature.as_ref(), &a.file)?;
     let study = Study::create_or_load(
@@ -183,7 +186,7 @@ fn check_pbt_resume(
     let has_trials = !storage.get_all_trials(id, None)?.is_empty();
     match (stored, signature) {
         (Some(old), Some(new)) if &old != new => Err(crate::input_err!(
-            "{}: study `{name}` is a PBT study with {old}, but the file now gives {new}; these fix every generation's plan and cannot change: put them back, or give the study a new `name:`",
+            "{}: study `{name}` is a PBT study planned with {old}, but the file now gives {new}; the scheduler, the trainer's budget, the seed and the search space fix every generation's plan and cannot change: put them back, or give the study a new `name:`",
             file.display()
         )),
         (Some(_), None) => Err(crate::input_err!(

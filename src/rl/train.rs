@@ -455,8 +455,8 @@ pub fn segment_seed(seed: u64, segment: u64) -> u64 {
 /// seeded by [`segment_seed`], its own action-sampling stream and (for `k > 0`) the learner and
 /// replay state the previous segment left; schedules (epsilon, learning rate, PER's beta) go
 /// on from the step count. A `schedule:` entry of the config starts a new segment at its step,
-/// as each of PBT's generations does, so that `tune train` of an exported PBT schedule runs the
-/// same chain.
+/// as each of PBT's generations does, so that `tune train` of an exported PBT schedule trains
+/// in the same segments under the same values.
 pub struct Trainer {
     cfg: TrainConfig,
     /// The config with the schedule entries applied so far.

@@ -477,8 +477,13 @@ impl ReplayStorage {
         self.in_episode = meta[6] != 0;
         self.current = meta[7] as usize;
         self.episode_steps = meta[8] as usize;
+        let consistent = self.n_valid == self.valid.iter().filter(|&&v| v).count()
+            && self.cursor < self.capacity
+            && self.current < self.capacity
+            && self.filled <= self.capacity
+            && self.valid.iter().zip(&self.slots).all(|(&v, &k)| !v || k == SlotKind::Step);
         anyhow::ensure!(
-            self.n_valid == self.valid.iter().filter(|&&v| v).count() && self.cursor < self.capacity,
+            consistent,
             "checkpoint entry `replay.meta` disagrees with the stored slots (a damaged checkpoint)"
         );
         self.changes.clear();
