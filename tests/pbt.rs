@@ -368,3 +368,29 @@ fn a_pbt_study_resumes_only_with_the_settings_that_planned_it() {
     assert!(out.status.success());
     assert_eq!(trials(dir.path(), "pbt-resume").len(), before);
 }
+
+#[test]
+fn a_pbt_study_runs_on_postgresql_and_resumes_there() {
+    let Some(admin) = tune::storage::postgres::testing::admin_url() else { return };
+    let url = tune::storage::postgres::testing::fresh_database(&admin, "pbt");
+    let dir = TempDir::new().unwrap();
+    let file = study(dir.path(), "pbt-pg", 1500, "");
+    // Stopped by its timeout after the first generations, then resumed to the end.
+    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet", "--timeout", "0.3"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("Stopped (timeout): resume with"), "{err}");
+    tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet"]).assert().success();
+    let storage = tune::storage::open(&url).unwrap();
+    let id = storage.get_study_id_from_name("pbt-pg").unwrap().unwrap();
+    let ts: Vec<FrozenTrial> = storage.get_all_trials(id, None).unwrap().iter().map(|t| (**t).clone()).collect();
+    let segs = settled(&ts);
+    assert_eq!(segs.len(), 12, "4 members x 3 generations");
+    assert!(segs.values().all(|t| t.state == TrialState::Complete && t.user_attrs.contains_key("pbt_parent")));
+    // The same study on SQLite ends with the same values.
+    let sqlite = TempDir::new().unwrap();
+    let file = study(sqlite.path(), "pbt-pg", 1500, "");
+    tune(sqlite.path()).args(["run", &file, "--quiet"]).assert().success();
+    let values =
+        |s: &std::collections::BTreeMap<(u64, usize), FrozenTrial>| s.values().map(|t| t.value).collect::<Vec<_>>();
+    assert_eq!(values(&segs), values(&settled(&trials(sqlite.path(), "pbt-pg"))));
+}
