@@ -270,7 +270,7 @@ pub fn next_plan(
     let mut ranked: Vec<usize> = (0..outcomes.len()).filter(|&i| outcomes[i].result.is_some()).collect();
     if ranked.is_empty() {
         return Err(anyhow::anyhow!(
-            "every member of PBT generation {} failed; `tune show` lists the reasons (lower the learning rate's range, or set max_grad_norm)",
+            "every member of PBT generation {} failed; `tune show` lists the reasons (a diverging loss: narrow the learning rate's range or set max_grad_norm; a write error: free space where the checkpoints go)",
             generation - 1
         ));
     }
@@ -473,8 +473,6 @@ pub struct PbtSummary {
     pub run: RunSummary,
     /// True when every generation is done.
     pub finished: bool,
-    /// Generations of the study.
-    pub generations: u64,
 }
 
 /// The members' state in one generation, read from the storage.
@@ -500,12 +498,7 @@ impl Generation {
             if seg.generation != g || seg.member >= population || t.interrupted() {
                 continue;
             }
-            // The values the driver planned (an enqueued trial's fixed parameters).
-            let params: BTreeMap<String, Value> = t
-                .system_attrs
-                .get(crate::frozen::FIXED_PARAMS_KEY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_else(|| t.external_params());
+            let params = planned_params(t);
             match t.state {
                 TrialState::Waiting | TrialState::Running => pending[seg.member] = true,
                 TrialState::Complete => {
@@ -558,7 +551,7 @@ pub fn run(
     let steps = objective.budget_steps();
     let generations = cfg.generations(steps);
     let start = Instant::now();
-    let mut summary = PbtSummary { generations, ..Default::default() };
+    let mut summary = PbtSummary::default();
     let member_seed = |m: usize| derive(seed, 0x9B7_1000 + m as u64);
     let mut waited_for = None;
     loop {
@@ -746,17 +739,16 @@ pub type ScheduleRow = (u64, BTreeMap<String, Value>, i64, Option<f64>);
 
 /// The hyperparameters in force along a chain, one row per segment.
 pub fn schedule(chain: &[(Arc<FrozenTrial>, Segment)]) -> Vec<ScheduleRow> {
-    chain
-        .iter()
-        .map(|(t, s)| {
-            let params = t
-                .system_attrs
-                .get(crate::frozen::FIXED_PARAMS_KEY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_else(|| t.external_params());
-            (s.start_step, params, t.number, t.value)
-        })
-        .collect()
+    chain.iter().map(|(t, s)| (s.start_step, planned_params(t), t.number, t.value)).collect()
+}
+
+/// The hyperparameters the driver planned for a segment trial (its fixed parameters as
+/// enqueued), else those it stored.
+fn planned_params(t: &FrozenTrial) -> BTreeMap<String, Value> {
+    t.system_attrs
+        .get(crate::frozen::FIXED_PARAMS_KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_else(|| t.external_params())
 }
 
 /// `base` (a trainer config) with a chain's schedule written in: the first segment's values at
@@ -884,21 +876,17 @@ mod tests {
             .collect()
     }
 
+    /// `next_plan` for generation 1 (from step `start`) after members scored `values`.
+    fn plan(c: &PbtConfig, direction: Direction, values: &[Option<f64>], start: u64) -> anyhow::Result<Vec<Plan>> {
+        let params = [param("agent.lr", Distribution::float(1e-4, 1e-1, true, None).unwrap())];
+        next_plan(&params, c, direction, &outcomes(values), 7, 1, start)
+    }
+
     #[test]
     fn the_bottom_quantile_takes_a_top_learner_and_explores_its_values() {
-        let params = [param("agent.lr", Distribution::float(1e-4, 1e-1, true, None).unwrap())];
         let mut c = cfg();
         c.resample_probability = 0.0;
-        let plans = next_plan(
-            &params,
-            &c,
-            Direction::Maximize,
-            &outcomes(&[Some(1.0), Some(4.0), Some(3.0), Some(2.0)]),
-            7,
-            1,
-            100,
-        )
-        .unwrap();
+        let plans = plan(&c, Direction::Maximize, &[Some(1.0), Some(4.0), Some(3.0), Some(2.0)], 100).unwrap();
         // ceil(4 * 0.25) = 1 each: member 0 (worst) copies member 1 (best).
         assert_eq!(plans[0].parent, Some(11));
         assert!(plans[0].exploited);
@@ -910,40 +898,13 @@ mod tests {
             assert_eq!(plan.params, outcomes(&[None; 4])[m].params);
         }
         // Minimizing, member 1 is the worst and copies member 0.
-        let plans = next_plan(
-            &params,
-            &c,
-            Direction::Minimize,
-            &outcomes(&[Some(1.0), Some(4.0), Some(3.0), Some(2.0)]),
-            7,
-            1,
-            100,
-        )
-        .unwrap();
+        let plans = plan(&c, Direction::Minimize, &[Some(1.0), Some(4.0), Some(3.0), Some(2.0)], 100).unwrap();
         assert_eq!((plans[1].parent, plans[1].exploited), (Some(10), true));
         // The same inputs plan the same generation (a resumed study re-plans it so).
-        let again = next_plan(
-            &params,
-            &c,
-            Direction::Minimize,
-            &outcomes(&[Some(1.0), Some(4.0), Some(3.0), Some(2.0)]),
-            7,
-            1,
-            100,
-        )
-        .unwrap();
+        let again = plan(&c, Direction::Minimize, &[Some(1.0), Some(4.0), Some(3.0), Some(2.0)], 100).unwrap();
         assert_eq!(plans, again);
         c.copy_replay = true;
-        let plans = next_plan(
-            &params,
-            &c,
-            Direction::Maximize,
-            &outcomes(&[Some(1.0), Some(4.0), Some(3.0), Some(2.0)]),
-            7,
-            1,
-            100,
-        )
-        .unwrap();
+        let plans = plan(&c, Direction::Maximize, &[Some(1.0), Some(4.0), Some(3.0), Some(2.0)], 100).unwrap();
         assert_eq!(plans[0].replay_from, Some(11));
     }
 
@@ -952,17 +913,13 @@ mod tests {
         let params = [param("agent.lr", Distribution::float(1e-4, 1e-1, true, None).unwrap())];
         let mut c = cfg();
         c.burn_in = 500;
-        let plans =
-            next_plan(&params, &c, Direction::Maximize, &outcomes(&[Some(1.0), None, Some(3.0), Some(2.0)]), 7, 1, 100)
-                .unwrap();
+        let plans = plan(&c, Direction::Maximize, &[Some(1.0), None, Some(3.0), Some(2.0)], 100).unwrap();
         assert!(plans[1].exploited);
         assert_eq!(plans[1].parent, Some(12), "the failed member takes the best learner");
         assert_eq!(plans[1].replay_from, Some(12), "it has no replay of its own to keep");
         assert!(!plans[0].exploited && !plans[2].exploited && !plans[3].exploited, "burn-in: nobody else moves");
         // After burn-in the worst valid member exploits too.
-        let plans =
-            next_plan(&params, &c, Direction::Maximize, &outcomes(&[Some(1.0), None, Some(3.0), Some(2.0)]), 7, 1, 500)
-                .unwrap();
+        let plans = plan(&c, Direction::Maximize, &[Some(1.0), None, Some(3.0), Some(2.0)], 500).unwrap();
         assert!(plans[0].exploited && plans[1].exploited && !plans[2].exploited);
         assert!(next_plan(&params, &c, Direction::Maximize, &outcomes(&[None, None, None, None]), 7, 3, 300)
             .unwrap_err()

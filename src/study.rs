@@ -210,11 +210,7 @@ impl Study {
         if let (true, Some(fixed)) = (ok, frozen.system_attrs.get(FIXED_PARAMS_KEY)) {
             let mut attrs = BTreeMap::new();
             attrs.insert(FIXED_PARAMS_KEY.to_string(), fixed.clone());
-            for key in CARRIED_KEYS {
-                if let Some(v) = frozen.system_attrs.get(*key) {
-                    attrs.insert(key.to_string(), v.clone());
-                }
-            }
+            attrs.extend(carried(frozen).into_iter().map(|(k, v)| (k.to_string(), v)));
             let _ = st.create_new_trial(self.shared.study_id, TrialState::Waiting, &attrs);
         }
     }
@@ -362,6 +358,11 @@ impl Study {
 /// System attributes an enqueued trial's retry inherits besides its fixed parameters: a
 /// scheduler's plan for it (PBT's segment).
 pub const CARRIED_KEYS: &[&str] = &[crate::pbt::SEGMENT_KEY];
+
+/// The [`CARRIED_KEYS`] attributes trial `t` has, for the trial that retries it.
+pub fn carried(t: &FrozenTrial) -> Vec<(&'static str, Value)> {
+    CARRIED_KEYS.iter().filter_map(|k| t.system_attrs.get(*k).map(|v| (*k, v.clone()))).collect()
+}
 
 /// Maps an objective's result to an `Outcome` (`TrialPruned` anywhere in the chain: pruned).
 pub fn outcome_of(result: anyhow::Result<f64>) -> Outcome {

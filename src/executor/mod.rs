@@ -357,9 +357,7 @@ impl Run<'_> {
             None => BTreeMap::new(),
         };
         params.extend(t.external_params());
-        let carried: Vec<(&str, Value)> =
-            crate::study::CARRIED_KEYS.iter().filter_map(|k| t.system_attrs.get(*k).map(|v| (*k, v.clone()))).collect();
-        let new = self.study.enqueue_with(&params, &carried)?;
+        let new = self.study.enqueue_with(&params, &crate::study::carried(t))?;
         let next = if count_retry { retry + 1 } else { retry };
         let st = self.study.storage();
         st.set_trial_system_attr(new.trial_id, RETRY_KEY, &Value::from(next))?;
