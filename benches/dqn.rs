@@ -16,7 +16,10 @@
 //! Run: `cargo bench --bench dqn` (`-- --bench` is implied by cargo bench; without it, as in
 //! `cargo test --all-targets`, each part runs once as a smoke test).
 
+#[path = "common/obs.rs"]
+mod obs;
 use criterion::{criterion_group, criterion_main, Criterion};
+use obs::ToOwnedF32;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
@@ -77,19 +80,6 @@ fn filled_agent(n: u64, edit: impl Fn(&mut DqnConfig)) -> (DqnAgent, Box<dyn Env
         obs = if terminated || truncated { env.reset(None).to_owned_f32() } else { next };
     }
     (agent, env)
-}
-
-trait ToOwnedF32 {
-    fn to_owned_f32(&self) -> Vec<f32>;
-}
-
-impl ToOwnedF32 for tune::rl::env::Obs<'_> {
-    fn to_owned_f32(&self) -> Vec<f32> {
-        match self {
-            tune::rl::env::Obs::F32(x) => x.to_vec(),
-            _ => unreachable!("CartPole observes floats"),
-        }
-    }
 }
 
 fn bench(c: &mut Criterion) {

@@ -220,6 +220,7 @@ search_space:
             assert!(t.user_attrs.contains_key(key), "trial {} lacks {key}: {:?}", t.number, t.user_attrs);
         }
         assert_eq!(t.user_attrs["per_seed"].as_array().unwrap().len(), 2, "two seeds per trial");
+        assert_eq!(t.user_attrs["batched"], serde_json::json!(true), "the seeds train as one batched learner");
         assert!(!t.intermediate_values.is_empty(), "evaluations are reported");
         if t.state == tune::frozen::TrialState::Complete {
             assert_eq!(t.user_attrs["env_steps"], serde_json::json!(3000));

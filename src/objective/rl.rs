@@ -6,13 +6,17 @@
 //!   config: ../configs/per_cartpole.yaml   # a trainer config file, or an inline mapping
 //!   value: best                            # last | best | mean_last_k
 //!   k: 3                                   # for mean_last_k
-//!   seeds: 2                               # independent seeds per trial, trained in parallel
+//!   seeds: 3                               # independent seeds per trial
+//!   batch_seeds: true                       # train them as one batched learner (default)
 //! ```
 //!
 //! The search space's dotted paths point into the trainer config (`agent.lr`,
 //! `agent.replay.alpha`). Every evaluation's mean return, averaged over the seeds, is reported as
 //! the intermediate value at its environment step, and the pruner is asked after each; the trial
-//! value reduces that averaged curve. A trial placed on a device by `parallelism.devices` trains
+//! value reduces that averaged curve. The seeds train as one batched learner
+//! ([`crate::rl::batched`]: one model with a member per seed, on one thread) when their config
+//! allows it, and one agent per thread otherwise (`batch_seeds: false` asks for that); the
+//! `batched` user attribute says which, and why not. A trial placed on a device by `parallelism.devices` trains
 //! there, whatever its config says. Each trial stores its seeds, device, wall time, environment
 //! steps, steps/s, episodes and per-seed results as user attributes.
 
@@ -25,7 +29,9 @@ use serde_json::{json, Value};
 
 use super::{BuildContext, Objective};
 use crate::error::{panic_message, InputError, TrialPruned};
+use crate::rl::agent::batched::Halt;
 use crate::rl::agent::Agent;
+use crate::rl::batched::{batchable, train_batched, RoundObserver};
 use crate::rl::train::{derive, train, Control, Evaluation, Observer, TrainConfig};
 use crate::study::Trial;
 
@@ -57,6 +63,13 @@ pub struct RlSpec {
     /// Independent training runs per trial (their mean is reported).
     #[serde(default = "default_seeds")]
     pub seeds: usize,
+    /// Train the seeds as one batched learner where the config allows it.
+    #[serde(default = "default_true")]
+    pub batch_seeds: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_k() -> usize {
@@ -193,6 +206,21 @@ impl Objective for RlObjective {
             (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
         trial.set_user_attr("seeds", json!(seeds))?;
         trial.set_user_attr("device", json!(cfg.device))?;
+        if seeds.len() > 1 {
+            let runs: Vec<TrainConfig> = seeds
+                .iter()
+                .map(|&seed| {
+                    let mut c = cfg.clone();
+                    c.seed = seed;
+                    c
+                })
+                .collect();
+            let batched = if self.spec.batch_seeds { batchable(&runs) } else { Err("batch_seeds: false".into()) };
+            trial.set_user_attr("batched", batched.as_ref().map_or_else(|why| json!(why), |_| json!(true)))?;
+            if batched.is_ok() {
+                return self.run_batched(&runs, trial);
+            }
+        }
         let start = Instant::now();
         let (to_trial, from_seeds) = mpsc::channel();
         let mut verdicts = Vec::new();
@@ -269,6 +297,20 @@ impl Objective for RlObjective {
         }
         let runs: Vec<SeedRun> = runs.into_iter().collect::<anyhow::Result<_>>()?;
         let wall_s = start.elapsed().as_secs_f64();
+        self.finish(trial, &runs, wall_s, &curve, pruned)
+    }
+}
+
+impl RlObjective {
+    /// Stores a trial's run attributes and reduces its averaged curve to its value.
+    fn finish(
+        &self,
+        trial: &mut Trial,
+        runs: &[SeedRun],
+        wall_s: f64,
+        curve: &[f64],
+        pruned: bool,
+    ) -> anyhow::Result<f64> {
         let steps: u64 = runs.iter().map(|r| r.steps).sum();
         trial.set_user_attr("wall_s", json!(wall_s))?;
         trial.set_user_attr("env_steps", json!(steps))?;
@@ -296,5 +338,53 @@ impl Objective for RlObjective {
                 curve[curve.len() - k..].iter().sum::<f64>() / k as f64
             }
         })
+    }
+
+    /// A trial's seeds trained as one batched learner: each evaluation round's mean is reported
+    /// and the pruner's verdict applies to every seed, as with one thread per seed.
+    fn run_batched(&self, runs: &[TrainConfig], trial: &mut Trial) -> anyhow::Result<f64> {
+        let mut rounds = TrialRounds { trial, curve: Vec::new(), pruned: false };
+        // A panic in training fails the trial with its message, as a seed's thread would.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batched(runs, &mut rounds)))
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))))?;
+        let TrialRounds { trial, curve, pruned } = rounds;
+        if let Some(Halt::Failed(why)) =
+            outcome.members.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
+        {
+            anyhow::bail!("{why}");
+        }
+        let seeds: Vec<SeedRun> = outcome
+            .members
+            .into_iter()
+            .map(|m| SeedRun {
+                seed: m.seed,
+                steps: m.steps,
+                episodes: m.episodes,
+                wall_s: outcome.wall_s,
+                curve: m.evaluations.iter().map(|e| e.mean).collect(),
+            })
+            .collect();
+        self.finish(trial, &seeds, outcome.wall_s, &curve, pruned)
+    }
+}
+
+/// Reports a batched trial's evaluation rounds.
+struct TrialRounds<'t> {
+    trial: &'t mut Trial,
+    curve: Vec<f64>,
+    pruned: bool,
+}
+
+impl RoundObserver for TrialRounds<'_> {
+    fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
+        let mean = evals.iter().map(|(_, e)| e.mean).sum::<f64>() / evals.len().max(1) as f64;
+        let step = evals.iter().map(|(_, e)| e.step).max().unwrap_or(0);
+        self.curve.push(mean);
+        self.trial.report(step as i64, mean)?;
+        if self.trial.should_prune()? {
+            self.pruned = true;
+        }
+        let control = if self.pruned { Control::Stop } else { Control::Continue };
+        Ok(vec![control; evals.len()])
     }
 }

@@ -2,6 +2,7 @@
 //! replay buffers, networks and agents follow the same one-folder-per-concept layout.
 
 pub mod agent;
+pub mod batched;
 pub mod env;
 pub mod net;
 pub mod record;

@@ -821,7 +821,7 @@ fn batch_shape(space: &ObsSpace, rows: usize) -> Vec<i64> {
 ///
 /// # Safety
 /// `data` must outlive the tensor and never be reallocated.
-unsafe fn alias<T: tch::kind::Element>(data: &[T], shape: &[i64]) -> Tensor {
+pub(super) unsafe fn alias<T: tch::kind::Element>(data: &[T], shape: &[i64]) -> Tensor {
     debug_assert_eq!(data.len() as i64, shape.iter().product::<i64>());
     Tensor::from_blob(data.as_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
 }
@@ -830,9 +830,89 @@ unsafe fn alias<T: tch::kind::Element>(data: &[T], shape: &[i64]) -> Tensor {
 ///
 /// # Safety
 /// As [`alias`]; besides, no Rust reference to `data` may be alive while libtorch writes.
-unsafe fn alias_mut<T: tch::kind::Element>(data: &mut [T], shape: &[i64]) -> Tensor {
+pub(super) unsafe fn alias_mut<T: tch::kind::Element>(data: &mut [T], shape: &[i64]) -> Tensor {
     debug_assert_eq!(data.len() as i64, shape.iter().product::<i64>());
     Tensor::from_blob(data.as_mut_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
+}
+
+/// The replay buffer of `cfg`.
+pub(super) fn build_replay(cfg: &DqnConfig, space: &ObsSpace) -> Box<dyn Replay> {
+    let gamma = cfg.gamma as f32;
+    match cfg.replay {
+        ReplaySpec::None => Box::new(LatestReplay::new(space, cfg.batch_size, cfg.n_step, gamma)),
+        ReplaySpec::Uniform { size } => Box::new(UniformReplay::new(space, size, cfg.n_step, gamma)),
+        ReplaySpec::Prioritized { size, alpha, epsilon, .. } => {
+            Box::new(PrioritizedReplay::new(space, size, cfg.n_step, gamma, PrioritizedConfig { alpha, epsilon }))
+        }
+    }
+}
+
+/// PER's importance-sampling exponent at `fraction` of the budget (1 for other buffers).
+pub(super) fn per_beta(replay: &ReplaySpec, fraction: f64) -> f64 {
+    match *replay {
+        ReplaySpec::Prioritized { beta, beta_fraction, .. } => {
+            linear_schedule(beta, 1.0, (beta_fraction * 1e6) as u64, (fraction * 1e6) as u64)
+        }
+        _ => 1.0,
+    }
+}
+
+/// The online network `DqnAgent::new` starts from for `seed`: built, initialised from the
+/// seed's stream, with pretrained weights loaded; and the names of the frozen variables.
+fn initial_network(
+    cfg: &DqnConfig,
+    spec: &NetSpec,
+    space: &ObsSpace,
+    actions: ActionSpace,
+    atoms: i64,
+    device: Device,
+    seed: u64,
+) -> anyhow::Result<(Network, Vec<String>)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1e7_0f_d9a);
+    let mut online = Network::build(spec, space, actions, &cfg.net_options(atoms), device)?;
+    online.init(&mut rng);
+    let frozen = match &cfg.pretrained {
+        Some(p) => {
+            load_pretrained(&mut online.vs, &p.path)?;
+            let names: Vec<String> = online.named().into_iter().map(|(n, _)| n).collect();
+            for prefix in &p.freeze {
+                if !names.iter().any(|n| n == prefix || n.starts_with(&format!("{prefix}."))) {
+                    return Err(crate::error::InputError::new(format!(
+                        "pretrained.freeze: no variable is named `{prefix}` or starts with `{prefix}.`; the network's variables are: {}",
+                        names.join(", ")
+                    ))
+                    .into());
+                }
+            }
+            p.freeze.clone()
+        }
+        None => Vec::new(),
+    };
+    Ok((online, frozen))
+}
+
+/// The trainable variables of the network `DqnAgent::new` starts from for `seed`, in the
+/// order of its flat parameters (name order): each name, shape and value. The batched learner
+/// stacks these, so that its member `i` starts exactly where an agent seeded alike does.
+pub(super) fn initial_parameters(
+    cfg: &DqnConfig,
+    space: &ObsSpace,
+    actions: ActionSpace,
+    seed: u64,
+) -> anyhow::Result<Vec<(String, Vec<i64>, Tensor)>> {
+    let spec = cfg.net_spec(space);
+    let atoms = Head::new(&cfg.head, Device::Cpu).width();
+    let (online, frozen) = initial_network(cfg, &spec, space, actions, atoms, Device::Cpu, seed)?;
+    anyhow::ensure!(frozen.is_empty(), "frozen layers are not supported by the batched learner");
+    Ok(online
+        .named()
+        .into_iter()
+        .filter(|(n, _)| !is_noise(n))
+        .map(|(n, t)| {
+            let size = t.size();
+            (n, size, t.detach().copy())
+        })
+        .collect())
 }
 
 impl DqnAgent {
@@ -848,26 +928,7 @@ impl DqnAgent {
         let spec = cfg.net_spec(space);
         let head = Head::new(&cfg.head, device);
         let atoms = head.width();
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1e7_0f_d9a);
-        let mut online = Network::build(&spec, space, actions, &cfg.net_options(atoms), device)?;
-        online.init(&mut rng);
-        let frozen = match &cfg.pretrained {
-            Some(p) => {
-                load_pretrained(&mut online.vs, &p.path)?;
-                let names: Vec<String> = online.named().into_iter().map(|(n, _)| n).collect();
-                for prefix in &p.freeze {
-                    if !names.iter().any(|n| n == prefix || n.starts_with(&format!("{prefix}."))) {
-                        return Err(crate::error::InputError::new(format!(
-                            "pretrained.freeze: no variable is named `{prefix}` or starts with `{prefix}.`; the network's variables are: {}",
-                            names.join(", ")
-                        ))
-                        .into());
-                    }
-                }
-                p.freeze.clone()
-            }
-            None => Vec::new(),
-        };
+        let (mut online, frozen) = initial_network(cfg, &spec, space, actions, atoms, device, seed)?;
         online.flatten(&frozen, &spec, cfg.batch_size);
         let target = match cfg.target {
             TargetSpec::None => None,
@@ -880,13 +941,7 @@ impl DqnAgent {
             }
         };
         let gamma = cfg.gamma as f32;
-        let replay: Box<dyn Replay> = match cfg.replay {
-            ReplaySpec::None => Box::new(LatestReplay::new(space, cfg.batch_size, cfg.n_step, gamma)),
-            ReplaySpec::Uniform { size } => Box::new(UniformReplay::new(space, size, cfg.n_step, gamma)),
-            ReplaySpec::Prioritized { size, alpha, epsilon, .. } => {
-                Box::new(PrioritizedReplay::new(space, size, cfg.n_step, gamma, PrioritizedConfig { alpha, epsilon }))
-            }
-        };
+        let replay = build_replay(cfg, space);
         // Any storage sizes batches the same way; a small one suffices to allocate it.
         let batch = crate::rl::replay::ReplayStorage::new(space, 2 * (cfg.n_step + 8) + 2, cfg.n_step, gamma)
             .new_batch(cfg.batch_size);
@@ -1261,7 +1316,7 @@ impl DqnAgent {
 /// of a distributional head that no target reaches) decay into the denormal range, where x86
 /// arithmetic is tens of times slower: without this the optimizer step dominated a C51 update.
 #[inline]
-fn flush_denormals() {
+pub(super) fn flush_denormals() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: reads and writes the SSE control register of this thread; FTZ (bit 15) and DAZ
     // (bit 6) only change how denormal values round.
@@ -1276,7 +1331,7 @@ fn flush_denormals() {
 }
 
 /// The mean of `values`, importance-weighted by `weights`.
-fn weighted_mean(values: &[f32], weights: Option<&[f32]>) -> f64 {
+pub(super) fn weighted_mean(values: &[f32], weights: Option<&[f32]>) -> f64 {
     let sum: f64 = match weights {
         Some(w) => values.iter().zip(w).map(|(&v, &w)| w as f64 * v as f64).sum(),
         None => values.iter().map(|&v| v as f64).sum(),
@@ -1285,7 +1340,7 @@ fn weighted_mean(values: &[f32], weights: Option<&[f32]>) -> f64 {
 }
 
 /// The mean (importance-weighted) loss of TD errors `delta`.
-fn host_loss(kind: LossKind, delta: &[f32], weights: Option<&[f32]>) -> f64 {
+pub(super) fn host_loss(kind: LossKind, delta: &[f32], weights: Option<&[f32]>) -> f64 {
     let per_row = |d: f32| -> f64 {
         let d = d as f64;
         match kind {
@@ -1349,12 +1404,7 @@ impl Agent for DqnAgent {
         self.replay.push(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated);
         self.lr = self.cfg.lr_schedule.value(self.cfg.lr, p);
         if p.step >= self.cfg.learning_starts && p.step % self.cfg.train_freq == 0 && !self.replay.is_empty() {
-            let beta = match self.cfg.replay {
-                ReplaySpec::Prioritized { beta, beta_fraction, .. } => {
-                    linear_schedule(beta, 1.0, (beta_fraction * 1e6) as u64, (p.fraction * 1e6) as u64)
-                }
-                _ => 1.0,
-            };
+            let beta = per_beta(&self.cfg.replay, p.fraction);
             for _ in 0..self.cfg.gradient_steps {
                 self.update(beta, rng)?;
             }

@@ -6,6 +6,7 @@
 //! loop (HOUSE_STYLE.md): naive online Q-learning is `replay: {type: none}, target: {type: none}`,
 //! DQN 2013 adds uniform replay, DQN 2015 a hard target, Double DQN `double: true`, and so on.
 
+pub mod batched;
 mod dqn;
 mod head;
 mod optim;

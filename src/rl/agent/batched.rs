@@ -1,0 +1,720 @@
+//! The batched learner: `K` DQN members trained as one model (the PureJaxRL idea, Lu et al.
+//! 2022), so that the per-operation overhead that dominates a small network's update (FACTS.md
+//! §6) is paid once for all of them.
+//!
+//! Layout: the members' trainable parameters are the rows of one `[K, P]` tensor, row `i` laid
+//! out exactly as the flat parameters of a [`super::DqnAgent`] (variables in name order), so a
+//! member starts from the weights an agent with its seed starts from and its row can be saved
+//! under the agent's variable names. Each linear layer is a view `[K, out, in]` of those rows;
+//! a forward pass is one batched matrix product (`baddbmm`) per layer for all members, and the
+//! backward pass is written by hand, as the agent's fused MLP is: per layer two batched
+//! products and a ReLU mask, straight into the `[K, P]` gradient. The dueling streams'
+//! aggregation `V + A - mean A` is differentiated by hand too (`dV = sum_a dQ`,
+//! `dA = dQ - mean_a dQ`).
+//!
+//! Per member: its replay buffer (prioritized replay keeps its own sum tree), its random
+//! streams (its sampling is the trainer's per-member stream, as for the agent), its exploration
+//! schedule and every scalar hyperparameter that does not change a tensor's shape or the loop's
+//! gates: learning rate and its schedule, discount (the member's buffer computes its n-step
+//! returns), target period or Polyak weight, PER's alpha, beta and epsilon, gradient clipping,
+//! reward scale, the loss (Huber or squared error) and the whole optimizer (type, betas, eps,
+//! decay: each member has its own optimizer over its own row). What shapes tensors or gates the
+//! loop (network, batch size, n-step, replay type and size, learning starts, update schedule,
+//! double DQN, target type) is the group's ([`group_key`]).
+//!
+//! An update samples every live member's batch into one `[K, B, ...]` staging area (one copy to
+//! the device), computes all members' TD errors in one pass, and on the host each member's
+//! loss, its finiteness and its output gradient `w l'(delta) / B`; each member's loss is the
+//! mean over its own rows, so the gradient of their sum with respect to member `i`'s row is
+//! member `i`'s own. A member whose loss or gradient turns NaN or infinite is failed and masked
+//! (its rows get no gradient and its optimizer no step), so its NaN never reaches the others.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use super::dqn::{
+    alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, DqnConfig, ReplaySpec,
+    TargetSpec,
+};
+use super::head::HeadSpec;
+use super::optim::FlatOptimizer;
+use super::{argmax, LossKind, Progress};
+use crate::rl::env::{ActionSpace, Obs, ObsSpace};
+use crate::rl::net::NetSpec;
+use crate::rl::replay::{Batch, ObsBatch, Replay, ReplayStorage};
+
+/// What members of one batched learner must share: everything in the config but the scalars
+/// each member may have its own value of (see the module documentation).
+pub fn group_key(cfg: &DqnConfig) -> Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Value::Object(map) = &mut v {
+        for key in ["gamma", "lr", "lr_schedule", "max_grad_norm", "reward_scale", "exploration", "optimizer", "loss"] {
+            map.remove(key);
+        }
+        for (section, keep) in [("target", "type"), ("replay", "type")] {
+            if let Some(Value::Object(inner)) = map.get_mut(section) {
+                inner.retain(|k, _| k == keep || (section == "replay" && k == "size"));
+            }
+        }
+    }
+    v
+}
+
+/// Why members with config `cfg` cannot train in a batched learner on observations of `space`
+/// (`None`: they can). What is refused here trains one agent per thread, as before.
+pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
+    if matches!(space, ObsSpace::Pixels { .. }) {
+        return Some("pixel observations (the Nature CNN) are not batched yet".into());
+    }
+    if !matches!(cfg.net, None | Some(NetSpec::Mlp { .. })) {
+        return Some("only MLP networks are batched yet".into());
+    }
+    if cfg.head != HeadSpec::Expected {
+        return Some(format!("head type {} is not batched yet", cfg.head.name()));
+    }
+    if cfg.munchausen.is_some() {
+        return Some("munchausen is not batched yet".into());
+    }
+    if cfg.noisy.is_some() {
+        return Some("noisy layers are not batched yet".into());
+    }
+    if cfg.pretrained.as_ref().is_some_and(|p| !p.freeze.is_empty()) {
+        return Some("frozen pretrained layers are not batched yet".into());
+    }
+    None
+}
+
+/// One linear layer of every member: views into the `[K, P]` parameters and gradient.
+struct Linear {
+    /// `W`, `[K, out, in]`.
+    weight: Tensor,
+    /// `W^T`, `[K, in, out]`.
+    weight_t: Tensor,
+    /// `b`, `[K, 1, out]`.
+    bias: Tensor,
+    grad_weight: Tensor,
+    grad_bias: Tensor,
+}
+
+/// Where each variable sits in a member's row: name, shape, offset.
+type Layout = Vec<(String, Vec<i64>, i64)>;
+
+impl Linear {
+    fn new(flat: &Tensor, grad: &Tensor, layout: &Layout, prefix: &str) -> anyhow::Result<Self> {
+        let k = flat.size()[0];
+        let find = |name: String| {
+            layout
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .ok_or_else(|| anyhow::anyhow!("the network has no variable `{name}`"))
+        };
+        let (_, w_shape, w_off) = find(format!("{prefix}.weight"))?;
+        let (_, _, b_off) = find(format!("{prefix}.bias"))?;
+        let (out, inp) = (w_shape[0], w_shape[1]);
+        let view = |t: &Tensor, off: i64, shape: [i64; 3]| t.narrow(1, off, shape[1] * shape[2]).view(shape);
+        let weight = view(flat, *w_off, [k, out, inp]);
+        Ok(Linear {
+            weight_t: weight.transpose(1, 2),
+            weight,
+            bias: view(flat, *b_off, [k, 1, out]),
+            grad_weight: view(grad, *w_off, [k, out, inp]),
+            grad_bias: view(grad, *b_off, [k, 1, out]),
+        })
+    }
+
+    /// `h W^T + b` for every member: `[K, R, in] -> [K, R, out]`.
+    fn forward(&self, h: &Tensor) -> Tensor {
+        self.bias.baddbmm(h, &self.weight_t, 1.0, 1.0)
+    }
+
+    /// Writes `dL/dW = dZ^T h` and `dL/db = 1^T dZ` of every member.
+    fn gradients(&self, dz: &Tensor, input: &Tensor, ones: &Tensor) {
+        let _ = dz.transpose(1, 2).bmm_out(&self.grad_weight, input);
+        let _ = ones.bmm_out(&self.grad_bias, dz);
+    }
+}
+
+/// An MLP (plain or dueling) of every member, over one `[K, P]` parameter tensor.
+struct Stack {
+    flat: Tensor,
+    grad: Tensor,
+    trunk: Vec<Linear>,
+    /// The output layer, or the value and advantage streams.
+    out: Vec<Linear>,
+    dueling: bool,
+    /// The trunk layers' inputs and the features the output part read, from the last
+    /// [`Stack::forward`] that saved them.
+    saved: Vec<Tensor>,
+}
+
+impl Stack {
+    fn new(flat: Tensor, layout: &Layout, hidden: usize, dueling: bool) -> anyhow::Result<Self> {
+        let grad = flat.zeros_like();
+        let prefix = if dueling { "trunk." } else { "" };
+        let trunk = (0..hidden)
+            .map(|i| Linear::new(&flat, &grad, layout, &format!("{prefix}{i}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let out = if dueling {
+            vec![Linear::new(&flat, &grad, layout, "value.0")?, Linear::new(&flat, &grad, layout, "advantage.0")?]
+        } else {
+            vec![Linear::new(&flat, &grad, layout, &hidden.to_string())?]
+        };
+        Ok(Stack { flat, grad, trunk, out, dueling, saved: Vec::with_capacity(hidden + 1) })
+    }
+
+    /// Q-values `[K, R, |A|]` of observations `[K, R, in]`, keeping what the backward pass
+    /// needs when `save`.
+    fn forward(&mut self, x: &Tensor, save: bool) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        if save {
+            self.saved.clear();
+        }
+        let mut h = x.shallow_clone();
+        for layer in &self.trunk {
+            let z = layer.forward(&h).relu_();
+            if save {
+                self.saved.push(h);
+            }
+            h = z;
+        }
+        let q = if self.dueling {
+            let (value, advantage) = (self.out[0].forward(&h), self.out[1].forward(&h));
+            value + &advantage - advantage.mean_dim(-1, true, None)
+        } else {
+            self.out[0].forward(&h)
+        };
+        if save {
+            self.saved.push(h);
+        }
+        q
+    }
+
+    /// Writes every member's `dL/dtheta` into `grad`, given `dL/dQ` `[K, B, |A|]` for the last
+    /// saved forward pass; `ones` is `[K, 1, B]`.
+    fn backward(&self, grad_q: &Tensor, ones: &Tensor) {
+        let _guard = tch::no_grad_guard();
+        let features = self.saved.last().expect("a saved forward pass");
+        let mut dh = if self.dueling {
+            let d_value = grad_q.sum_dim_intlist(-1, true, Kind::Float);
+            let d_advantage = grad_q - grad_q.mean_dim(-1, true, None);
+            self.out[0].gradients(&d_value, features, ones);
+            self.out[1].gradients(&d_advantage, features, ones);
+            (!self.trunk.is_empty()).then(|| d_value.bmm(&self.out[0].weight) + d_advantage.bmm(&self.out[1].weight))
+        } else {
+            self.out[0].gradients(grad_q, features, ones);
+            (!self.trunk.is_empty()).then(|| grad_q.bmm(&self.out[0].weight))
+        };
+        for (l, layer) in self.trunk.iter().enumerate().rev() {
+            let Some(d) = dh.take() else { break };
+            // Through the ReLU that produced the layer's output (positive where z was).
+            let dz = self.saved[l + 1].threshold_backward(&d, 0.0);
+            layer.gradients(&dz, &self.saved[l], ones);
+            if l > 0 {
+                dh = Some(dz.bmm(&layer.weight));
+            }
+        }
+    }
+}
+
+/// A member's reason to have stopped learning.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Halt {
+    /// Stopped from outside (pruned, or done).
+    Stopped,
+    /// Its training diverged.
+    Failed(String),
+}
+
+/// `K` DQN members trained as one model (see the module documentation).
+pub struct BatchedDqn {
+    cfgs: Vec<DqnConfig>,
+    device: Device,
+    k: usize,
+    b: usize,
+    dim: usize,
+    n_actions: usize,
+    layout: Layout,
+    online: Stack,
+    target: Option<Stack>,
+    /// Member `i`'s row of the online parameters and of their gradient, `[P]` each.
+    rows: Vec<(Tensor, Tensor)>,
+    optimizers: Vec<FlatOptimizer>,
+    replays: Vec<Box<dyn Replay>>,
+    /// One member's sample, copied into the staging area.
+    sample: Batch,
+    // Host tensors aliasing the staging buffers below (declared first: dropped before them).
+    host: [Tensor; 5],
+    grad_rows_host: Tensor,
+    td_host: Tensor,
+    act_host: Tensor,
+    q_out: Tensor,
+    norms_host: Tensor,
+    /// Device copies of `host` (`obs, next_obs, actions, returns, bootstrap`), when not on CPU.
+    device_batch: Option<[Tensor; 5]>,
+    device_grad_rows: Option<Tensor>,
+    device_act: Option<Tensor>,
+    // The staging area, `[K, B, ...]` row-major.
+    obs: Vec<f32>,
+    next_obs: Vec<f32>,
+    actions: Vec<i64>,
+    returns: Vec<f32>,
+    bootstrap: Vec<f32>,
+    weights: Vec<f32>,
+    indices: Vec<usize>,
+    /// `q - y` per row, and `dL/dQ` per row.
+    td: Vec<f32>,
+    grad_rows: Vec<f32>,
+    /// Acting: one observation per member, `[K, 1, D]`, and the Q-values `[K, |A|]`.
+    act_obs: Vec<f32>,
+    q_host: Vec<f32>,
+    /// Each member's gradient norm.
+    norms: Vec<f32>,
+    /// `dL/d(outputs)`, `[K, B, |A|]`, zero but for the actions taken.
+    grad_q: Tensor,
+    /// `[K, 1, B]` ones: sums a layer's `dZ` over rows.
+    ones: Tensor,
+    lrs: Vec<f64>,
+    halted: Vec<Option<Halt>>,
+    loss_sum: Vec<f64>,
+    loss_count: Vec<u64>,
+    updates: u64,
+}
+
+impl std::fmt::Debug for BatchedDqn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchedDqn").field("members", &self.k).field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl BatchedDqn {
+    /// Members with configs `cfgs` (one group: equal [`group_key`]s) and initial weights seeded
+    /// by `seeds`, for an environment with these spaces.
+    pub fn new(
+        cfgs: &[DqnConfig],
+        seeds: &[u64],
+        space: &ObsSpace,
+        actions: ActionSpace,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!cfgs.is_empty() && cfgs.len() == seeds.len(), "a batched learner needs one seed per member");
+        let first = &cfgs[0];
+        for cfg in cfgs {
+            cfg.validate(space).map_err(crate::error::InputError::new)?;
+            if let Some(why) = unsupported(cfg, space) {
+                anyhow::bail!("cannot train these members batched: {why}");
+            }
+            anyhow::ensure!(
+                group_key(cfg) == group_key(first),
+                "members of one batched learner must share everything but scalar hyperparameters"
+            );
+        }
+        let (k, b, dim, n) = (cfgs.len(), first.batch_size, space.flat_dim(), actions.n);
+        let (hidden, dueling) = match first.net.clone().unwrap_or_default() {
+            NetSpec::Mlp { hidden, dueling } => (hidden.len(), dueling),
+            NetSpec::NatureCnn { .. } => anyhow::bail!("the Nature CNN is not batched yet"),
+        };
+        // Each member's initial weights, exactly as an agent with its seed makes them.
+        let mut layout: Layout = Vec::new();
+        let mut rows = Vec::with_capacity(k);
+        for (cfg, &seed) in cfgs.iter().zip(seeds) {
+            let vars = initial_parameters(cfg, space, actions, seed)?;
+            if layout.is_empty() {
+                let mut offset = 0;
+                for (name, shape, t) in &vars {
+                    layout.push((name.clone(), shape.clone(), offset));
+                    offset += t.numel() as i64;
+                }
+            }
+            rows.push(Tensor::cat(&vars.iter().map(|(.., t)| t.view([-1])).collect::<Vec<_>>(), 0));
+        }
+        let flat = Tensor::stack(&rows, 0).to_device(device);
+        let target = match first.target {
+            TargetSpec::None => None,
+            _ => Some(Stack::new(flat.copy(), &layout, hidden, dueling)?),
+        };
+        let online = Stack::new(flat, &layout, hidden, dueling)?;
+        let rows: Vec<(Tensor, Tensor)> =
+            (0..k as i64).map(|i| (online.flat.select(0, i), online.grad.select(0, i))).collect();
+        let optimizers = cfgs.iter().zip(&rows).map(|(c, (p, _))| FlatOptimizer::new(&c.optimizer, p)).collect();
+        let replays = cfgs.iter().map(|c| build_replay(c, space)).collect();
+        let sample =
+            ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
+        let (obs, next_obs) = (vec![0f32; k * b * dim], vec![0f32; k * b * dim]);
+        let (actions_buf, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
+        let (mut td, grad_rows, mut act_obs, mut q_host) =
+            (vec![0f32; k * b], vec![0f32; k * b], vec![0f32; k * dim], vec![0f32; k * n]);
+        let mut norms = vec![0f32; k];
+        let (ki, bi, di, ni) = (k as i64, b as i64, dim as i64, n as i64);
+        // SAFETY: the aliased buffers live in `self` (their heap storage never moves: they are
+        // refilled in place and never resized) and the tensors, declared before them, are
+        // dropped first. libtorch writes `td`, `act_obs` and `q_host` only through these
+        // tensors, while no Rust reference to them is alive.
+        let (host, grad_rows_host, td_host, act_host, q_out, norms_host) = unsafe {
+            let col = [ki, bi, 1];
+            (
+                [
+                    alias(&obs, &[ki, bi, di]),
+                    alias(&next_obs, &[ki, bi, di]),
+                    alias(&actions_buf, &col),
+                    alias(&returns, &col),
+                    alias(&bootstrap, &col),
+                ],
+                alias(&grad_rows, &col),
+                alias_mut(&mut td, &col),
+                alias_mut(&mut act_obs, &[ki, 1, di]),
+                alias_mut(&mut q_host, &[ki, 1, ni]),
+                alias_mut(&mut norms, &[ki]),
+            )
+        };
+        let on_device = device != Device::Cpu;
+        Ok(BatchedDqn {
+            device,
+            k,
+            b,
+            dim,
+            n_actions: n,
+            layout,
+            online,
+            target,
+            rows,
+            optimizers,
+            replays,
+            sample,
+            device_batch: on_device.then(|| host.each_ref().map(|t| t.to_device(device))),
+            device_grad_rows: on_device.then(|| grad_rows_host.to_device(device)),
+            device_act: on_device.then(|| act_host.to_device(device)),
+            host,
+            grad_rows_host,
+            td_host,
+            act_host,
+            q_out,
+            norms_host,
+            obs,
+            next_obs,
+            actions: actions_buf,
+            returns,
+            bootstrap,
+            weights: vec![1f32; k * b],
+            indices: vec![0; k * b],
+            td,
+            grad_rows,
+            act_obs,
+            q_host,
+            norms,
+            grad_q: Tensor::zeros([ki, bi, ni], (Kind::Float, device)),
+            ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
+            lrs: cfgs.iter().map(|c| c.lr).collect(),
+            halted: vec![None; k],
+            loss_sum: vec![0.0; k],
+            loss_count: vec![0; k],
+            updates: 0,
+            cfgs: cfgs.to_vec(),
+        })
+    }
+
+    /// Number of members.
+    pub fn members(&self) -> usize {
+        self.k
+    }
+
+    /// Why member `i` stopped learning (`None` while it learns).
+    pub fn halted(&self, i: usize) -> Option<&Halt> {
+        self.halted[i].as_ref()
+    }
+
+    /// Stops member `i`: it takes no more updates and costs only its rows of the passes.
+    pub fn stop(&mut self, i: usize) {
+        self.halted[i].get_or_insert(Halt::Stopped);
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.halted[i].is_none()
+    }
+
+    /// Member `i`'s parameters, `[P]`, in the agent's flat layout.
+    pub fn parameters(&self, i: usize) -> &Tensor {
+        &self.rows[i].0
+    }
+
+    /// Member `i`'s target-network parameters, if the group has a target network.
+    pub fn target_parameters(&self, i: usize) -> Option<Tensor> {
+        self.target.as_ref().map(|t| t.flat.select(0, i as i64))
+    }
+
+    /// Gradient steps taken.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Member `i`'s learning rate now.
+    pub fn learning_rate(&self, i: usize) -> f64 {
+        self.lrs[i]
+    }
+
+    /// Member `i`'s mean training loss since the last call (`None` when it took no update).
+    pub fn take_mean_loss(&mut self, i: usize) -> Option<f64> {
+        let mean = (self.loss_count[i] > 0).then(|| self.loss_sum[i] / self.loss_count[i] as f64);
+        self.loss_sum[i] = 0.0;
+        self.loss_count[i] = 0;
+        mean
+    }
+
+    /// Writes member `i`'s weights as a [`super::DqnAgent`] saves its own (safetensors, the
+    /// agent's variable names), so `tune eval` and `pretrained:` read them.
+    pub fn save(&self, i: usize, path: &std::path::Path) -> anyhow::Result<()> {
+        let row = self.rows[i].0.to_device(Device::Cpu);
+        let named: Vec<(String, Tensor)> = self
+            .layout
+            .iter()
+            .map(|(name, shape, off)| {
+                (name.clone(), row.narrow(0, *off, shape.iter().product()).view(shape.as_slice()))
+            })
+            .collect();
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| anyhow::anyhow!("cannot write weights to {}: {e}", path.display()))
+    }
+
+    /// Picks an action for each member `i` with `act[i]`: random with probability
+    /// `epsilon[i]` (from `rngs[i]`, drawn as [`super::DqnAgent`] draws it), greedy otherwise;
+    /// the greedy ones come from one forward pass for all members.
+    pub fn act<'o>(
+        &mut self,
+        obs: impl Fn(usize) -> Obs<'o>,
+        epsilon: &[f64],
+        rngs: &mut [StdRng],
+        act: &[bool],
+        out: &mut [usize],
+    ) {
+        let mut greedy = false;
+        for i in (0..self.k).filter(|&i| act[i]) {
+            let rng = &mut rngs[i];
+            if rng.random::<f64>() < epsilon[i] {
+                out[i] = rng.random_range(0..self.n_actions);
+            } else {
+                out[i] = usize::MAX;
+                greedy = true;
+            }
+        }
+        if !greedy {
+            return;
+        }
+        for i in (0..self.k).filter(|&i| act[i] && out[i] == usize::MAX) {
+            let row = &mut self.act_obs[i * self.dim..(i + 1) * self.dim];
+            match obs(i) {
+                Obs::Index(s) => {
+                    row.fill(0.0);
+                    row[s] = 1.0;
+                }
+                Obs::F32(x) => row.copy_from_slice(x),
+                Obs::U8(_) => unreachable!("pixel observations are refused by `unsupported`"),
+            }
+        }
+        {
+            let _guard = tch::no_grad_guard();
+            let input = match &mut self.device_act {
+                Some(d) => {
+                    d.copy_(&self.act_host);
+                    d.shallow_clone()
+                }
+                None => self.act_host.shallow_clone(),
+            };
+            let q = self.online.forward(&input, false);
+            self.q_out.copy_(&q);
+        }
+        let n = self.n_actions;
+        for i in 0..self.k {
+            if !act[i] || out[i] != usize::MAX {
+                continue;
+            }
+            out[i] = argmax(&self.q_host[i * n..(i + 1) * n]);
+        }
+    }
+
+    /// Stores member `i`'s transition (its reward scaled by its `reward_scale`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        i: usize,
+        obs: Obs<'_>,
+        action: usize,
+        reward: f32,
+        next_obs: Obs<'_>,
+        terminated: bool,
+        truncated: bool,
+    ) {
+        let reward = reward * self.cfgs[i].reward_scale as f32;
+        self.replays[i].push(obs, action, reward, next_obs, terminated, truncated);
+    }
+
+    /// After every member stored step `progress[i].step` (the same for all): learning-rate
+    /// schedules, the group's gradient phase when due (each member sampling from `rngs[i]`) and
+    /// each member's hard target copy. Returns the members that failed in it.
+    pub fn learn(&mut self, progress: &[Progress], rngs: &mut [StdRng]) -> Vec<usize> {
+        let (learning_starts, train_freq, gradient_steps) =
+            (self.cfgs[0].learning_starts, self.cfgs[0].train_freq, self.cfgs[0].gradient_steps);
+        let step = progress[0].step;
+        for ((lr, cfg), &p) in self.lrs.iter_mut().zip(&self.cfgs).zip(progress) {
+            *lr = cfg.lr_schedule.value(cfg.lr, p);
+        }
+        let mut failed = Vec::new();
+        let live_ready = (0..self.k).filter(|&i| self.live(i)).all(|i| !self.replays[i].is_empty());
+        if step >= learning_starts && step % train_freq == 0 && live_ready {
+            let betas: Vec<f64> =
+                self.cfgs.iter().zip(progress).map(|(c, p)| per_beta(&c.replay, p.fraction)).collect();
+            for _ in 0..gradient_steps {
+                if (0..self.k).all(|i| !self.live(i)) {
+                    break;
+                }
+                failed.extend(self.update(&betas, rngs));
+            }
+        }
+        if let Some(target) = &mut self.target {
+            let _guard = tch::no_grad_guard();
+            for i in 0..self.k {
+                if let TargetSpec::Hard { every } = self.cfgs[i].target {
+                    if step % every == 0 && self.halted[i].is_none() {
+                        target.flat.select(0, i as i64).copy_(&self.rows[i].0);
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// One gradient step of every live member on batches sampled from `rngs` (what
+    /// [`BatchedDqn::learn`] runs; public for benchmarks); returns those that failed in it.
+    pub fn gradient_step(&mut self, rngs: &mut [StdRng]) -> Vec<usize> {
+        let betas = vec![1.0; self.k];
+        self.update(&betas, rngs)
+    }
+
+    /// One gradient step of every live member; returns those that failed in it.
+    fn update(&mut self, betas: &[f64], rngs: &mut [StdRng]) -> Vec<usize> {
+        flush_denormals();
+        let (b, d) = (self.b, self.dim);
+        for i in 0..self.k {
+            if !self.live(i) {
+                continue;
+            }
+            self.replays[i].sample(&mut rngs[i], betas[i], &mut self.sample);
+            let s = &self.sample;
+            let (ObsBatch::F32(o), ObsBatch::F32(no)) = (&s.obs, &s.next_obs) else {
+                unreachable!("vector observations only")
+            };
+            self.obs[i * b * d..(i + 1) * b * d].copy_from_slice(o);
+            self.next_obs[i * b * d..(i + 1) * b * d].copy_from_slice(no);
+            let rows = i * b..(i + 1) * b;
+            self.actions[rows.clone()].copy_from_slice(&s.actions);
+            self.returns[rows.clone()].copy_from_slice(&s.returns);
+            self.weights[rows.clone()].copy_from_slice(&s.weights);
+            self.indices[rows.clone()].copy_from_slice(&s.indices);
+            for ((boot, &disc), &term) in self.bootstrap[rows].iter_mut().zip(&s.discounts).zip(&s.terminated) {
+                *boot = disc * (1.0 - term);
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        if let Some(dev) = &mut self.device_batch {
+            for (dst, src) in dev.iter_mut().zip(&self.host) {
+                dst.copy_(src);
+            }
+        }
+        let [obs, next_obs, actions, returns, bootstrap] =
+            self.device_batch.as_ref().unwrap_or(&self.host).each_ref().map(|t| t.shallow_clone());
+        // y = G + gamma^m (1 - terminated) Q'(s', a*), a* by the target network or (double) the
+        // online one.
+        let next = match &mut self.target {
+            Some(t) => t.forward(&next_obs, false),
+            None => self.online.forward(&next_obs, false),
+        };
+        let next_value = if self.cfgs[0].double {
+            let chooser = self.online.forward(&next_obs, false);
+            next.gather(2, &chooser.argmax(-1, true), false)
+        } else {
+            next.amax(-1, true)
+        };
+        let y = returns.addcmul(&bootstrap, &next_value);
+        let q = self.online.forward(&obs, true).gather(2, &actions, false);
+        self.td_host.copy_(&(q - y));
+        // Each member's loss, its finiteness and its output gradient, on the host.
+        let mut failed = Vec::new();
+        let scale = 1.0 / b as f32;
+        for i in 0..self.k {
+            let rows = i * b..(i + 1) * b;
+            if self.halted[i].is_some() {
+                self.grad_rows[rows].fill(0.0);
+                continue;
+            }
+            let cfg = &self.cfgs[i];
+            let prioritized = matches!(cfg.replay, ReplaySpec::Prioritized { .. });
+            let weights = prioritized.then_some(&self.weights[rows.clone()]);
+            let kind = cfg.loss.unwrap_or_default();
+            let loss = host_loss(kind, &self.td[rows.clone()], weights);
+            if !loss.is_finite() {
+                self.halted[i] = Some(Halt::Failed(format!(
+                    "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                    self.updates + 1
+                )));
+                self.grad_rows[rows].fill(0.0);
+                failed.push(i);
+                continue;
+            }
+            self.loss_sum[i] += loss;
+            self.loss_count[i] += 1;
+            for (j, (g, &delta)) in self.grad_rows[rows.clone()].iter_mut().zip(&self.td[rows.clone()]).enumerate() {
+                let dl = match kind {
+                    LossKind::Huber => delta.clamp(-1.0, 1.0),
+                    LossKind::Mse => delta * 2.0,
+                };
+                let w = if prioritized { self.weights[i * b + j] } else { 1.0 };
+                *g = dl * w * scale;
+            }
+        }
+        let grad_rows = match &mut self.device_grad_rows {
+            Some(dev) => {
+                dev.copy_(&self.grad_rows_host);
+                dev.shallow_clone()
+            }
+            None => self.grad_rows_host.shallow_clone(),
+        };
+        let _ = self.grad_q.zero_();
+        let _ = self.grad_q.scatter_(2, &actions, &grad_rows);
+        self.online.backward(&self.grad_q, &self.ones);
+        if self.cfgs.iter().any(|c| c.max_grad_norm.is_some()) {
+            // Every member's norm in one reduction, rounded as the agent's `norm()` rounds it.
+            self.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
+        }
+        for i in 0..self.k {
+            if self.halted[i].is_some() {
+                continue;
+            }
+            let cfg = &self.cfgs[i];
+            let (params, grad) = &mut self.rows[i];
+            if let Some(max_norm) = cfg.max_grad_norm {
+                let norm = self.norms[i] as f64;
+                if !norm.is_finite() {
+                    self.halted[i] = Some(Halt::Failed(format!(
+                        "training diverged: the gradient norm became {norm} at gradient step {}; lower lr or set reward_scale",
+                        self.updates + 1
+                    )));
+                    failed.push(i);
+                    continue;
+                }
+                if norm > max_norm {
+                    let _ = grad.g_mul_scalar_(max_norm / (norm + 1e-6));
+                }
+            }
+            self.optimizers[i].step(params, grad, self.lrs[i]);
+            if matches!(cfg.replay, ReplaySpec::Prioritized { .. }) {
+                let rows = i * b..(i + 1) * b;
+                self.replays[i].update_priorities(&self.indices[rows.clone()], &self.td[rows]);
+            }
+            if let (TargetSpec::Soft { tau }, Some(target)) = (&cfg.target, &mut self.target) {
+                let _ = target.flat.select(0, i as i64).lerp_(&*params, *tau);
+            }
+        }
+        self.updates += 1;
+        failed
+    }
+}

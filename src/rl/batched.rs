@@ -1,0 +1,284 @@
+//! The batched trainer: runs of trainer configs that differ only in seeds and scalar
+//! hyperparameters, trained in lockstep by one [`BatchedDqn`] (a trial's `seeds: k`).
+//!
+//! Member `i` is the run [`crate::rl::train::train`] would make of `cfgs[i]`, stream for
+//! stream: the same environment seeds, the same action-sampling stream (which also samples its
+//! replay batches), the same evaluation seeds and the same initial weights, so that with the
+//! same seed it makes the same updates (`tests/batched.rs` checks it). Every step, each live
+//! member picks its action (the greedy ones from one forward pass for all), steps its own
+//! environment and stores the transition in its own buffer; then the group takes its gradient
+//! phase. Evaluations run all members' evaluation episodes side by side, one forward pass per
+//! step, and go to a [`RoundObserver`] together, which may stop any member.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::agent::batched::{group_key, unsupported, BatchedDqn, Halt};
+use super::agent::{AgentConfig, Exploration, Progress};
+use super::env::Env;
+use super::train::{derive, mean_std, parse_device, Control, Evaluation, ObsBuf, TrainConfig};
+use crate::error::InputError;
+
+/// Receives each evaluation round of a batched run.
+pub trait RoundObserver {
+    /// The evaluations `(member, evaluation)` of the members still training, all at the same
+    /// step; returns whether each goes on, in the same order.
+    fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>>;
+}
+
+/// How one member's run ended.
+#[derive(Debug)]
+pub struct MemberOutcome {
+    /// Its seed.
+    pub seed: u64,
+    /// Environment steps it took.
+    pub steps: u64,
+    /// Episodes it completed.
+    pub episodes: u64,
+    /// Its evaluations, in order.
+    pub evaluations: Vec<Evaluation>,
+    /// Why it stopped before its budget (`None`: it ran to the end).
+    pub halt: Option<Halt>,
+}
+
+/// The outcome of [`train_batched`].
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// Each member's run.
+    pub members: Vec<MemberOutcome>,
+    /// Seconds spent.
+    pub wall_s: f64,
+    /// The learner, trained (to save a member's weights).
+    pub learner: BatchedDqn,
+}
+
+/// Why `cfgs` cannot train as one batched learner (`Ok`: they can): they must be `dqn` runs
+/// with a step budget on the same environment, evaluation, device and schedule-free config,
+/// in a network and head the batched learner has, differing in nothing but seeds and the
+/// scalars [`group_key`] leaves out.
+pub fn batchable(cfgs: &[TrainConfig]) -> Result<(), String> {
+    let first = cfgs.first().ok_or("no runs to batch")?;
+    let space = first.env.make().map_err(|e| format!("env: {e}"))?.observation_space();
+    for cfg in cfgs {
+        let AgentConfig::Dqn(dqn) = &cfg.agent else {
+            return Err("only `dqn` agents train batched".into());
+        };
+        if let Some(why) = unsupported(dqn, &space) {
+            return Err(why);
+        }
+        if cfg.budget.steps.is_none() {
+            return Err("batched runs need a budget in steps".into());
+        }
+        if !cfg.schedule.is_empty() {
+            return Err("runs with a `schedule:` are not batched yet".into());
+        }
+        let same = |a: &TrainConfig| {
+            (a.env == first.env)
+                && (a.budget == first.budget)
+                && (a.eval == first.eval)
+                && (a.device == first.device)
+                && (a.threads == first.threads)
+        };
+        let AgentConfig::Dqn(lead) = &first.agent else { unreachable!("checked above") };
+        if !same(cfg) || group_key(dqn) != group_key(lead) {
+            return Err("the runs differ in more than seeds and scalar hyperparameters".into());
+        }
+    }
+    Ok(())
+}
+
+/// One member's environments, streams and counters.
+struct Member {
+    seed: u64,
+    env: Box<dyn Env>,
+    eval_env: Box<dyn Env>,
+    obs: ObsBuf,
+    eval_obs: ObsBuf,
+    eval_seed: u64,
+    exploration: Exploration,
+    episode: u64,
+    steps: u64,
+    evaluations: Vec<Evaluation>,
+    /// Evaluation episodes done, their returns and the one in progress.
+    eval_done: u32,
+    eval_returns: Vec<f64>,
+    eval_return: f64,
+}
+
+/// Trains the runs of `cfgs` (see [`batchable`]) as one batched learner.
+pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> anyhow::Result<BatchOutcome> {
+    batchable(cfgs).map_err(|e| InputError::new(format!("cannot train these runs batched: {e}")))?;
+    for cfg in cfgs {
+        cfg.validate().map_err(InputError::new)?;
+    }
+    let first = &cfgs[0];
+    tch::set_num_threads(first.threads as i32);
+    let start = Instant::now();
+    crate::fault::maybe_panic("train.panic");
+    if crate::fault::hit("train.diverge") {
+        anyhow::bail!("training diverged: the loss became NaN (injected fault train.diverge)");
+    }
+    let device = parse_device(&first.device).map_err(InputError::new)?;
+    let mut members = Vec::with_capacity(cfgs.len());
+    let mut rngs = Vec::with_capacity(cfgs.len());
+    let mut dqns = Vec::with_capacity(cfgs.len());
+    for cfg in cfgs {
+        let mut env = cfg.env.make()?;
+        let mut obs = ObsBuf::new(&env.observation_space());
+        obs.set(env.reset(Some(cfg.seed)));
+        let eval_env = cfg.env.make()?;
+        let AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!("batchable checked it") };
+        dqns.push((**dqn).clone());
+        rngs.push(StdRng::seed_from_u64(derive(cfg.seed, 1)));
+        members.push(Member {
+            seed: cfg.seed,
+            eval_obs: obs.clone(),
+            env,
+            eval_env,
+            obs,
+            eval_seed: derive(cfg.seed, 2),
+            exploration: cfg.agent.exploration().clone(),
+            episode: 0,
+            steps: 0,
+            evaluations: Vec::new(),
+            eval_done: 0,
+            eval_returns: Vec::with_capacity(cfg.eval.episodes as usize),
+            eval_return: 0.0,
+        });
+    }
+    let space = members[0].env.observation_space();
+    let actions = members[0].env.action_space();
+    let seeds: Vec<u64> = cfgs.iter().map(|c| c.seed).collect();
+    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, device)?;
+    let k = members.len();
+    let budget = first.budget.clone();
+    let steps = budget.steps.expect("batchable checked it");
+    let every = first.eval.every;
+    let (mut epsilon, mut active, mut chosen) = (vec![0.0; k], vec![true; k], vec![0usize; k]);
+    let mut progress = vec![Progress::default(); k];
+    let mut done = vec![false; k];
+    let mut halts: Vec<Option<Halt>> = vec![None; k];
+    let mut step = 0u64;
+    let mut last_eval = None;
+    while step < steps && active.iter().any(|&a| a) {
+        let fraction = budget.fraction(step, 0);
+        for (i, m) in members.iter().enumerate() {
+            epsilon[i] = m.exploration.epsilon(Progress { step, episode: m.episode, fraction });
+        }
+        learner.act(|i| members[i].obs.as_obs(), &epsilon, &mut rngs, &active, &mut chosen);
+        step += 1;
+        let fraction = budget.fraction(step, 0);
+        for i in (0..k).filter(|&i| active[i]) {
+            let m = &mut members[i];
+            let s = m.env.step(chosen[i]);
+            learner.push(i, m.obs.as_obs(), chosen[i], s.reward as f32, s.obs, s.terminated, s.truncated);
+            done[i] = s.done();
+            m.steps = step;
+            if !done[i] {
+                m.obs.set(s.obs);
+            }
+            progress[i] = Progress { step, episode: m.episode, fraction };
+        }
+        for i in learner.learn(&progress, &mut rngs) {
+            active[i] = false;
+            halts[i] = learner.halted(i).cloned();
+        }
+        for i in 0..k {
+            if !done[i] {
+                continue;
+            }
+            let m = &mut members[i];
+            m.episode += 1;
+            m.obs.set(m.env.reset(None));
+            done[i] = false;
+        }
+        if every > 0 && step % every == 0 {
+            evaluate_round(&mut learner, &mut members, &mut active, &mut halts, first, step, observer)?;
+            last_eval = Some(step);
+        }
+    }
+    if last_eval != Some(step) && active.iter().any(|&a| a) {
+        evaluate_round(&mut learner, &mut members, &mut active, &mut halts, first, step, observer)?;
+    }
+    let members = members
+        .into_iter()
+        .zip(halts)
+        .map(|(m, halt)| MemberOutcome {
+            seed: m.seed,
+            steps: m.steps,
+            episodes: m.episode,
+            evaluations: m.evaluations,
+            halt,
+        })
+        .collect();
+    Ok(BatchOutcome { members, wall_s: start.elapsed().as_secs_f64(), learner })
+}
+
+/// Evaluates every active member side by side and hands the round to `observer`; members it
+/// stops are stopped in the learner.
+fn evaluate_round(
+    learner: &mut BatchedDqn,
+    members: &mut [Member],
+    active: &mut [bool],
+    halts: &mut [Option<Halt>],
+    cfg: &TrainConfig,
+    step: u64,
+    observer: &mut dyn RoundObserver,
+) -> anyhow::Result<()> {
+    let k = members.len();
+    let (episodes, eps) = (cfg.eval.episodes, cfg.eval.epsilon);
+    // Each evaluation draws from its own stream, seeded as `train::evaluate` seeds it.
+    let mut rngs: Vec<StdRng> = members.iter().map(|m| StdRng::seed_from_u64(derive(m.eval_seed, 7))).collect();
+    let mut running = active.to_vec();
+    for (m, _) in members.iter_mut().zip(&running).filter(|(_, &r)| r) {
+        m.eval_obs.set(m.eval_env.reset(Some(m.eval_seed)));
+        m.eval_done = 0;
+        m.eval_returns.clear();
+        m.eval_return = 0.0;
+    }
+    let epsilon = vec![eps; k];
+    let mut chosen = vec![0usize; k];
+    while running.iter().any(|&r| r) {
+        learner.act(|i| members[i].eval_obs.as_obs(), &epsilon, &mut rngs, &running, &mut chosen);
+        for i in 0..k {
+            if !running[i] {
+                continue;
+            }
+            let m = &mut members[i];
+            let s = m.eval_env.step(chosen[i]);
+            m.eval_return += s.reward;
+            if !s.done() {
+                m.eval_obs.set(s.obs);
+                continue;
+            }
+            m.eval_returns.push(m.eval_return);
+            m.eval_return = 0.0;
+            m.eval_done += 1;
+            if m.eval_done < episodes {
+                m.eval_obs.set(m.eval_env.reset(None));
+            } else {
+                running[i] = false;
+            }
+        }
+    }
+    let evals: Vec<(usize, Evaluation)> = (0..k)
+        .filter(|&i| active[i])
+        .map(|i| {
+            let m = &members[i];
+            let (mean, std) = mean_std(&m.eval_returns);
+            (i, Evaluation { step, episode: m.episode, mean, std, returns: m.eval_returns.clone() })
+        })
+        .collect();
+    let controls = observer.round(&evals)?;
+    for ((i, eval), control) in evals.into_iter().zip(controls) {
+        members[i].evaluations.push(eval);
+        if control == Control::Stop {
+            learner.stop(i);
+            active[i] = false;
+            halts[i] = Some(Halt::Stopped);
+        }
+    }
+    Ok(())
+}
