@@ -179,7 +179,10 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
             if !done[i] {
                 m.obs.set(s.obs);
             }
-            progress[i] = Progress { step, episode: m.episode, fraction };
+        }
+        // Every member's progress, stopped ones too: the group's gates read the shared step.
+        for (p, m) in progress.iter_mut().zip(&members) {
+            *p = Progress { step, episode: m.episode, fraction };
         }
         for i in learner.learn(&progress, &mut rngs) {
             active[i] = false;
