@@ -39,6 +39,7 @@ use super::dqn::{
     TargetSpec,
 };
 use super::head::HeadSpec;
+use super::host_mlp::HostMlp;
 use super::optim::FlatOptimizer;
 use super::{argmax, LossKind, Progress};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
@@ -236,6 +237,8 @@ pub struct BatchedDqn {
     dim: usize,
     n_actions: usize,
     layout: Layout,
+    /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
+    host_act: Option<HostMlp>,
     online: Stack,
     target: Option<Stack>,
     /// Member `i`'s row of the online parameters and of their gradient, `[P]` each.
@@ -375,6 +378,7 @@ impl BatchedDqn {
             b,
             dim,
             n_actions: n,
+            host_act: (device == Device::Cpu && !dueling).then(|| HostMlp::new(&layout, hidden + 1)).flatten(),
             layout,
             online,
             target,
@@ -511,6 +515,21 @@ impl BatchedDqn {
                 Obs::U8(_) => unreachable!("pixel observations are refused by `unsupported`"),
             }
         }
+        let n = self.n_actions;
+        if let Some(host) = &mut self.host_act {
+            let p = self.online.flat.size()[1] as usize;
+            // SAFETY: the online parameters are a contiguous CPU f32 tensor of K P elements
+            // that nothing writes while this reads them.
+            let flat = unsafe { std::slice::from_raw_parts(self.online.flat.data_ptr() as *const f32, self.k * p) };
+            for i in 0..self.k {
+                if act[i] && out[i] == usize::MAX {
+                    let q = &mut self.q_host[i * n..(i + 1) * n];
+                    host.forward(&flat[i * p..(i + 1) * p], &self.act_obs[i * self.dim..(i + 1) * self.dim], q);
+                    out[i] = argmax(q);
+                }
+            }
+            return;
+        }
         {
             let _guard = tch::no_grad_guard();
             let input = match &mut self.device_act {
@@ -523,7 +542,6 @@ impl BatchedDqn {
             let q = self.online.forward(&input, false);
             self.q_out.copy_(&q);
         }
-        let n = self.n_actions;
         for i in 0..self.k {
             if !act[i] || out[i] != usize::MAX {
                 continue;
@@ -548,7 +566,7 @@ impl BatchedDqn {
         self.replays[i].push(obs, action, reward, next_obs, terminated, truncated);
     }
 
-    /// After every member stored step `progress[i].step` (the same for all): learning-rate
+    /// After every live member stored step `progress[i].step` (the same for all): learning-rate
     /// schedules, the group's gradient phase when due (each member sampling from `rngs[i]`) and
     /// each member's hard target copy. Returns the members that failed in it.
     pub fn learn(&mut self, progress: &[Progress], rngs: &mut [StdRng]) -> Vec<usize> {

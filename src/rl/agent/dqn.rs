@@ -54,6 +54,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::head::{Head, HeadSpec, HostBatch, HostHead, Target};
+use super::host_mlp::HostMlp;
 use super::optim::{FlatOptimizer, LrSchedule, OptimizerSpec};
 use super::{argmax, Agent, Exploration, Progress, Transition};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
@@ -782,6 +783,8 @@ pub struct DqnAgent {
     fractions: Option<Fractions>,
     /// The host path of the distributional heads on CPU.
     host: Option<HostPath>,
+    /// Acting on the host (CPU, plain MLP, expected head).
+    host_act: Option<HostMlp>,
     /// Draws the layers' noise and IQN's fractions.
     samples_rng: StdRng,
     optimizer: FlatOptimizer,
@@ -987,6 +990,18 @@ impl DqnAgent {
         };
         let act_device = (device != Device::Cpu).then(|| act_host.to_device(device));
         let optimizer = FlatOptimizer::new(&cfg.optimizer, &online.flat);
+        let host_act = match &spec {
+            NetSpec::Mlp { hidden, .. } if device == Device::Cpu && online.fused.is_some() && atoms == 1 => {
+                let mut layout = Vec::new();
+                let mut offset = 0;
+                for (name, t) in online.named().into_iter().filter(|(n, _)| !is_noise(n)) {
+                    layout.push((name, t.size(), offset));
+                    offset += t.numel() as i64;
+                }
+                HostMlp::new(&layout, hidden.len() + 1)
+            }
+            _ => None,
+        };
         Ok(DqnAgent {
             cfg: cfg.clone(),
             device,
@@ -998,6 +1013,7 @@ impl DqnAgent {
             target,
             fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(b, n, n_prime, k, device)),
             host: HostPath::new(cfg, actions.n, atoms, device),
+            host_act,
             samples_rng: StdRng::seed_from_u64(seed ^ 0x15_e5a4_91e5),
             optimizer,
             replay,
@@ -1062,6 +1078,14 @@ impl DqnAgent {
             }
             Obs::F32(x) => self.act_f32.copy_from_slice(x),
             Obs::U8(x) => self.act_u8.copy_from_slice(x),
+        }
+        if let Some(host) = &mut self.host_act {
+            let flat = &self.online.flat;
+            // SAFETY: the online parameters are a contiguous CPU f32 tensor that nothing writes
+            // while this reads them.
+            let params = unsafe { std::slice::from_raw_parts(flat.data_ptr() as *const f32, flat.numel()) };
+            host.forward(params, &self.act_f32, &mut self.q_host);
+            return &self.q_host;
         }
         let _guard = tch::no_grad_guard();
         let input = match &mut self.act_device {

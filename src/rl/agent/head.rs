@@ -36,7 +36,7 @@
 
 mod host;
 
-pub(super) use host::{HostBatch, HostHead};
+pub(super) use host::{dot, HostBatch, HostHead};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 

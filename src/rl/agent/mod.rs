@@ -9,6 +9,7 @@
 pub mod batched;
 mod dqn;
 mod head;
+mod host_mlp;
 mod optim;
 mod tabular;
 

@@ -85,7 +85,7 @@ fn exp_shifted<S: Simd>(s: S, x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
 
 /// `sum_i a_i b_i`.
 #[inline(always)]
-fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+pub(in crate::rl::agent) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     let (ha, ta) = S::as_simd_f32s(a);
     let (hb, tb) = S::as_simd_f32s(b);
     let mut acc = s.splat_f32s(0.0);
