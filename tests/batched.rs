@@ -129,6 +129,61 @@ fn double_dueling_n_step_soft_target_and_uniform_replay_batch_too() {
     ));
 }
 
+/// Stops member 0 at the first evaluation.
+struct StopFirst;
+
+impl RoundObserver for StopFirst {
+    fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
+        Ok(evals.iter().map(|(m, _)| if *m == 0 { Control::Stop } else { Control::Continue }).collect())
+    }
+}
+
+#[test]
+fn a_stopped_member_costs_no_updates_and_leaves_the_others_as_they_were() {
+    use serde_json::json;
+    let runs: Vec<TrainConfig> =
+        (0..3).map(|s| variant("", 40 + s, &[("agent.lr", json!(0.001 * (s + 1) as f64))])).collect();
+    let outcome = train_batched(&runs, &mut StopFirst).unwrap();
+    assert_eq!(outcome.members[0].halt, Some(Halt::Stopped));
+    assert_eq!((outcome.members[0].steps, outcome.members[0].evaluations.len()), (100, 1));
+    let at_stop = train_batched(&runs[..1], &mut StopFirst).unwrap();
+    let diff = max_abs_diff(outcome.learner.parameters(0), at_stop.learner.parameters(0));
+    assert_eq!(diff, 0.0, "member 0 took no update after it stopped");
+    for i in 1..3 {
+        let alone = train(&runs[i], &mut ()).unwrap();
+        let state = alone.agent.learner_state().unwrap();
+        assert_eq!(max_abs_diff(outcome.learner.parameters(i), state.get("online").unwrap()), 0.0, "member {i}");
+        assert_eq!(outcome.members[i].evaluations.len(), 2);
+    }
+}
+
+/// Stops every member but the last at the first evaluation.
+struct KeepLast(usize);
+
+impl RoundObserver for KeepLast {
+    fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
+        Ok(evals.iter().map(|(m, _)| if *m + 1 < self.0 { Control::Stop } else { Control::Continue }).collect())
+    }
+}
+
+#[test]
+fn stopped_members_are_compacted_away_and_the_rest_trains_on_unchanged() {
+    use serde_json::json;
+    let runs: Vec<TrainConfig> =
+        (0..4).map(|s| variant("", 50 + s, &[("agent.lr", json!(0.001 * (s + 1) as f64))])).collect();
+    let outcome = train_batched(&runs, &mut KeepLast(4)).unwrap();
+    assert_eq!(outcome.slots, vec![None, None, None, Some(0)], "three of four stopped: compacted to one");
+    assert_eq!(outcome.learner.members(), 1);
+    for m in &outcome.members[..3] {
+        assert_eq!((m.halt.clone(), m.steps, m.evaluations.len()), (Some(Halt::Stopped), 100, 1));
+    }
+    let alone = train(&runs[3], &mut ()).unwrap();
+    let state = alone.agent.learner_state().unwrap();
+    assert_eq!(max_abs_diff(outcome.learner.parameters(0), state.get("online").unwrap()), 0.0);
+    let returns = |e: &[Evaluation]| e.iter().map(|e| e.returns.clone()).collect::<Vec<_>>();
+    assert_eq!(returns(&outcome.members[3].evaluations), returns(&alone.evaluations));
+}
+
 #[test]
 fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
     use serde_json::json;
@@ -177,5 +232,162 @@ fn a_diverging_member_fails_alone() {
         let diff = max_abs_diff(outcome.learner.parameters(i), state.get("online").unwrap());
         assert!(diff < 1e-4, "member {i} was touched by the failed one: {diff}");
         assert!(outcome.learner.parameters(i).isfinite().all().int64_value(&[]) == 1);
+    }
+}
+
+/// Two-sided p-value of the Mann-Whitney U test (normal approximation with tie correction).
+fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
+    let mut all: Vec<(f64, usize)> = a.iter().map(|&x| (x, 0)).chain(b.iter().map(|&x| (x, 1))).collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (n1, n2, n) = (a.len() as f64, b.len() as f64, all.len() as f64);
+    let (mut rank_a, mut ties) = (0.0, 0.0);
+    let mut i = 0;
+    while i < all.len() {
+        let j = (i..all.len()).take_while(|&j| all[j].0 == all[i].0).last().unwrap() + 1;
+        let rank = (i + j + 1) as f64 / 2.0;
+        rank_a += all[i..j].iter().filter(|x| x.1 == 0).count() as f64 * rank;
+        let t = (j - i) as f64;
+        ties += t * t * t - t;
+        i = j;
+    }
+    let u = rank_a - n1 * (n1 + 1.0) / 2.0;
+    let var = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if var <= 0.0 {
+        return 1.0;
+    }
+    let z = (u - n1 * n2 / 2.0).abs() / var.sqrt();
+    // 2 (1 - Phi(z)), Phi by the complementary error function (Abramowitz-Stegun 7.1.26).
+    let x = z / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (poly * (-x * x).exp()).min(1.0)
+}
+
+#[test]
+fn mann_whitney_matches_scipy() {
+    // scipy.stats.mannwhitneyu(a, b, use_continuity=False, method="asymptotic").pvalue
+    let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+    let b = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0];
+    assert!((mann_whitney_p(&a, &b) - 0.011_473_1).abs() < 1e-5, "{}", mann_whitney_p(&a, &b));
+    assert!((mann_whitney_p(&a, &a) - 1.0).abs() < 1e-6);
+}
+
+/// Item 4: over 20 seeds, the final returns (last evaluation, 20 greedy episodes) of
+/// `configs/per_cartpole.yaml` trained batched and one agent at a time are not significantly
+/// different (two-sided Mann-Whitney U test, 5%).
+#[test]
+fn final_returns_of_batched_and_unbatched_per_cartpole_runs_do_not_differ() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/per_cartpole.yaml");
+    let base = TrainConfig::load(&path).unwrap();
+    let runs: Vec<TrainConfig> = (0..20u64)
+        .map(|seed| {
+            let mut c = base.clone();
+            c.seed = 1000 + seed;
+            c
+        })
+        .collect();
+    let batched: Vec<f64> = train_batched(&runs, &mut Rounds::default())
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.evaluations.last().unwrap().mean)
+        .collect();
+    // One agent at a time, two at once on the two cores CI has.
+    let alone: Vec<f64> = std::thread::scope(|s| {
+        let halves: Vec<_> = runs
+            .chunks(10)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|c| train(c, &mut ()).unwrap().evaluations.last().unwrap().mean)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let p = mann_whitney_p(&batched, &alone);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!("final returns, batched:   {batched:?} (mean {:.1})", mean(&batched));
+    println!("final returns, unbatched: {alone:?} (mean {:.1})", mean(&alone));
+    println!("two-sided Mann-Whitney U p = {p:.3}");
+    assert!(p > 0.05, "batched and unbatched final returns differ (p = {p:.3})");
+}
+
+/// Item 6: `parallelism: {batch: 4}` asks four trials at once and trains compatible ones as one
+/// learner (a member per trial and seed); each trial reports its own evaluations, is pruned on
+/// its own, and is an ordinary trial to Optuna.
+#[test]
+fn trials_asked_together_train_as_one_learner_and_stay_ordinary_trials() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let study = dir.path().join("study.yaml");
+    std::fs::write(
+        &study,
+        "name: batched-trials
+direction: maximize
+n_trials: 8
+seed: 3
+sampler: {type: random}
+pruner: {type: median, n_startup_trials: 2}
+parallelism: {jobs: 1, batch: 4}
+objective:
+  type: rl
+  seeds: 2
+  config:
+    env: {id: CartPole-v1}
+    budget: {steps: 1500}
+    eval: {every: 500, episodes: 2}
+    agent: {type: dqn, learning_starts: 200, train_freq: 8, gradient_steps: 2, replay: {type: prioritized, size: 5000}}
+search_space:
+  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  agent.batch_size: {type: categorical, choices: [32, 64]}
+",
+    )
+    .unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("b.db").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", study.to_str().unwrap(), "--storage", &url, "--plain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let storage = tune::storage::open(&url).unwrap();
+    let id = storage.get_study_id_from_name("batched-trials").unwrap().unwrap();
+    let trials = storage.get_all_trials(id, None).unwrap();
+    assert_eq!(trials.len(), 8);
+    let mut members = std::collections::BTreeMap::new();
+    for t in &trials {
+        assert!(t.state.is_finished(), "trial {} is {:?}", t.number, t.state);
+        assert_eq!(t.user_attrs["batched"], serde_json::json!(true), "trial {}", t.number);
+        assert_eq!(t.user_attrs["per_seed"].as_array().unwrap().len(), 2);
+        let steps: Vec<i64> = t.intermediate_values.keys().copied().collect();
+        let expected: Vec<i64> = (1..=steps.len() as i64).map(|i| 500 * i).collect();
+        assert_eq!(steps, expected, "trial {}: its own evaluations, every 500 steps", t.number);
+        if t.state == tune::frozen::TrialState::Complete {
+            assert_eq!(steps.len(), 3);
+        }
+        *members.entry(t.params["agent.batch_size"].to_string()).or_insert(0) += 1;
+        assert!(t.user_attrs["batch_members"].as_u64().unwrap() >= 2);
+    }
+    // Each group holds trials of one batch size: a group's member count is twice its trials.
+    for t in &trials {
+        let m = t.user_attrs["batch_members"].as_u64().unwrap();
+        assert_eq!(m % 2, 0, "two seeds per trial");
+    }
+    assert!(members.len() == 2, "both batch sizes were sampled: {members:?}");
+    // Optuna reads the study as it reads any other.
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = format!(
+        "import optuna\ns = optuna.load_study(study_name='batched-trials', storage='sqlite:///{}')\n\
+         print(len(s.trials), sum(len(t.intermediate_values) > 0 for t in s.trials), s.best_trial.number)",
+        dir.path().join("b.db").display()
+    );
+    match std::process::Command::new(&py).args(["-c", &script]).output() {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(text.starts_with("8 8 "), "{text}");
+        }
+        _ => eprintln!("skipped the Optuna check: {} cannot import optuna (run scripts/setup.sh)", py.display()),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{show, BASE_CONFIG_ATTR, SEED_ATTR, STUDY_FILE_ATTR};
-use crate::executor::{install_ctrlc, run_study, ProgressMode, RunOptions};
+use crate::executor::{install_ctrlc, run_study_batched, ProgressMode, RunOptions};
 use crate::objective::{BuildContext, ObjectiveSpec};
 use crate::spec::{sample_config, StudySpec};
 use crate::study::Study;
@@ -120,6 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         },
         progress_total: None,
         enqueued_only: false,
+        batch: spec.parallelism.batch,
     };
     if let (Some(pbt), crate::objective::ObjectiveSpec::Rl(rl)) = (&spec.scheduler, &spec.objective) {
         let objective = crate::objective::rl::RlObjective::new(rl, &ctx)?;
@@ -139,9 +140,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     install_ctrlc(Arc::clone(study.stop_flag()));
     let params = spec.params.clone();
-    let summary = run_study(&study, &opts, |trial| {
-        let config = sample_config(&params, objective.base_config(), trial)?;
-        objective.run(&config, trial)
+    let summary = run_study_batched(&study, &opts, |trials| {
+        let configs = trials.iter_mut().map(|t| sample_config(&params, objective.base_config(), t)).collect();
+        objective.run_batch(configs, trials)
     })?;
 
     show::print_summary(&study, 10)?;
@@ -216,7 +217,8 @@ fn run_pbt(
 ) -> anyhow::Result<i32> {
     let generations = pbt.generations(objective.budget_steps());
     let total = pbt.population as u64 * generations;
-    let opts = RunOptions { n_trials: None, progress_total: Some(total), enqueued_only: true, ..opts };
+    // Segments run one per worker (a population as one batched learner is not there yet).
+    let opts = RunOptions { n_trials: None, progress_total: Some(total), enqueued_only: true, batch: 1, ..opts };
     let trials = study.trials()?;
     let done = crate::pbt::segments(&trials).iter().filter(|(t, _)| t.state.is_finished() && !t.interrupted()).count();
     println!(

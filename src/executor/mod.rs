@@ -44,6 +44,9 @@ pub struct RunOptions {
     /// Run only enqueued (WAITING) trials, never sample new ones: a scheduler (PBT) enqueues
     /// what it wants run.
     pub enqueued_only: bool,
+    /// Trials each worker asks for at once and hands to the objective together (trial
+    /// batching: an objective may train them as one model); 1 asks one at a time.
+    pub batch: usize,
 }
 
 impl Default for RunOptions {
@@ -59,6 +62,7 @@ impl Default for RunOptions {
             progress: ProgressMode::Quiet,
             progress_total: None,
             enqueued_only: false,
+            batch: 1,
         }
     }
 }
@@ -106,6 +110,17 @@ struct Run<'a> {
 pub fn run_study<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Result<RunSummary>
 where
     F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+{
+    run_study_batched(study, opts, |trials: &mut [Trial]| trials.iter_mut().map(&evaluate).collect())
+}
+
+/// [`run_study`] with trial batching: each worker asks up to `opts.batch` trials at once (the
+/// sampler sees the earlier ones RUNNING, so TPE's constant liar spreads them) and `evaluate`
+/// runs them together, returning each one's value or error in order. Each trial is recorded on
+/// its own, exactly as one run alone.
+pub fn run_study_batched<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Result<RunSummary>
+where
+    F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
 {
     let slots: Vec<Option<String>> = if opts.devices.is_empty() {
         vec![None; opts.jobs.max(1)]
@@ -172,7 +187,7 @@ impl Run<'_> {
     /// is gone, so that the run ends once every worker is.
     fn worker<F>(&self, device: Option<&str>, evaluate: &F) -> anyhow::Result<()>
     where
-        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+        F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
     {
         let _gone = WorkerGuard(self);
         let budget = self.opts.n_trials;
@@ -184,35 +199,50 @@ impl Run<'_> {
             if self.stopping() || self.timed_out() {
                 return Ok(());
             }
-            self.starting.fetch_add(1, Ordering::SeqCst);
-            let asked = self.ask(budget);
-            if let Ok(Some(t)) = &asked {
-                self.running.lock().unwrap().insert(t.trial_id());
-            }
-            self.starting.fetch_sub(1, Ordering::SeqCst);
-            let mut trial = match asked? {
-                Some(t) => t,
-                None => {
-                    // The budget is taken. Trials still RUNNING elsewhere either finish or go
-                    // stale (their worker died) and come back as WAITING: wait for that.
-                    let foreign = self.foreign_running()?;
-                    if foreign == 0 {
-                        return Ok(());
-                    }
-                    if !self.told_waiting.swap(true, Ordering::SeqCst) {
-                        self.progress.note(&format!(
-                            "budget taken: waiting for {foreign} trial(s) running in other processes (or for them to go stale)"
-                        ));
-                    }
-                    self.sleep(wait);
-                    wait = (wait * 2).min(longest_wait);
-                    self.recover_stale()?;
-                    continue;
+            let mut trials = Vec::with_capacity(self.opts.batch.max(1));
+            while trials.len() < self.opts.batch.max(1) {
+                self.starting.fetch_add(1, Ordering::SeqCst);
+                let asked = self.ask(budget);
+                if let Ok(Some(t)) = &asked {
+                    self.running.lock().unwrap().insert(t.trial_id());
                 }
-            };
+                self.starting.fetch_sub(1, Ordering::SeqCst);
+                match asked {
+                    Ok(Some(t)) => trials.push(t),
+                    Ok(None) => break,
+                    Err(e) if trials.is_empty() => return Err(e),
+                    Err(e) => {
+                        // The trials already started go back to the queue; the error ends the run.
+                        for t in &trials {
+                            self.running.lock().unwrap().remove(&t.trial_id());
+                            self.abandon(t.trial_id(), &e);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            if trials.is_empty() {
+                // The budget is taken. Trials still RUNNING elsewhere either finish or go
+                // stale (their worker died) and come back as WAITING: wait for that.
+                let foreign = self.foreign_running()?;
+                if foreign == 0 {
+                    return Ok(());
+                }
+                if !self.told_waiting.swap(true, Ordering::SeqCst) {
+                    self.progress.note(&format!(
+                        "budget taken: waiting for {foreign} trial(s) running in other processes (or for them to go stale)"
+                    ));
+                }
+                self.sleep(wait);
+                wait = (wait * 2).min(longest_wait);
+                self.recover_stale()?;
+                continue;
+            }
             wait = Duration::from_millis(25).min(longest_wait);
-            trial.place_on(device);
-            self.run_trial(trial, evaluate)?;
+            for trial in &mut trials {
+                trial.place_on(device);
+            }
+            self.run_trials(trials, evaluate)?;
         }
     }
 
@@ -230,15 +260,41 @@ impl Run<'_> {
         self.study.ask_within(budget)
     }
 
-    /// Evaluates one started trial (already listed in `running`) and records its outcome. If recording fails (a storage
-    /// error), the trial is failed as interrupted and re-queued where the storage still allows,
-    /// so that it neither stays RUNNING nor counts against the budget, and the error returns.
-    fn run_trial<F>(&self, trial: Trial, evaluate: &F) -> anyhow::Result<()>
+    /// Evaluates started trials (already listed in `running`) together (a panic fails each of
+    /// them with its message) and records each one's outcome; the first error returns after
+    /// every trial is recorded.
+    fn run_trials<F>(&self, mut trials: Vec<Trial>, evaluate: &F) -> anyhow::Result<()>
     where
-        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
+        F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
     {
+        let results = catch_unwind(AssertUnwindSafe(|| {
+            crate::fault::maybe_panic("trial.panic");
+            evaluate(&mut trials)
+        }));
+        let mut results = match results {
+            Ok(r) => r,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                trials.iter().map(|_| Err(anyhow::anyhow!("the objective panicked: {message}"))).collect()
+            }
+        };
+        results.resize_with(trials.len(), || Err(anyhow::anyhow!("the objective returned no result for this trial")));
+        let mut first = None;
+        for (trial, result) in trials.into_iter().zip(results) {
+            if let Err(e) = self.run_trial(trial, result) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Records the outcome of one evaluated trial (listed in `running`). If recording fails (a
+    /// storage error), the trial is failed as interrupted and re-queued where the storage still
+    /// allows, so that it neither stays RUNNING nor counts against the budget, and the error
+    /// returns.
+    fn run_trial(&self, trial: Trial, result: anyhow::Result<f64>) -> anyhow::Result<()> {
         let id = trial.trial_id();
-        let result = self.evaluate_and_record(trial, evaluate);
+        let result = self.record(trial, result);
         self.running.lock().unwrap().remove(&id);
         if let Err(e) = &result {
             let finished_elsewhere = e.chain().find_map(|c| match c.downcast_ref::<crate::storage::StorageError>() {
@@ -275,20 +331,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Runs the objective (a panic becomes the trial's failure) and tells the study; `None`
-    /// when the run was interrupted and the trial re-queued.
-    fn evaluate_and_record<F>(&self, mut trial: Trial, evaluate: &F) -> anyhow::Result<Option<FrozenTrial>>
-    where
-        F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
-    {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            crate::fault::maybe_panic("trial.panic");
-            evaluate(&mut trial)
-        }));
-        let result = match result {
-            Ok(r) => r,
-            Err(panic) => Err(anyhow::anyhow!("the objective panicked: {}", panic_message(panic.as_ref()))),
-        };
+    /// Tells the study the objective's `result` for `trial`; `None` when the run was
+    /// interrupted and the trial re-queued.
+    fn record(&self, mut trial: Trial, result: anyhow::Result<f64>) -> anyhow::Result<Option<FrozenTrial>> {
         // A storage error met by the objective (suggest, report) is not the trial's fault: the
         // run stops with it, and `run_trial` re-queues the trial.
         if let Err(e) = &result {

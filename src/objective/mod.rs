@@ -25,6 +25,13 @@ pub trait Objective: Send + Sync {
     /// Checks a trial config as `run` would read it, without running anything; `Err` names the
     /// rule it breaks. The study loader calls it on the search space's edges.
     fn check(&self, config: &Value) -> Result<(), String>;
+
+    /// Runs trials asked together (`parallelism.batch`), given each one's resolved config or
+    /// the error resolving it, and returns each one's value or error, in order. By default one
+    /// after the other; the `rl` objective trains compatible ones as one batched learner.
+    fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
+        configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| c.and_then(|c| self.run(&c, t))).collect()
+    }
 }
 
 /// Where an objective may read and write files.

@@ -7,7 +7,7 @@
 //!   value: best                            # last | best | mean_last_k
 //!   k: 3                                   # for mean_last_k
 //!   seeds: 3                               # independent seeds per trial
-//!   batch_seeds: true                       # train them as one batched learner (default)
+//!   batched: true                           # train seeds (and batched trials) as one model
 //! ```
 //!
 //! The search space's dotted paths point into the trainer config (`agent.lr`,
@@ -15,8 +15,11 @@
 //! the intermediate value at its environment step, and the pruner is asked after each; the trial
 //! value reduces that averaged curve. The seeds train as one batched learner
 //! ([`crate::rl::batched`]: one model with a member per seed, on one thread) when their config
-//! allows it, and one agent per thread otherwise (`batch_seeds: false` asks for that); the
-//! `batched` user attribute says which, and why not. A trial placed on a device by `parallelism.devices` trains
+//! allows it, and one agent per thread otherwise (`batched: false` asks for that); the
+//! `batched` user attribute says which, and why not. With `parallelism.batch: P`, the trials a
+//! worker asks together are grouped by what they must share ([`batchable`]) and each group
+//! trains as one learner, a member per trial and seed; each trial gets its own evaluations,
+//! pruning decisions and attributes, and its members stop when it is pruned. A trial placed on a device by `parallelism.devices` trains
 //! there, whatever its config says. Each trial stores its seeds, device, wall time, environment
 //! steps, steps/s, episodes and per-seed results as user attributes.
 
@@ -28,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{BuildContext, Objective};
-use crate::error::{panic_message, InputError, TrialPruned};
+use crate::error::{panic_message, InputError, Interrupted, TrialPruned};
 use crate::rl::agent::batched::Halt;
 use crate::rl::agent::Agent;
 use crate::rl::batched::{batchable, train_batched, RoundObserver};
@@ -63,9 +66,10 @@ pub struct RlSpec {
     /// Independent training runs per trial (their mean is reported).
     #[serde(default = "default_seeds")]
     pub seeds: usize,
-    /// Train the seeds as one batched learner where the config allows it.
+    /// Train the seeds, and trials asked together, as one batched learner where the configs
+    /// allow it.
     #[serde(default = "default_true")]
-    pub batch_seeds: bool,
+    pub batched: bool,
 }
 
 fn default_true() -> bool {
@@ -200,27 +204,68 @@ impl Objective for RlObjective {
         TrainConfig::from_value(config).map(|_| ())
     }
 
-    fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
-        let cfg = self.trial_config(config, trial)?;
-        let seeds: Vec<u64> =
-            (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
-        trial.set_user_attr("seeds", json!(seeds))?;
-        trial.set_user_attr("device", json!(cfg.device))?;
-        if seeds.len() > 1 {
-            let runs: Vec<TrainConfig> = seeds
-                .iter()
-                .map(|&seed| {
-                    let mut c = cfg.clone();
-                    c.seed = seed;
-                    c
-                })
-                .collect();
-            let batched = if self.spec.batch_seeds { batchable(&runs) } else { Err("batch_seeds: false".into()) };
-            trial.set_user_attr("batched", batched.as_ref().map_or_else(|why| json!(why), |_| json!(true)))?;
-            if batched.is_ok() {
-                return self.run_batched(&runs, trial);
+    fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
+        if trials.len() == 1 || !self.spec.batched {
+            return configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| c.and_then(|c| self.run(&c, t))).collect();
+        }
+        let mut results: Vec<Option<anyhow::Result<f64>>> = trials.iter().map(|_| None).collect();
+        // Trials that train alone, and groups of trials whose runs can share one learner.
+        let mut alone: Vec<(usize, Value)> = Vec::new();
+        let mut groups: Vec<Vec<(usize, Vec<TrainConfig>)>> = Vec::new();
+        for (i, config) in configs.into_iter().enumerate() {
+            let prepared = config.and_then(|value| {
+                let cfg = self.trial_config(&value, &trials[i])?;
+                let runs = self.seed_runs(&cfg, &mut trials[i])?;
+                Ok((value, runs))
+            });
+            let (value, runs) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if batchable(&runs).is_err() {
+                alone.push((i, value));
+                continue;
+            }
+            let fits = |g: &Vec<(usize, Vec<TrainConfig>)>| {
+                let all: Vec<TrainConfig> = g.iter().flat_map(|(_, r)| r.iter()).chain(&runs).cloned().collect();
+                batchable(&all).is_ok()
+            };
+            match groups.iter_mut().find(|g| fits(g)) {
+                Some(g) => g.push((i, runs)),
+                None => groups.push(vec![(i, runs)]),
             }
         }
+        for group in groups {
+            if group.len() == 1 && group[0].1.len() == 1 {
+                // One run: the agent alone is the same run, on its fastest path.
+                let (i, runs) = &group[0];
+                alone.push((*i, runs[0].to_value()));
+                continue;
+            }
+            for ((i, _), result) in group.iter().zip(self.train_together(&group, trials)) {
+                results[*i] = Some(result);
+            }
+        }
+        for (i, value) in alone {
+            results[i] = Some(self.run(&value, &mut trials[i]));
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("the trial was not run")))).collect()
+    }
+
+    fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
+        let cfg = self.trial_config(config, trial)?;
+        let runs = self.seed_runs(&cfg, trial)?;
+        if runs.len() > 1 {
+            let batched = if self.spec.batched { batchable(&runs) } else { Err("batched: false".into()) };
+            trial.set_user_attr("batched", batched.as_ref().map_or_else(|why| json!(why), |_| json!(true)))?;
+            if batched.is_ok() {
+                return self.train_together(&[(0, runs)], std::slice::from_mut(trial)).remove(0);
+            }
+        }
+        let seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
         let start = Instant::now();
         let (to_trial, from_seeds) = mpsc::channel();
         let mut verdicts = Vec::new();
@@ -340,51 +385,127 @@ impl RlObjective {
         })
     }
 
-    /// A trial's seeds trained as one batched learner: each evaluation round's mean is reported
-    /// and the pruner's verdict applies to every seed, as with one thread per seed.
-    fn run_batched(&self, runs: &[TrainConfig], trial: &mut Trial) -> anyhow::Result<f64> {
-        let mut rounds = TrialRounds { trial, curve: Vec::new(), pruned: false };
-        // A panic in training fails the trial with its message, as a seed's thread would.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batched(runs, &mut rounds)))
-            .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))))?;
-        let TrialRounds { trial, curve, pruned } = rounds;
-        if let Some(Halt::Failed(why)) =
-            outcome.members.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
-        {
-            anyhow::bail!("{why}");
-        }
-        let seeds: Vec<SeedRun> = outcome
-            .members
+    /// The runs of a trial's seeds (the trial's own seed first), recording them and the device.
+    fn seed_runs(&self, cfg: &TrainConfig, trial: &mut Trial) -> anyhow::Result<Vec<TrainConfig>> {
+        let seeds: Vec<u64> =
+            (0..self.spec.seeds).map(|i| if i == 0 { trial.seed() } else { derive(trial.seed(), i as u64) }).collect();
+        trial.set_user_attr("seeds", json!(seeds))?;
+        trial.set_user_attr("device", json!(cfg.device))?;
+        Ok(seeds
             .into_iter()
-            .map(|m| SeedRun {
-                seed: m.seed,
-                steps: m.steps,
-                episodes: m.episodes,
-                wall_s: outcome.wall_s,
-                curve: m.evaluations.iter().map(|e| e.mean).collect(),
+            .map(|seed| {
+                let mut c = cfg.clone();
+                c.seed = seed;
+                c
             })
-            .collect();
-        self.finish(trial, &seeds, outcome.wall_s, &curve, pruned)
+            .collect())
+    }
+
+    /// Trains the runs of several trials (`(index into trials, its seeds' runs)`) as one
+    /// batched learner: each evaluation round, each trial's seeds' mean is reported to it and
+    /// its pruner's verdict applies to its members. Returns each trial's result, in `group`'s
+    /// order.
+    fn train_together(&self, group: &[(usize, Vec<TrainConfig>)], trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
+        let members: Vec<TrainConfig> = group.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
+        let owners: Vec<usize> = group.iter().enumerate().flat_map(|(o, (_, runs))| vec![o; runs.len()]).collect();
+        let mut rounds = TrialRounds {
+            trials: &mut *trials,
+            index: group.iter().map(|(i, _)| *i).collect(),
+            owners: owners.clone(),
+            curves: vec![Vec::new(); group.len()],
+            pruned: vec![false; group.len()],
+            errors: group.iter().map(|_| None).collect(),
+        };
+        // A panic in training fails the trials with its message, as a seed's thread would.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batched(&members, &mut rounds)))
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))));
+        let TrialRounds { curves, pruned, errors, .. } = rounds;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let message = format!("{e:#}");
+                let mut first = Some(e);
+                return group
+                    .iter()
+                    .map(|_| Err(first.take().unwrap_or_else(|| anyhow::anyhow!("{message}"))))
+                    .collect();
+            }
+        };
+        let failed_report = errors.iter().any(Option::is_some);
+        let mut members: Vec<Option<crate::rl::batched::MemberOutcome>> =
+            outcome.members.into_iter().map(Some).collect();
+        let mut results = Vec::with_capacity(group.len());
+        for (o, ((trial_index, _), (curve, (pruned, error)))) in
+            group.iter().zip(curves.iter().zip(pruned.iter().zip(errors))).enumerate()
+        {
+            let mine: Vec<crate::rl::batched::MemberOutcome> =
+                owners.iter().enumerate().filter(|(_, &w)| w == o).filter_map(|(m, _)| members[m].take()).collect();
+            let result = if let Some(e) = error {
+                Err(e)
+            } else if failed_report {
+                // Another trial of the group met a storage error and stopped the group: this
+                // one was cut short, not at fault, and goes back to the queue.
+                Err(Interrupted.into())
+            } else if let Some(Halt::Failed(why)) =
+                mine.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
+            {
+                Err(anyhow::anyhow!("{why}"))
+            } else {
+                let seeds: Vec<SeedRun> = mine
+                    .into_iter()
+                    .map(|m| SeedRun {
+                        seed: m.seed,
+                        steps: m.steps,
+                        episodes: m.episodes,
+                        wall_s: outcome.wall_s,
+                        curve: m.evaluations.iter().map(|e| e.mean).collect(),
+                    })
+                    .collect();
+                let trial = &mut trials[*trial_index];
+                trial
+                    .set_user_attr("batched", json!(true))
+                    .and_then(|_| trial.set_user_attr("batch_members", json!(owners.len())))
+                    .and_then(|_| self.finish(trial, &seeds, outcome.wall_s, curve, *pruned))
+            };
+            results.push(result);
+        }
+        results
     }
 }
 
-/// Reports a batched trial's evaluation rounds.
+/// Reports the evaluation rounds of the trials trained in one batched learner.
 struct TrialRounds<'t> {
-    trial: &'t mut Trial,
-    curve: Vec<f64>,
-    pruned: bool,
+    trials: &'t mut [Trial],
+    /// Each owner's index in `trials`.
+    index: Vec<usize>,
+    /// Each member's owner.
+    owners: Vec<usize>,
+    curves: Vec<Vec<f64>>,
+    pruned: Vec<bool>,
+    /// A storage error met reporting for an owner (it stops the whole group).
+    errors: Vec<Option<anyhow::Error>>,
 }
 
 impl RoundObserver for TrialRounds<'_> {
     fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
-        let mean = evals.iter().map(|(_, e)| e.mean).sum::<f64>() / evals.len().max(1) as f64;
-        let step = evals.iter().map(|(_, e)| e.step).max().unwrap_or(0);
-        self.curve.push(mean);
-        self.trial.report(step as i64, mean)?;
-        if self.trial.should_prune()? {
-            self.pruned = true;
+        for o in 0..self.index.len() {
+            let mine: Vec<&Evaluation> = evals.iter().filter(|(m, _)| self.owners[*m] == o).map(|(_, e)| e).collect();
+            if mine.is_empty() || self.errors.iter().any(Option::is_some) {
+                continue;
+            }
+            let mean = mine.iter().map(|e| e.mean).sum::<f64>() / mine.len() as f64;
+            let step = mine.iter().map(|e| e.step).max().unwrap_or(0);
+            self.curves[o].push(mean);
+            let trial = &mut self.trials[self.index[o]];
+            match trial.report(step as i64, mean).and_then(|_| trial.should_prune()) {
+                Ok(prune) => self.pruned[o] |= prune,
+                Err(e) => self.errors[o] = Some(e),
+            }
         }
-        let control = if self.pruned { Control::Stop } else { Control::Continue };
-        Ok(vec![control; evals.len()])
+        let abort = self.errors.iter().any(Option::is_some);
+        Ok(evals
+            .iter()
+            .map(|(m, _)| if abort || self.pruned[self.owners[*m]] { Control::Stop } else { Control::Continue })
+            .collect())
     }
 }

@@ -23,8 +23,9 @@ use crate::error::InputError;
 
 /// Receives each evaluation round of a batched run.
 pub trait RoundObserver {
-    /// The evaluations `(member, evaluation)` of the members still training, all at the same
-    /// step; returns whether each goes on, in the same order.
+    /// The evaluations `(member, evaluation)` of the members still training (`member`: the
+    /// index of its run in the runs given), all at the same step; returns whether each goes on,
+    /// in the same order.
     fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>>;
 }
 
@@ -52,6 +53,8 @@ pub struct BatchOutcome {
     pub wall_s: f64,
     /// The learner, trained (to save a member's weights).
     pub learner: BatchedDqn,
+    /// Each run's member index in `learner` (`None`: it stopped and was compacted away).
+    pub slots: Vec<Option<usize>>,
 }
 
 /// Why `cfgs` cannot train as one batched learner (`Ok`: they can): they must be `dqn` runs
@@ -91,6 +94,8 @@ pub fn batchable(cfgs: &[TrainConfig]) -> Result<(), String> {
 
 /// One member's environments, streams and counters.
 struct Member {
+    /// Its index in the runs given.
+    index: usize,
     seed: u64,
     env: Box<dyn Env>,
     eval_env: Box<dyn Env>,
@@ -105,6 +110,8 @@ struct Member {
     eval_done: u32,
     eval_returns: Vec<f64>,
     eval_return: f64,
+    /// Why it stopped before its budget.
+    halt: Option<Halt>,
 }
 
 /// Trains the runs of `cfgs` (see [`batchable`]) as one batched learner.
@@ -124,7 +131,7 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
     let mut members = Vec::with_capacity(cfgs.len());
     let mut rngs = Vec::with_capacity(cfgs.len());
     let mut dqns = Vec::with_capacity(cfgs.len());
-    for cfg in cfgs {
+    for (index, cfg) in cfgs.iter().enumerate() {
         let mut env = cfg.env.make()?;
         let mut obs = ObsBuf::new(&env.observation_space());
         obs.set(env.reset(Some(cfg.seed)));
@@ -133,6 +140,7 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
         dqns.push((**dqn).clone());
         rngs.push(StdRng::seed_from_u64(derive(cfg.seed, 1)));
         members.push(Member {
+            index,
             seed: cfg.seed,
             eval_obs: obs.clone(),
             env,
@@ -146,77 +154,127 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
             eval_done: 0,
             eval_returns: Vec::with_capacity(cfg.eval.episodes as usize),
             eval_return: 0.0,
+            halt: None,
         });
     }
     let space = members[0].env.observation_space();
     let actions = members[0].env.action_space();
     let seeds: Vec<u64> = cfgs.iter().map(|c| c.seed).collect();
     let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, device)?;
-    let k = members.len();
     let budget = first.budget.clone();
     let steps = budget.steps.expect("batchable checked it");
     let every = first.eval.every;
-    let (mut epsilon, mut active, mut chosen) = (vec![0.0; k], vec![true; k], vec![0usize; k]);
-    let mut progress = vec![Progress::default(); k];
-    let mut done = vec![false; k];
-    let mut halts: Vec<Option<Halt>> = vec![None; k];
+    // Per member, in the learner's order (compaction drops the stopped ones from both).
+    let mut finished: Vec<Member> = Vec::new();
+    let mut scratch = Scratch::new(members.len());
     let mut step = 0u64;
     let mut last_eval = None;
-    while step < steps && active.iter().any(|&a| a) {
+    while step < steps && scratch.active.iter().any(|&a| a) {
         let fraction = budget.fraction(step, 0);
-        for (i, m) in members.iter().enumerate() {
-            epsilon[i] = m.exploration.epsilon(Progress { step, episode: m.episode, fraction });
+        for (e, m) in scratch.epsilon.iter_mut().zip(&members) {
+            *e = m.exploration.epsilon(Progress { step, episode: m.episode, fraction });
         }
-        learner.act(|i| members[i].obs.as_obs(), &epsilon, &mut rngs, &active, &mut chosen);
+        learner.act(|i| members[i].obs.as_obs(), &scratch.epsilon, &mut rngs, &scratch.active, &mut scratch.chosen);
         step += 1;
         let fraction = budget.fraction(step, 0);
-        for i in (0..k).filter(|&i| active[i]) {
-            let m = &mut members[i];
-            let s = m.env.step(chosen[i]);
-            learner.push(i, m.obs.as_obs(), chosen[i], s.reward as f32, s.obs, s.terminated, s.truncated);
-            done[i] = s.done();
+        for (i, m) in members.iter_mut().enumerate() {
+            if !scratch.active[i] {
+                continue;
+            }
+            let a = scratch.chosen[i];
+            let s = m.env.step(a);
+            learner.push(i, m.obs.as_obs(), a, s.reward as f32, s.obs, s.terminated, s.truncated);
+            scratch.done[i] = s.done();
             m.steps = step;
-            if !done[i] {
+            if !s.done() {
                 m.obs.set(s.obs);
             }
         }
         // Every member's progress, stopped ones too: the group's gates read the shared step.
-        for (p, m) in progress.iter_mut().zip(&members) {
+        for (p, m) in scratch.progress.iter_mut().zip(&members) {
             *p = Progress { step, episode: m.episode, fraction };
         }
-        for i in learner.learn(&progress, &mut rngs) {
-            active[i] = false;
-            halts[i] = learner.halted(i).cloned();
+        let failed = learner.learn(&scratch.progress, &mut rngs);
+        for &i in &failed {
+            scratch.active[i] = false;
+            members[i].halt = learner.halted(i).cloned();
         }
-        for i in 0..k {
-            if !done[i] {
-                continue;
+        for (i, m) in members.iter_mut().enumerate() {
+            if std::mem::take(&mut scratch.done[i]) {
+                m.episode += 1;
+                m.obs.set(m.env.reset(None));
             }
-            let m = &mut members[i];
-            m.episode += 1;
-            m.obs.set(m.env.reset(None));
-            done[i] = false;
         }
-        if every > 0 && step % every == 0 {
-            evaluate_round(&mut learner, &mut members, &mut active, &mut halts, first, step, observer)?;
+        let due = every > 0 && step % every == 0;
+        if due {
+            evaluate_round(&mut learner, &mut members, &mut scratch.active, first, step, observer)?;
             last_eval = Some(step);
         }
+        if due || !failed.is_empty() {
+            compact(&mut learner, &mut members, &mut rngs, &mut finished, &mut scratch);
+        }
     }
-    if last_eval != Some(step) && active.iter().any(|&a| a) {
-        evaluate_round(&mut learner, &mut members, &mut active, &mut halts, first, step, observer)?;
+    if last_eval != Some(step) && scratch.active.iter().any(|&a| a) {
+        evaluate_round(&mut learner, &mut members, &mut scratch.active, first, step, observer)?;
     }
-    let members = members
+    let mut slots = vec![None; cfgs.len()];
+    for (position, m) in members.iter().enumerate() {
+        slots[m.index] = Some(position);
+    }
+    finished.extend(members);
+    finished.sort_by_key(|m| m.index);
+    let members = finished
         .into_iter()
-        .zip(halts)
-        .map(|(m, halt)| MemberOutcome {
+        .map(|m| MemberOutcome {
             seed: m.seed,
             steps: m.steps,
             episodes: m.episode,
             evaluations: m.evaluations,
-            halt,
+            halt: m.halt,
         })
         .collect();
-    Ok(BatchOutcome { members, wall_s: start.elapsed().as_secs_f64(), learner })
+    Ok(BatchOutcome { members, wall_s: start.elapsed().as_secs_f64(), learner, slots })
+}
+
+/// Per-member scratch of the loop, in the learner's order.
+struct Scratch {
+    epsilon: Vec<f64>,
+    active: Vec<bool>,
+    chosen: Vec<usize>,
+    progress: Vec<Progress>,
+    done: Vec<bool>,
+}
+
+impl Scratch {
+    fn new(k: usize) -> Self {
+        Scratch {
+            epsilon: vec![0.0; k],
+            active: vec![true; k],
+            chosen: vec![0; k],
+            progress: vec![Progress::default(); k],
+            done: vec![false; k],
+        }
+    }
+}
+
+/// Compacts the learner when worth it ([`BatchedDqn::compact`]) and the loop's members with it;
+/// the dropped members go to `finished`.
+fn compact(
+    learner: &mut BatchedDqn,
+    members: &mut Vec<Member>,
+    rngs: &mut Vec<StdRng>,
+    finished: &mut Vec<Member>,
+    scratch: &mut Scratch,
+) {
+    let Some(keep) = learner.compact() else { return };
+    let mut old: Vec<Option<(Member, StdRng)>> = members.drain(..).zip(rngs.drain(..)).map(Some).collect();
+    for &i in &keep {
+        let (m, rng) = old[i].take().expect("each member is kept once");
+        members.push(m);
+        rngs.push(rng);
+    }
+    finished.extend(old.into_iter().flatten().map(|(m, _)| m));
+    *scratch = Scratch::new(members.len());
 }
 
 /// Evaluates every active member side by side and hands the round to `observer`; members it
@@ -225,7 +283,6 @@ fn evaluate_round(
     learner: &mut BatchedDqn,
     members: &mut [Member],
     active: &mut [bool],
-    halts: &mut [Option<Halt>],
     cfg: &TrainConfig,
     step: u64,
     observer: &mut dyn RoundObserver,
@@ -266,21 +323,22 @@ fn evaluate_round(
             }
         }
     }
-    let evals: Vec<(usize, Evaluation)> = (0..k)
-        .filter(|&i| active[i])
-        .map(|i| {
+    let mine: Vec<usize> = (0..k).filter(|&i| active[i]).collect();
+    let evals: Vec<(usize, Evaluation)> = mine
+        .iter()
+        .map(|&i| {
             let m = &members[i];
             let (mean, std) = mean_std(&m.eval_returns);
-            (i, Evaluation { step, episode: m.episode, mean, std, returns: m.eval_returns.clone() })
+            (m.index, Evaluation { step, episode: m.episode, mean, std, returns: m.eval_returns.clone() })
         })
         .collect();
     let controls = observer.round(&evals)?;
-    for ((i, eval), control) in evals.into_iter().zip(controls) {
+    for ((&i, (_, eval)), control) in mine.iter().zip(evals).zip(controls) {
         members[i].evaluations.push(eval);
         if control == Control::Stop {
             learner.stop(i);
             active[i] = false;
-            halts[i] = Some(Halt::Stopped);
+            members[i].halt = Some(Halt::Stopped);
         }
     }
     Ok(())

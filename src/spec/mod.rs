@@ -12,7 +12,7 @@
 //! seed: 42                    # optional
 //! sampler: {type: tpe, n_startup_trials: 10}   # tpe (default) | random | grid
 //! pruner: {type: median, n_warmup_steps: 5}    # median (default) | percentile | successive_halving | threshold | patient | none
-//! parallelism: {jobs: 2, devices: [cuda:0], trials_per_device: 1}
+//! parallelism: {jobs: 2, devices: [cuda:0], trials_per_device: 1, batch: 1}
 //! heartbeat: {interval: 10, grace: 60, retries: 1}
 //! objective: {type: function, name: sphere, dim: 3}
 //! search_space:               # dotted path into the objective's base config -> parameter
@@ -176,11 +176,14 @@ pub struct Parallelism {
     pub devices: Vec<String>,
     /// Trials sharing one (non-CPU) device at a time (at least 1).
     pub trials_per_device: usize,
+    /// Trials each worker asks for at once and trains together (the `rl` objective trains
+    /// compatible ones as one batched learner); 1: one at a time.
+    pub batch: usize,
 }
 
 impl Default for Parallelism {
     fn default() -> Self {
-        Parallelism { jobs: 1, devices: Vec::new(), trials_per_device: 1 }
+        Parallelism { jobs: 1, devices: Vec::new(), trials_per_device: 1, batch: 1 }
     }
 }
 
@@ -668,6 +671,9 @@ fn check_parallelism(doc: &Doc, p: &Parallelism) -> anyhow::Result<()> {
     let at = YamlPath::root().key("parallelism");
     if !(1..=MAX_JOBS).contains(&p.jobs) {
         return Err(doc.error(&at.key("jobs"), format!("jobs must be from 1 to {MAX_JOBS} (got {})", p.jobs)));
+    }
+    if !(1..=MAX_JOBS).contains(&p.batch) {
+        return Err(doc.error(&at.key("batch"), format!("batch must be from 1 to {MAX_JOBS} (got {})", p.batch)));
     }
     if !(1..=MAX_JOBS).contains(&p.trials_per_device) {
         return Err(doc.error(

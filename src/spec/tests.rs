@@ -97,7 +97,10 @@ fn good_file_loads_into_the_expected_spec() {
         PrunerSpec::Median(c) => assert_eq!(*c, MedianConfig { n_warmup_steps: 5, ..MedianConfig::default() }),
         other => panic!("expected median, got {other:?}"),
     }
-    assert_eq!(spec.parallelism, Parallelism { jobs: 2, devices: vec!["cuda:0".into()], trials_per_device: 1 });
+    assert_eq!(
+        spec.parallelism,
+        Parallelism { jobs: 2, devices: vec!["cuda:0".into()], trials_per_device: 1, batch: 1 }
+    );
     assert_eq!(spec.heartbeat, Heartbeat { interval: 5.0, grace: 30.0, retries: 2 });
     assert!(matches!(spec.objective, ObjectiveSpec::Function(_)));
     let names: Vec<&str> = spec.params.iter().map(|p| p.name.as_str()).collect();
@@ -126,7 +129,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(spec.seed, None);
     assert!(matches!(&spec.sampler, SamplerSpec::Tpe(c) if *c == TpeConfig::default()));
     assert!(matches!(&spec.pruner, PrunerSpec::Median(c) if *c == MedianConfig::default()));
-    assert_eq!(spec.parallelism, Parallelism { jobs: 1, devices: vec![], trials_per_device: 1 });
+    assert_eq!(spec.parallelism, Parallelism { jobs: 1, devices: vec![], trials_per_device: 1, batch: 1 });
     assert_eq!(spec.heartbeat, Heartbeat { interval: 10.0, grace: 60.0, retries: 1 });
 }
 
@@ -556,6 +559,7 @@ fn parallelism_slots() {
         jobs: 9,
         devices: devices.iter().map(|d| d.to_string()).collect(),
         trials_per_device: per,
+        batch: 1,
     };
     assert_eq!(p(&[], 2).slots(3), vec![None; 3], "no devices: `jobs` unplaced workers");
     let some = |v: &[&str]| v.iter().map(|d| Some(d.to_string())).collect::<Vec<_>>();

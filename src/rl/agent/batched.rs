@@ -219,34 +219,9 @@ impl Stack {
     }
 }
 
-/// A member's reason to have stopped learning.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Halt {
-    /// Stopped from outside (pruned, or done).
-    Stopped,
-    /// Its training diverged.
-    Failed(String),
-}
-
-/// `K` DQN members trained as one model (see the module documentation).
-pub struct BatchedDqn {
-    cfgs: Vec<DqnConfig>,
-    device: Device,
-    k: usize,
-    b: usize,
-    dim: usize,
-    n_actions: usize,
-    layout: Layout,
-    /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
-    host_act: Option<HostMlp>,
-    online: Stack,
-    target: Option<Stack>,
-    /// Member `i`'s row of the online parameters and of their gradient, `[P]` each.
-    rows: Vec<(Tensor, Tensor)>,
-    optimizers: Vec<FlatOptimizer>,
-    replays: Vec<Box<dyn Replay>>,
-    /// One member's sample, copied into the staging area.
-    sample: Batch,
+/// Host buffers of `K` members' batches, actions and outputs, the CPU tensors that alias them
+/// and their device copies.
+struct Staging {
     // Host tensors aliasing the staging buffers below (declared first: dropped before them).
     host: [Tensor; 5],
     grad_rows_host: Tensor,
@@ -278,6 +253,96 @@ pub struct BatchedDqn {
     grad_q: Tensor,
     /// `[K, 1, B]` ones: sums a layer's `dZ` over rows.
     ones: Tensor,
+}
+
+impl Staging {
+    fn new(k: usize, b: usize, dim: usize, n: usize, device: Device) -> Self {
+        let (obs, next_obs) = (vec![0f32; k * b * dim], vec![0f32; k * b * dim]);
+        let (actions, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
+        let (mut td, grad_rows, mut act_obs, mut q_host) =
+            (vec![0f32; k * b], vec![0f32; k * b], vec![0f32; k * dim], vec![0f32; k * n]);
+        let mut norms = vec![0f32; k];
+        let (ki, bi, di, ni) = (k as i64, b as i64, dim as i64, n as i64);
+        // SAFETY: the aliased buffers live in the struct (their heap storage never moves: they
+        // are refilled in place and never resized) and the tensors, declared before them, are
+        // dropped first. libtorch writes `td`, `act_obs`, `q_host` and `norms` only through
+        // these tensors, while no Rust reference to them is alive.
+        let (host, grad_rows_host, td_host, act_host, q_out, norms_host) = unsafe {
+            let col = [ki, bi, 1];
+            (
+                [
+                    alias(&obs, &[ki, bi, di]),
+                    alias(&next_obs, &[ki, bi, di]),
+                    alias(&actions, &col),
+                    alias(&returns, &col),
+                    alias(&bootstrap, &col),
+                ],
+                alias(&grad_rows, &col),
+                alias_mut(&mut td, &col),
+                alias_mut(&mut act_obs, &[ki, 1, di]),
+                alias_mut(&mut q_host, &[ki, 1, ni]),
+                alias_mut(&mut norms, &[ki]),
+            )
+        };
+        let on_device = device != Device::Cpu;
+        Staging {
+            device_batch: on_device.then(|| host.each_ref().map(|t| t.to_device(device))),
+            device_grad_rows: on_device.then(|| grad_rows_host.to_device(device)),
+            device_act: on_device.then(|| act_host.to_device(device)),
+            host,
+            grad_rows_host,
+            td_host,
+            act_host,
+            q_out,
+            norms_host,
+            obs,
+            next_obs,
+            actions,
+            returns,
+            bootstrap,
+            weights: vec![1f32; k * b],
+            indices: vec![0; k * b],
+            td,
+            grad_rows,
+            act_obs,
+            q_host,
+            norms,
+            grad_q: Tensor::zeros([ki, bi, ni], (Kind::Float, device)),
+            ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
+        }
+    }
+}
+
+/// A member's reason to have stopped learning.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Halt {
+    /// Stopped from outside (pruned, or done).
+    Stopped,
+    /// Its training diverged.
+    Failed(String),
+}
+
+/// `K` DQN members trained as one model (see the module documentation).
+pub struct BatchedDqn {
+    cfgs: Vec<DqnConfig>,
+    device: Device,
+    k: usize,
+    b: usize,
+    dim: usize,
+    n_actions: usize,
+    layout: Layout,
+    /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
+    host_act: Option<HostMlp>,
+    online: Stack,
+    target: Option<Stack>,
+    /// Member `i`'s row of the online parameters and of their gradient, `[P]` each.
+    rows: Vec<(Tensor, Tensor)>,
+    optimizers: Vec<FlatOptimizer>,
+    replays: Vec<Box<dyn Replay>>,
+    /// One member's sample, copied into the staging area.
+    sample: Batch,
+    /// The staging area of updates and actions, sized for the members.
+    st: Staging,
     lrs: Vec<f64>,
     halted: Vec<Option<Halt>>,
     loss_sum: Vec<f64>,
@@ -344,34 +409,6 @@ impl BatchedDqn {
         let replays = cfgs.iter().map(|c| build_replay(c, space)).collect();
         let sample =
             ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
-        let (obs, next_obs) = (vec![0f32; k * b * dim], vec![0f32; k * b * dim]);
-        let (actions_buf, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
-        let (mut td, grad_rows, mut act_obs, mut q_host) =
-            (vec![0f32; k * b], vec![0f32; k * b], vec![0f32; k * dim], vec![0f32; k * n]);
-        let mut norms = vec![0f32; k];
-        let (ki, bi, di, ni) = (k as i64, b as i64, dim as i64, n as i64);
-        // SAFETY: the aliased buffers live in `self` (their heap storage never moves: they are
-        // refilled in place and never resized) and the tensors, declared before them, are
-        // dropped first. libtorch writes `td`, `act_obs` and `q_host` only through these
-        // tensors, while no Rust reference to them is alive.
-        let (host, grad_rows_host, td_host, act_host, q_out, norms_host) = unsafe {
-            let col = [ki, bi, 1];
-            (
-                [
-                    alias(&obs, &[ki, bi, di]),
-                    alias(&next_obs, &[ki, bi, di]),
-                    alias(&actions_buf, &col),
-                    alias(&returns, &col),
-                    alias(&bootstrap, &col),
-                ],
-                alias(&grad_rows, &col),
-                alias_mut(&mut td, &col),
-                alias_mut(&mut act_obs, &[ki, 1, di]),
-                alias_mut(&mut q_host, &[ki, 1, ni]),
-                alias_mut(&mut norms, &[ki]),
-            )
-        };
-        let on_device = device != Device::Cpu;
         Ok(BatchedDqn {
             device,
             k,
@@ -386,29 +423,7 @@ impl BatchedDqn {
             optimizers,
             replays,
             sample,
-            device_batch: on_device.then(|| host.each_ref().map(|t| t.to_device(device))),
-            device_grad_rows: on_device.then(|| grad_rows_host.to_device(device)),
-            device_act: on_device.then(|| act_host.to_device(device)),
-            host,
-            grad_rows_host,
-            td_host,
-            act_host,
-            q_out,
-            norms_host,
-            obs,
-            next_obs,
-            actions: actions_buf,
-            returns,
-            bootstrap,
-            weights: vec![1f32; k * b],
-            indices: vec![0; k * b],
-            td,
-            grad_rows,
-            act_obs,
-            q_host,
-            norms,
-            grad_q: Tensor::zeros([ki, bi, ni], (Kind::Float, device)),
-            ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
+            st: Staging::new(k, b, dim, n, device),
             lrs: cfgs.iter().map(|c| c.lr).collect(),
             halted: vec![None; k],
             loss_sum: vec![0.0; k],
@@ -435,6 +450,40 @@ impl BatchedDqn {
 
     fn live(&self, i: usize) -> bool {
         self.halted[i].is_none()
+    }
+
+    /// Drops the stopped and failed members from the model once at most half the members are
+    /// live, so that they stop costing their rows of every pass; returns the kept members'
+    /// former indices, in their new order (`None`: nothing changed).
+    pub fn compact(&mut self) -> Option<Vec<usize>> {
+        let keep: Vec<usize> = (0..self.k).filter(|&i| self.live(i)).collect();
+        if keep.is_empty() || 2 * keep.len() > self.k {
+            return None;
+        }
+        let index = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
+        let (hidden, dueling) = (self.online.trunk.len(), self.online.dueling);
+        let restack = |stack: &Stack| {
+            Stack::new(stack.flat.index_select(0, &index), &self.layout, hidden, dueling)
+                .expect("the layout built these layers before")
+        };
+        self.online = restack(&self.online);
+        self.target = self.target.as_ref().map(restack);
+        let k = keep.len();
+        self.rows = (0..k as i64).map(|i| (self.online.flat.select(0, i), self.online.grad.select(0, i))).collect();
+        fn pick<T>(v: &mut Vec<T>, keep: &[usize]) {
+            let mut old: Vec<Option<T>> = v.drain(..).map(Some).collect();
+            v.extend(keep.iter().map(|&i| old[i].take().expect("each member is kept once")));
+        }
+        pick(&mut self.cfgs, &keep);
+        pick(&mut self.optimizers, &keep);
+        pick(&mut self.replays, &keep);
+        pick(&mut self.lrs, &keep);
+        pick(&mut self.halted, &keep);
+        pick(&mut self.loss_sum, &keep);
+        pick(&mut self.loss_count, &keep);
+        self.k = k;
+        self.st = Staging::new(k, self.b, self.dim, self.n_actions, self.device);
+        Some(keep)
     }
 
     /// Member `i`'s parameters, `[P]`, in the agent's flat layout.
@@ -505,7 +554,7 @@ impl BatchedDqn {
             return;
         }
         for i in (0..self.k).filter(|&i| act[i] && out[i] == usize::MAX) {
-            let row = &mut self.act_obs[i * self.dim..(i + 1) * self.dim];
+            let row = &mut self.st.act_obs[i * self.dim..(i + 1) * self.dim];
             match obs(i) {
                 Obs::Index(s) => {
                     row.fill(0.0);
@@ -523,8 +572,8 @@ impl BatchedDqn {
             let flat = unsafe { std::slice::from_raw_parts(self.online.flat.data_ptr() as *const f32, self.k * p) };
             for i in 0..self.k {
                 if act[i] && out[i] == usize::MAX {
-                    let q = &mut self.q_host[i * n..(i + 1) * n];
-                    host.forward(&flat[i * p..(i + 1) * p], &self.act_obs[i * self.dim..(i + 1) * self.dim], q);
+                    let q = &mut self.st.q_host[i * n..(i + 1) * n];
+                    host.forward(&flat[i * p..(i + 1) * p], &self.st.act_obs[i * self.dim..(i + 1) * self.dim], q);
                     out[i] = argmax(q);
                 }
             }
@@ -532,21 +581,21 @@ impl BatchedDqn {
         }
         {
             let _guard = tch::no_grad_guard();
-            let input = match &mut self.device_act {
+            let input = match &mut self.st.device_act {
                 Some(d) => {
-                    d.copy_(&self.act_host);
+                    d.copy_(&self.st.act_host);
                     d.shallow_clone()
                 }
-                None => self.act_host.shallow_clone(),
+                None => self.st.act_host.shallow_clone(),
             };
             let q = self.online.forward(&input, false);
-            self.q_out.copy_(&q);
+            self.st.q_out.copy_(&q);
         }
         for i in 0..self.k {
             if !act[i] || out[i] != usize::MAX {
                 continue;
             }
-            out[i] = argmax(&self.q_host[i * n..(i + 1) * n]);
+            out[i] = argmax(&self.st.q_host[i * n..(i + 1) * n]);
         }
     }
 
@@ -621,25 +670,25 @@ impl BatchedDqn {
             let (ObsBatch::F32(o), ObsBatch::F32(no)) = (&s.obs, &s.next_obs) else {
                 unreachable!("vector observations only")
             };
-            self.obs[i * b * d..(i + 1) * b * d].copy_from_slice(o);
-            self.next_obs[i * b * d..(i + 1) * b * d].copy_from_slice(no);
+            self.st.obs[i * b * d..(i + 1) * b * d].copy_from_slice(o);
+            self.st.next_obs[i * b * d..(i + 1) * b * d].copy_from_slice(no);
             let rows = i * b..(i + 1) * b;
-            self.actions[rows.clone()].copy_from_slice(&s.actions);
-            self.returns[rows.clone()].copy_from_slice(&s.returns);
-            self.weights[rows.clone()].copy_from_slice(&s.weights);
-            self.indices[rows.clone()].copy_from_slice(&s.indices);
-            for ((boot, &disc), &term) in self.bootstrap[rows].iter_mut().zip(&s.discounts).zip(&s.terminated) {
+            self.st.actions[rows.clone()].copy_from_slice(&s.actions);
+            self.st.returns[rows.clone()].copy_from_slice(&s.returns);
+            self.st.weights[rows.clone()].copy_from_slice(&s.weights);
+            self.st.indices[rows.clone()].copy_from_slice(&s.indices);
+            for ((boot, &disc), &term) in self.st.bootstrap[rows].iter_mut().zip(&s.discounts).zip(&s.terminated) {
                 *boot = disc * (1.0 - term);
             }
         }
         let _guard = tch::no_grad_guard();
-        if let Some(dev) = &mut self.device_batch {
-            for (dst, src) in dev.iter_mut().zip(&self.host) {
+        if let Some(dev) = &mut self.st.device_batch {
+            for (dst, src) in dev.iter_mut().zip(&self.st.host) {
                 dst.copy_(src);
             }
         }
         let [obs, next_obs, actions, returns, bootstrap] =
-            self.device_batch.as_ref().unwrap_or(&self.host).each_ref().map(|t| t.shallow_clone());
+            self.st.device_batch.as_ref().unwrap_or(&self.st.host).each_ref().map(|t| t.shallow_clone());
         // y = G + gamma^m (1 - terminated) Q'(s', a*), a* by the target network or (double) the
         // online one.
         let next = match &mut self.target {
@@ -654,54 +703,54 @@ impl BatchedDqn {
         };
         let y = returns.addcmul(&bootstrap, &next_value);
         let q = self.online.forward(&obs, true).gather(2, &actions, false);
-        self.td_host.copy_(&(q - y));
+        self.st.td_host.copy_(&(q - y));
         // Each member's loss, its finiteness and its output gradient, on the host.
         let mut failed = Vec::new();
         let scale = 1.0 / b as f32;
         for i in 0..self.k {
             let rows = i * b..(i + 1) * b;
             if self.halted[i].is_some() {
-                self.grad_rows[rows].fill(0.0);
+                self.st.grad_rows[rows].fill(0.0);
                 continue;
             }
             let cfg = &self.cfgs[i];
             let prioritized = matches!(cfg.replay, ReplaySpec::Prioritized { .. });
-            let weights = prioritized.then_some(&self.weights[rows.clone()]);
+            let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
             let kind = cfg.loss.unwrap_or_default();
-            let loss = host_loss(kind, &self.td[rows.clone()], weights);
+            let loss = host_loss(kind, &self.st.td[rows.clone()], weights);
             if !loss.is_finite() {
                 self.halted[i] = Some(Halt::Failed(format!(
                     "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
                     self.updates + 1
                 )));
-                self.grad_rows[rows].fill(0.0);
+                self.st.grad_rows[rows].fill(0.0);
                 failed.push(i);
                 continue;
             }
             self.loss_sum[i] += loss;
             self.loss_count[i] += 1;
-            for (j, (g, &delta)) in self.grad_rows[rows.clone()].iter_mut().zip(&self.td[rows.clone()]).enumerate() {
+            for (j, (g, &delta)) in self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate() {
                 let dl = match kind {
                     LossKind::Huber => delta.clamp(-1.0, 1.0),
                     LossKind::Mse => delta * 2.0,
                 };
-                let w = if prioritized { self.weights[i * b + j] } else { 1.0 };
+                let w = if prioritized { self.st.weights[i * b + j] } else { 1.0 };
                 *g = dl * w * scale;
             }
         }
-        let grad_rows = match &mut self.device_grad_rows {
+        let grad_rows = match &mut self.st.device_grad_rows {
             Some(dev) => {
-                dev.copy_(&self.grad_rows_host);
+                dev.copy_(&self.st.grad_rows_host);
                 dev.shallow_clone()
             }
-            None => self.grad_rows_host.shallow_clone(),
+            None => self.st.grad_rows_host.shallow_clone(),
         };
-        let _ = self.grad_q.zero_();
-        let _ = self.grad_q.scatter_(2, &actions, &grad_rows);
-        self.online.backward(&self.grad_q, &self.ones);
+        let _ = self.st.grad_q.zero_();
+        let _ = self.st.grad_q.scatter_(2, &actions, &grad_rows);
+        self.online.backward(&self.st.grad_q, &self.st.ones);
         if self.cfgs.iter().any(|c| c.max_grad_norm.is_some()) {
             // Every member's norm in one reduction, rounded as the agent's `norm()` rounds it.
-            self.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
+            self.st.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
         }
         for i in 0..self.k {
             if self.halted[i].is_some() {
@@ -710,7 +759,7 @@ impl BatchedDqn {
             let cfg = &self.cfgs[i];
             let (params, grad) = &mut self.rows[i];
             if let Some(max_norm) = cfg.max_grad_norm {
-                let norm = self.norms[i] as f64;
+                let norm = self.st.norms[i] as f64;
                 if !norm.is_finite() {
                     self.halted[i] = Some(Halt::Failed(format!(
                         "training diverged: the gradient norm became {norm} at gradient step {}; lower lr or set reward_scale",
@@ -726,7 +775,7 @@ impl BatchedDqn {
             self.optimizers[i].step(params, grad, self.lrs[i]);
             if matches!(cfg.replay, ReplaySpec::Prioritized { .. }) {
                 let rows = i * b..(i + 1) * b;
-                self.replays[i].update_priorities(&self.indices[rows.clone()], &self.td[rows]);
+                self.replays[i].update_priorities(&self.st.indices[rows.clone()], &self.st.td[rows]);
             }
             if let (TargetSpec::Soft { tau }, Some(target)) = (&cfg.target, &mut self.target) {
                 let _ = target.flat.select(0, i as i64).lerp_(&*params, *tau);
