@@ -129,6 +129,36 @@ fn double_dueling_n_step_soft_target_and_uniform_replay_batch_too() {
     ));
 }
 
+#[test]
+fn a_member_whose_buffer_fills_first_updates_first_as_it_would_alone() {
+    use serde_json::json;
+    // 20-step returns from step 0: a transition is sampleable once 20 more steps are stored or
+    // its episode ended, which happens at a different step for each seed.
+    let runs: Vec<TrainConfig> = (0..4)
+        .map(|s| {
+            variant(
+                "",
+                60 + s,
+                &[
+                    ("agent.n_step", json!(20)),
+                    ("agent.learning_starts", json!(0)),
+                    ("agent.exploration", json!({"type": "constant", "epsilon": 1.0})),
+                ],
+            )
+        })
+        .collect();
+    let outcome = train_batched(&runs, &mut Rounds::default()).unwrap();
+    for (i, cfg) in runs.iter().enumerate() {
+        let alone = train(cfg, &mut ()).unwrap();
+        let state = alone.agent.learner_state().unwrap();
+        let diff = max_abs_diff(outcome.learner.parameters(i), state.get("online").unwrap());
+        assert_eq!(diff, 0.0, "member {i}");
+        assert_eq!(state.ints("opt.t").unwrap(), vec![outcome.learner.optimizer_steps(i) as i64], "member {i}");
+    }
+    let steps: std::collections::BTreeSet<u64> = (0..4).map(|i| outcome.learner.optimizer_steps(i)).collect();
+    assert!(steps.len() > 1, "the members' buffers filled at different steps: {steps:?}");
+}
+
 /// Stops member 0 at the first evaluation.
 struct StopFirst;
 
@@ -149,8 +179,8 @@ fn a_stopped_member_costs_no_updates_and_leaves_the_others_as_they_were() {
     let at_stop = train_batched(&runs[..1], &mut StopFirst).unwrap();
     let diff = max_abs_diff(outcome.learner.parameters(0), at_stop.learner.parameters(0));
     assert_eq!(diff, 0.0, "member 0 took no update after it stopped");
-    for i in 1..3 {
-        let alone = train(&runs[i], &mut ()).unwrap();
+    for (i, run) in runs.iter().enumerate().skip(1) {
+        let alone = train(run, &mut ()).unwrap();
         let state = alone.agent.learner_state().unwrap();
         assert_eq!(max_abs_diff(outcome.learner.parameters(i), state.get("online").unwrap()), 0.0, "member {i}");
         assert_eq!(outcome.members[i].evaluations.len(), 2);

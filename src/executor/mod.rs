@@ -200,7 +200,9 @@ impl Run<'_> {
                 return Ok(());
             }
             let mut trials = Vec::with_capacity(self.opts.batch.max(1));
-            while trials.len() < self.opts.batch.max(1) {
+            // Ask up to `batch` trials, but no more once the run is stopping.
+            while trials.len() < self.opts.batch.max(1) && (trials.is_empty() || !(self.stopping() || self.timed_out()))
+            {
                 self.starting.fetch_add(1, Ordering::SeqCst);
                 let asked = self.ask(budget);
                 if let Ok(Some(t)) = &asked {

@@ -30,7 +30,18 @@ pub trait Objective: Send + Sync {
     /// the error resolving it, and returns each one's value or error, in order. By default one
     /// after the other; the `rl` objective trains compatible ones as one batched learner.
     fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
-        configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| c.and_then(|c| self.run(&c, t))).collect()
+        let run_one = |c: anyhow::Result<Value>, t: &mut Trial| {
+            let c = c?;
+            if t.interrupted() {
+                // The run is stopping: trials not started yet go back to the queue.
+                return Err(crate::error::Interrupted.into());
+            }
+            // A panic fails its own trial only.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&c, t))).unwrap_or_else(|p| {
+                Err(anyhow::anyhow!("the objective panicked: {}", crate::error::panic_message(p.as_ref())))
+            })
+        };
+        configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| run_one(c, t)).collect()
     }
 }
 

@@ -94,11 +94,7 @@ impl RlObjective {
     /// Reads and checks the base config.
     pub fn new(spec: &RlSpec, ctx: &BuildContext) -> anyhow::Result<Self> {
         if !(1..=crate::spec::MAX_JOBS).contains(&spec.seeds) {
-            return Err(InputError::new(format!(
-                "objective.seeds must be from 1 to {} (each seed trains on its own thread)",
-                crate::spec::MAX_JOBS
-            ))
-            .into());
+            return Err(InputError::new(format!("objective.seeds must be from 1 to {}", crate::spec::MAX_JOBS)).into());
         }
         if spec.k == 0 {
             return Err(InputError::new("objective.k must be at least 1").into());
@@ -206,12 +202,16 @@ impl Objective for RlObjective {
 
     fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
         if trials.len() == 1 || !self.spec.batched {
-            return configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| c.and_then(|c| self.run(&c, t))).collect();
+            return configs
+                .into_iter()
+                .zip(trials.iter_mut())
+                .map(|(c, t)| c.and_then(|c| self.run_alone(&c, t)))
+                .collect();
         }
         let mut results: Vec<Option<anyhow::Result<f64>>> = trials.iter().map(|_| None).collect();
         // Trials that train alone, and groups of trials whose runs can share one learner.
         let mut alone: Vec<(usize, Value)> = Vec::new();
-        let mut groups: Vec<Vec<(usize, Vec<TrainConfig>)>> = Vec::new();
+        let mut groups: Vec<Vec<(usize, Value, Vec<TrainConfig>)>> = Vec::new();
         for (i, config) in configs.into_iter().enumerate() {
             let prepared = config.and_then(|value| {
                 let cfg = self.trial_config(&value, &trials[i])?;
@@ -229,28 +229,40 @@ impl Objective for RlObjective {
                 alone.push((i, value));
                 continue;
             }
-            let fits = |g: &Vec<(usize, Vec<TrainConfig>)>| {
-                let all: Vec<TrainConfig> = g.iter().flat_map(|(_, r)| r.iter()).chain(&runs).cloned().collect();
+            let fits = |g: &Vec<(usize, Value, Vec<TrainConfig>)>| {
+                let all: Vec<TrainConfig> = g.iter().flat_map(|(.., r)| r.iter()).chain(&runs).cloned().collect();
                 batchable(&all).is_ok()
             };
             match groups.iter_mut().find(|g| fits(g)) {
-                Some(g) => g.push((i, runs)),
-                None => groups.push(vec![(i, runs)]),
+                Some(g) => g.push((i, value, runs)),
+                None => groups.push(vec![(i, value, runs)]),
             }
         }
         for group in groups {
-            if group.len() == 1 && group[0].1.len() == 1 {
+            if group.len() == 1 && group[0].2.len() == 1 {
                 // One run: the agent alone is the same run, on its fastest path.
-                let (i, runs) = &group[0];
-                alone.push((*i, runs[0].to_value()));
+                let (i, value, _) = group.into_iter().next().expect("one trial");
+                alone.push((i, value));
                 continue;
             }
-            for ((i, _), result) in group.iter().zip(self.train_together(&group, trials)) {
+            if stopping(trials, &results) {
+                for (i, ..) in &group {
+                    results[*i] = Some(Err(Interrupted.into()));
+                }
+                continue;
+            }
+            let runs: Vec<(usize, Vec<TrainConfig>)> = group.into_iter().map(|(i, _, r)| (i, r)).collect();
+            for ((i, _), result) in runs.iter().zip(self.train_together(&runs, trials)) {
                 results[*i] = Some(result);
             }
         }
         for (i, value) in alone {
-            results[i] = Some(self.run(&value, &mut trials[i]));
+            let result = if stopping(trials, &results) {
+                Err(Interrupted.into())
+            } else {
+                self.run_alone(&value, &mut trials[i])
+            };
+            results[i] = Some(result);
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("the trial was not run")))).collect()
     }
@@ -347,6 +359,12 @@ impl Objective for RlObjective {
 }
 
 impl RlObjective {
+    /// [`Objective::run`] of one trial of a batch, a panic failing only that trial.
+    fn run_alone(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(config, trial)))
+            .unwrap_or_else(|p| Err(anyhow::anyhow!("the objective panicked: {}", panic_message(p.as_ref()))))
+    }
+
     /// Stores a trial's run attributes and reduces its averaged curve to its value.
     fn finish(
         &self,
@@ -415,23 +433,28 @@ impl RlObjective {
             curves: vec![Vec::new(); group.len()],
             pruned: vec![false; group.len()],
             errors: group.iter().map(|_| None).collect(),
+            interrupted: false,
         };
         // A panic in training fails the trials with its message, as a seed's thread would.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batched(&members, &mut rounds)))
             .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))));
-        let TrialRounds { curves, pruned, errors, .. } = rounds;
+        let TrialRounds { curves, pruned, mut errors, interrupted, .. } = rounds;
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
+                // A storage error met reporting outranks what training returned after it.
                 let message = format!("{e:#}");
                 let mut first = Some(e);
-                return group
-                    .iter()
-                    .map(|_| Err(first.take().unwrap_or_else(|| anyhow::anyhow!("{message}"))))
+                return errors
+                    .iter_mut()
+                    .map(|recorded| match recorded.take() {
+                        Some(storage) => Err(storage),
+                        None => Err(first.take().unwrap_or_else(|| anyhow::anyhow!("{message}"))),
+                    })
                     .collect();
             }
         };
-        let failed_report = errors.iter().any(Option::is_some);
+        let failed_report = interrupted || errors.iter().any(Option::is_some);
         let mut members: Vec<Option<crate::rl::batched::MemberOutcome>> =
             outcome.members.into_iter().map(Some).collect();
         let mut results = Vec::with_capacity(group.len());
@@ -443,8 +466,8 @@ impl RlObjective {
             let result = if let Some(e) = error {
                 Err(e)
             } else if failed_report {
-                // Another trial of the group met a storage error and stopped the group: this
-                // one was cut short, not at fault, and goes back to the queue.
+                // The run is stopping, or another trial of the group met a storage error and
+                // stopped the group: this one was cut short, not at fault, and is re-queued.
                 Err(Interrupted.into())
             } else if let Some(Halt::Failed(why)) =
                 mine.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
@@ -473,6 +496,16 @@ impl RlObjective {
     }
 }
 
+/// True once the run is stopping (Ctrl-C, or a storage error that will end it): the trials of
+/// a batch not started yet go back to the queue.
+fn stopping(trials: &[Trial], results: &[Option<anyhow::Result<f64>>]) -> bool {
+    trials.iter().any(Trial::interrupted)
+        || results
+            .iter()
+            .flatten()
+            .any(|r| r.as_ref().err().is_some_and(|e| e.chain().any(|c| c.is::<crate::storage::StorageError>())))
+}
+
 /// Reports the evaluation rounds of the trials trained in one batched learner.
 struct TrialRounds<'t> {
     trials: &'t mut [Trial],
@@ -484,6 +517,8 @@ struct TrialRounds<'t> {
     pruned: Vec<bool>,
     /// A storage error met reporting for an owner (it stops the whole group).
     errors: Vec<Option<anyhow::Error>>,
+    /// The run is stopping (Ctrl-C): every member stops and every trial goes back to the queue.
+    interrupted: bool,
 }
 
 impl RoundObserver for TrialRounds<'_> {
@@ -502,7 +537,10 @@ impl RoundObserver for TrialRounds<'_> {
                 Err(e) => self.errors[o] = Some(e),
             }
         }
-        let abort = self.errors.iter().any(Option::is_some);
+        if self.trials.iter().any(Trial::interrupted) {
+            self.interrupted = true;
+        }
+        let abort = self.interrupted || self.errors.iter().any(Option::is_some);
         Ok(evals
             .iter()
             .map(|(m, _)| if abort || self.pruned[self.owners[*m]] { Control::Stop } else { Control::Continue })

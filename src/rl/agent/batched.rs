@@ -253,6 +253,8 @@ struct Staging {
     grad_q: Tensor,
     /// `[K, 1, B]` ones: sums a layer's `dZ` over rows.
     ones: Tensor,
+    /// The members taking the current gradient phase: live, with something to sample.
+    taking: Vec<bool>,
 }
 
 impl Staging {
@@ -309,6 +311,7 @@ impl Staging {
             norms,
             grad_q: Tensor::zeros([ki, bi, ni], (Kind::Float, device)),
             ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
+            taking: vec![false; k],
         }
     }
 }
@@ -462,12 +465,13 @@ impl BatchedDqn {
         }
         let index = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
         let (hidden, dueling) = (self.online.trunk.len(), self.online.dueling);
+        let layout = &self.layout;
         let restack = |stack: &Stack| {
-            Stack::new(stack.flat.index_select(0, &index), &self.layout, hidden, dueling)
+            Stack::new(stack.flat.index_select(0, &index), layout, hidden, dueling)
                 .expect("the layout built these layers before")
         };
-        self.online = restack(&self.online);
-        self.target = self.target.as_ref().map(restack);
+        let (online, target) = (restack(&self.online), self.target.as_ref().map(restack));
+        (self.online, self.target) = (online, target);
         let k = keep.len();
         self.rows = (0..k as i64).map(|i| (self.online.flat.select(0, i), self.online.grad.select(0, i))).collect();
         fn pick<T>(v: &mut Vec<T>, keep: &[usize]) {
@@ -494,6 +498,13 @@ impl BatchedDqn {
     /// Member `i`'s target-network parameters, if the group has a target network.
     pub fn target_parameters(&self, i: usize) -> Option<Tensor> {
         self.target.as_ref().map(|t| t.flat.select(0, i as i64))
+    }
+
+    /// Optimizer steps member `i` took.
+    pub fn optimizer_steps(&self, i: usize) -> u64 {
+        let mut s = crate::rl::state::State::new();
+        self.optimizers[i].state(&mut s);
+        s.ints("opt.t").ok().and_then(|t| t.first().copied()).unwrap_or(0) as u64
     }
 
     /// Gradient steps taken.
@@ -626,15 +637,23 @@ impl BatchedDqn {
             *lr = cfg.lr_schedule.value(cfg.lr, p);
         }
         let mut failed = Vec::new();
-        let live_ready = (0..self.k).filter(|&i| self.live(i)).all(|i| !self.replays[i].is_empty());
-        if step >= learning_starts && step % train_freq == 0 && live_ready {
+        // As an agent alone, a member updates once its own buffer can be sampled; the others
+        // sit this phase out as stopped ones do.
+        for i in 0..self.k {
+            self.st.taking[i] = self.live(i) && !self.replays[i].is_empty();
+        }
+        if step >= learning_starts && step % train_freq == 0 && self.st.taking.iter().any(|&t| t) {
             let betas: Vec<f64> =
                 self.cfgs.iter().zip(progress).map(|(c, p)| per_beta(&c.replay, p.fraction)).collect();
             for _ in 0..gradient_steps {
-                if (0..self.k).all(|i| !self.live(i)) {
+                if !self.st.taking.iter().any(|&t| t) {
                     break;
                 }
-                failed.extend(self.update(&betas, rngs));
+                let now = self.update(&betas, rngs);
+                for &i in &now {
+                    self.st.taking[i] = false;
+                }
+                failed.extend(now);
             }
         }
         if let Some(target) = &mut self.target {
@@ -654,15 +673,18 @@ impl BatchedDqn {
     /// [`BatchedDqn::learn`] runs; public for benchmarks); returns those that failed in it.
     pub fn gradient_step(&mut self, rngs: &mut [StdRng]) -> Vec<usize> {
         let betas = vec![1.0; self.k];
+        for i in 0..self.k {
+            self.st.taking[i] = self.live(i) && !self.replays[i].is_empty();
+        }
         self.update(&betas, rngs)
     }
 
-    /// One gradient step of every live member; returns those that failed in it.
+    /// One gradient step of every member in `st.taking`; returns those that failed in it.
     fn update(&mut self, betas: &[f64], rngs: &mut [StdRng]) -> Vec<usize> {
         flush_denormals();
         let (b, d) = (self.b, self.dim);
         for i in 0..self.k {
-            if !self.live(i) {
+            if !self.st.taking[i] {
                 continue;
             }
             self.replays[i].sample(&mut rngs[i], betas[i], &mut self.sample);
@@ -709,7 +731,7 @@ impl BatchedDqn {
         let scale = 1.0 / b as f32;
         for i in 0..self.k {
             let rows = i * b..(i + 1) * b;
-            if self.halted[i].is_some() {
+            if !self.st.taking[i] {
                 self.st.grad_rows[rows].fill(0.0);
                 continue;
             }
@@ -729,7 +751,9 @@ impl BatchedDqn {
             }
             self.loss_sum[i] += loss;
             self.loss_count[i] += 1;
-            for (j, (g, &delta)) in self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate() {
+            for (j, (g, &delta)) in
+                self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate()
+            {
                 let dl = match kind {
                     LossKind::Huber => delta.clamp(-1.0, 1.0),
                     LossKind::Mse => delta * 2.0,
@@ -753,7 +777,7 @@ impl BatchedDqn {
             self.st.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
         }
         for i in 0..self.k {
-            if self.halted[i].is_some() {
+            if !self.st.taking[i] || self.halted[i].is_some() {
                 continue;
             }
             let cfg = &self.cfgs[i];
