@@ -215,6 +215,38 @@ fn stopped_members_are_compacted_away_and_the_rest_trains_on_unchanged() {
 }
 
 #[test]
+fn c51_and_qr_members_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    for head in [json!({"type": "c51", "atoms": 21, "v_min": 0, "v_max": 100}), json!({"type": "qr", "quantiles": 16})]
+    {
+        let runs: Vec<TrainConfig> = (0..3)
+            .map(|s| {
+                variant(
+                    "",
+                    70 + s,
+                    &[
+                        ("agent.head", head.clone()),
+                        ("agent.loss", Value::Null),
+                        ("agent.double", json!(s == 1)),
+                        ("agent.lr", json!(0.001 * (s + 1) as f64)),
+                    ],
+                )
+            })
+            .collect();
+        // Double DQN is a group option: the double member trains in a group of its own.
+        let groups = [vec![runs[0].clone(), runs[2].clone()], vec![runs[1].clone()]];
+        for group in groups.iter().filter(|g| g.len() > 1) {
+            batched_matches_unbatched(group);
+        }
+        let mut doubles = vec![runs[1].clone()];
+        let mut again = runs[1].clone();
+        again.seed = 99;
+        doubles.push(again);
+        batched_matches_unbatched(&doubles);
+    }
+}
+
+#[test]
 fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
     use serde_json::json;
     let a = variant("", 0, &[]);
@@ -229,9 +261,11 @@ fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
         let b = variant("", 1, &[(path, value.clone())]);
         assert!(batchable(&[a.clone(), b]).is_err(), "{path}: {value}");
     }
+    let iqn = variant("", 1, &[("agent.head", json!({"type": "iqn"})), ("agent.loss", Value::Null)]);
+    let err = batchable(&[iqn.clone(), iqn]).unwrap_err();
+    assert!(err.contains("iqn"), "{err}");
     let c51 = variant("", 1, &[("agent.head", json!({"type": "c51"})), ("agent.loss", Value::Null)]);
-    let err = batchable(&[c51.clone(), c51]).unwrap_err();
-    assert!(err.contains("c51"), "{err}");
+    assert!(batchable(&[a.clone(), c51]).is_err(), "heads of different widths do not share a learner");
 }
 
 #[test]

@@ -22,6 +22,10 @@
 //! loop (network, batch size, n-step, replay type and size, learning starts, update schedule,
 //! double DQN, target type) is the group's ([`group_key`]).
 //!
+//! Heads: the expected head (plain or dueling), and C51 and QR-DQN on plain MLPs on CPU, whose
+//! target and loss run on each member's host rows through the agent's own [`HostHead`], so a
+//! member makes the agent's updates bit for bit.
+//!
 //! An update samples every live member's batch into one `[K, B, ...]` staging area (one copy to
 //! the device), computes all members' TD errors in one pass, and on the host each member's
 //! loss, its finiteness and its output gradient `w l'(delta) / B`; each member's loss is the
@@ -35,10 +39,10 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::dqn::{
-    alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, DqnConfig, ReplaySpec,
-    TargetSpec,
+    alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, weighted_mean, DqnConfig,
+    ReplaySpec, TargetSpec,
 };
-use super::head::HeadSpec;
+use super::head::{Head, HeadSpec, HostBatch, HostHead};
 use super::host_mlp::HostMlp;
 use super::optim::FlatOptimizer;
 use super::{argmax, LossKind, Progress};
@@ -72,8 +76,13 @@ pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
     if !matches!(cfg.net, None | Some(NetSpec::Mlp { .. })) {
         return Some("only MLP networks are batched yet".into());
     }
-    if cfg.head != HeadSpec::Expected {
-        return Some(format!("head type {} is not batched yet", cfg.head.name()));
+    match cfg.head {
+        HeadSpec::Expected => {}
+        HeadSpec::C51 { .. } | HeadSpec::Qr { .. } if !cfg.net.as_ref().is_some_and(NetSpec::dueling) => {}
+        HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {
+            return Some(format!("head type {} with a dueling network is not batched yet", cfg.head.name()))
+        }
+        HeadSpec::Iqn { .. } => return Some("head type iqn is not batched yet".into()),
     }
     if cfg.munchausen.is_some() {
         return Some("munchausen is not batched yet".into());
@@ -222,6 +231,9 @@ impl Stack {
 /// Host buffers of `K` members' batches, actions and outputs, the CPU tensors that alias them
 /// and their device copies.
 struct Staging {
+    /// A distributional head's outputs at `s'` (bootstrap and, for Double DQN, online), at `s`,
+    /// and their gradient, `[K, B, |A| atoms]` host tensors over `dist` (declared first).
+    dist_t: Option<[Tensor; 4]>,
     // Host tensors aliasing the staging buffers below (declared first: dropped before them).
     host: [Tensor; 5],
     grad_rows_host: Tensor,
@@ -255,10 +267,12 @@ struct Staging {
     ones: Tensor,
     /// The members taking the current gradient phase: live, with something to sample.
     taking: Vec<bool>,
+    /// Host buffers behind `dist_t`: next, chooser, out, grad.
+    dist: [Vec<f32>; 4],
 }
 
 impl Staging {
-    fn new(k: usize, b: usize, dim: usize, n: usize, device: Device) -> Self {
+    fn new(k: usize, b: usize, dim: usize, n: usize, atoms: usize, device: Device) -> Self {
         let (obs, next_obs) = (vec![0f32; k * b * dim], vec![0f32; k * b * dim]);
         let (actions, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
         let (mut td, grad_rows, mut act_obs, mut q_host) =
@@ -287,7 +301,14 @@ impl Staging {
             )
         };
         let on_device = device != Device::Cpu;
+        let width = if atoms > 1 { k * b * n * atoms } else { 0 };
+        let mut dist = [vec![0f32; width], vec![0f32; width], vec![0f32; width], vec![0f32; width]];
+        let shape = [ki, bi, ni * atoms as i64];
+        // SAFETY: as above; libtorch writes the first three only through these tensors.
+        let dist_t = (atoms > 1).then(|| unsafe { dist.each_mut().map(|v| alias_mut(v, &shape)) });
         Staging {
+            dist_t,
+            dist,
             device_batch: on_device.then(|| host.each_ref().map(|t| t.to_device(device))),
             device_grad_rows: on_device.then(|| grad_rows_host.to_device(device)),
             device_act: on_device.then(|| act_host.to_device(device)),
@@ -309,7 +330,7 @@ impl Staging {
             act_obs,
             q_host,
             norms,
-            grad_q: Tensor::zeros([ki, bi, ni], (Kind::Float, device)),
+            grad_q: Tensor::zeros([ki, bi, ni * atoms as i64], (Kind::Float, device)),
             ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
             taking: vec![false; k],
         }
@@ -333,6 +354,10 @@ pub struct BatchedDqn {
     b: usize,
     dim: usize,
     n_actions: usize,
+    /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
+    atoms: usize,
+    /// The distributional head: its target and loss on host rows (CPU), its Q-values.
+    dist: Option<(HostHead, Head)>,
     layout: Layout,
     /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
     host_act: Option<HostMlp>,
@@ -382,6 +407,11 @@ impl BatchedDqn {
             );
         }
         let (k, b, dim, n) = (cfgs.len(), first.batch_size, space.flat_dim(), actions.n);
+        let atoms = Head::new(&first.head, Device::Cpu).width() as usize;
+        anyhow::ensure!(
+            atoms == 1 || device == Device::Cpu,
+            "distributional heads train batched on CPU only (their loss runs on the host)"
+        );
         let (hidden, dueling) = match first.net.clone().unwrap_or_default() {
             NetSpec::Mlp { hidden, dueling } => (hidden.len(), dueling),
             NetSpec::NatureCnn { .. } => anyhow::bail!("the Nature CNN is not batched yet"),
@@ -418,7 +448,11 @@ impl BatchedDqn {
             b,
             dim,
             n_actions: n,
-            host_act: (device == Device::Cpu && !dueling).then(|| HostMlp::new(&layout, hidden + 1)).flatten(),
+            atoms,
+            dist: HostHead::new(&first.head).map(|h| (h, Head::new(&first.head, device))),
+            host_act: (device == Device::Cpu && !dueling && atoms == 1)
+                .then(|| HostMlp::new(&layout, hidden + 1))
+                .flatten(),
             layout,
             online,
             target,
@@ -426,7 +460,7 @@ impl BatchedDqn {
             optimizers,
             replays,
             sample,
-            st: Staging::new(k, b, dim, n, device),
+            st: Staging::new(k, b, dim, n, atoms, device),
             lrs: cfgs.iter().map(|c| c.lr).collect(),
             halted: vec![None; k],
             loss_sum: vec![0.0; k],
@@ -486,7 +520,7 @@ impl BatchedDqn {
         pick(&mut self.loss_sum, &keep);
         pick(&mut self.loss_count, &keep);
         self.k = k;
-        self.st = Staging::new(k, self.b, self.dim, self.n_actions, self.device);
+        self.st = Staging::new(k, self.b, self.dim, self.n_actions, self.atoms, self.device);
         Some(keep)
     }
 
@@ -599,7 +633,12 @@ impl BatchedDqn {
                 }
                 None => self.st.act_host.shallow_clone(),
             };
-            let q = self.online.forward(&input, false);
+            let out = self.online.forward(&input, false);
+            let q = match &self.dist {
+                // Q(s, a) from each member's distribution, as the agent's head computes it.
+                Some((_, head)) => head.q(&out.view([self.k as i64, -1]), n as i64).view([self.k as i64, 1, n as i64]),
+                None => out,
+            };
             self.st.q_out.copy_(&q);
         }
         for i in 0..self.k {
@@ -679,6 +718,60 @@ impl BatchedDqn {
         self.update(&betas, rngs)
     }
 
+    /// A distributional head's loss and output gradient (C51, QR-DQN), computed as the agent's
+    /// host path computes them, member by member on its own rows; the gradient is
+    /// back-propagated for all members at once.
+    fn distributional_loss(&mut self, obs: &Tensor, next_obs: &Tensor, failed: &mut Vec<usize>) {
+        let (b, width) = (self.b, self.n_actions * self.atoms);
+        let double = self.cfgs[0].double;
+        let [next_t, chooser_t, out_t, grad_t] =
+            self.st.dist_t.as_mut().expect("a distributional head has its buffers");
+        let next = match &mut self.target {
+            Some(t) => t.forward(next_obs, false),
+            None => self.online.forward(next_obs, false),
+        };
+        next_t.copy_(&next);
+        if double {
+            chooser_t.copy_(&self.online.forward(next_obs, false));
+        }
+        out_t.copy_(&self.online.forward(obs, true));
+        let grad_t = grad_t.shallow_clone();
+        let (head, _) = self.dist.as_mut().expect("checked by the caller");
+        let [next, chooser, out, grad] = &mut self.st.dist;
+        for i in 0..self.k {
+            let (rows, outs) = (i * b..(i + 1) * b, i * b * width..(i + 1) * b * width);
+            if !self.st.taking[i] {
+                grad[outs].fill(0.0);
+                continue;
+            }
+            let prioritized = matches!(self.cfgs[i].replay, ReplaySpec::Prioritized { .. });
+            let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
+            let batch = HostBatch {
+                next: &next[outs.clone()],
+                chooser: if double { &chooser[outs.clone()] } else { &next[outs.clone()] },
+                out: &out[outs.clone()],
+                actions: &self.st.actions[rows.clone()],
+                returns: &self.st.returns[rows.clone()],
+                bootstrap: &self.st.bootstrap[rows.clone()],
+                weights,
+            };
+            head.loss(&batch, self.n_actions, &mut self.st.td[rows.clone()], &mut grad[outs.clone()]);
+            let loss = weighted_mean(&self.st.td[rows], weights);
+            if !loss.is_finite() {
+                self.halted[i] = Some(Halt::Failed(format!(
+                    "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                    self.updates + 1
+                )));
+                grad[outs].fill(0.0);
+                failed.push(i);
+                continue;
+            }
+            self.loss_sum[i] += loss;
+            self.loss_count[i] += 1;
+        }
+        self.online.backward(&grad_t, &self.st.ones);
+    }
+
     /// One gradient step of every member in `st.taking`; returns those that failed in it.
     fn update(&mut self, betas: &[f64], rngs: &mut [StdRng]) -> Vec<usize> {
         flush_denormals();
@@ -711,67 +804,71 @@ impl BatchedDqn {
         }
         let [obs, next_obs, actions, returns, bootstrap] =
             self.st.device_batch.as_ref().unwrap_or(&self.st.host).each_ref().map(|t| t.shallow_clone());
-        // y = G + gamma^m (1 - terminated) Q'(s', a*), a* by the target network or (double) the
-        // online one.
-        let next = match &mut self.target {
-            Some(t) => t.forward(&next_obs, false),
-            None => self.online.forward(&next_obs, false),
-        };
-        let next_value = if self.cfgs[0].double {
-            let chooser = self.online.forward(&next_obs, false);
-            next.gather(2, &chooser.argmax(-1, true), false)
-        } else {
-            next.amax(-1, true)
-        };
-        let y = returns.addcmul(&bootstrap, &next_value);
-        let q = self.online.forward(&obs, true).gather(2, &actions, false);
-        self.st.td_host.copy_(&(q - y));
-        // Each member's loss, its finiteness and its output gradient, on the host.
         let mut failed = Vec::new();
-        let scale = 1.0 / b as f32;
-        for i in 0..self.k {
-            let rows = i * b..(i + 1) * b;
-            if !self.st.taking[i] {
-                self.st.grad_rows[rows].fill(0.0);
-                continue;
+        if self.dist.is_some() {
+            self.distributional_loss(&obs, &next_obs, &mut failed);
+        } else {
+            // y = G + gamma^m (1 - terminated) Q'(s', a*), a* by the target network or (double) the
+            // online one.
+            let next = match &mut self.target {
+                Some(t) => t.forward(&next_obs, false),
+                None => self.online.forward(&next_obs, false),
+            };
+            let next_value = if self.cfgs[0].double {
+                let chooser = self.online.forward(&next_obs, false);
+                next.gather(2, &chooser.argmax(-1, true), false)
+            } else {
+                next.amax(-1, true)
+            };
+            let y = returns.addcmul(&bootstrap, &next_value);
+            let q = self.online.forward(&obs, true).gather(2, &actions, false);
+            self.st.td_host.copy_(&(q - y));
+            // Each member's loss, its finiteness and its output gradient, on the host.
+            let scale = 1.0 / b as f32;
+            for i in 0..self.k {
+                let rows = i * b..(i + 1) * b;
+                if !self.st.taking[i] {
+                    self.st.grad_rows[rows].fill(0.0);
+                    continue;
+                }
+                let cfg = &self.cfgs[i];
+                let prioritized = matches!(cfg.replay, ReplaySpec::Prioritized { .. });
+                let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
+                let kind = cfg.loss.unwrap_or_default();
+                let loss = host_loss(kind, &self.st.td[rows.clone()], weights);
+                if !loss.is_finite() {
+                    self.halted[i] = Some(Halt::Failed(format!(
+                        "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+                        self.updates + 1
+                    )));
+                    self.st.grad_rows[rows].fill(0.0);
+                    failed.push(i);
+                    continue;
+                }
+                self.loss_sum[i] += loss;
+                self.loss_count[i] += 1;
+                for (j, (g, &delta)) in
+                    self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate()
+                {
+                    let dl = match kind {
+                        LossKind::Huber => delta.clamp(-1.0, 1.0),
+                        LossKind::Mse => delta * 2.0,
+                    };
+                    let w = if prioritized { self.st.weights[i * b + j] } else { 1.0 };
+                    *g = dl * w * scale;
+                }
             }
-            let cfg = &self.cfgs[i];
-            let prioritized = matches!(cfg.replay, ReplaySpec::Prioritized { .. });
-            let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
-            let kind = cfg.loss.unwrap_or_default();
-            let loss = host_loss(kind, &self.st.td[rows.clone()], weights);
-            if !loss.is_finite() {
-                self.halted[i] = Some(Halt::Failed(format!(
-                    "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                    self.updates + 1
-                )));
-                self.st.grad_rows[rows].fill(0.0);
-                failed.push(i);
-                continue;
-            }
-            self.loss_sum[i] += loss;
-            self.loss_count[i] += 1;
-            for (j, (g, &delta)) in
-                self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate()
-            {
-                let dl = match kind {
-                    LossKind::Huber => delta.clamp(-1.0, 1.0),
-                    LossKind::Mse => delta * 2.0,
-                };
-                let w = if prioritized { self.st.weights[i * b + j] } else { 1.0 };
-                *g = dl * w * scale;
-            }
+            let grad_rows = match &mut self.st.device_grad_rows {
+                Some(dev) => {
+                    dev.copy_(&self.st.grad_rows_host);
+                    dev.shallow_clone()
+                }
+                None => self.st.grad_rows_host.shallow_clone(),
+            };
+            let _ = self.st.grad_q.zero_();
+            let _ = self.st.grad_q.scatter_(2, &actions, &grad_rows);
+            self.online.backward(&self.st.grad_q, &self.st.ones);
         }
-        let grad_rows = match &mut self.st.device_grad_rows {
-            Some(dev) => {
-                dev.copy_(&self.st.grad_rows_host);
-                dev.shallow_clone()
-            }
-            None => self.st.grad_rows_host.shallow_clone(),
-        };
-        let _ = self.st.grad_q.zero_();
-        let _ = self.st.grad_q.scatter_(2, &actions, &grad_rows);
-        self.online.backward(&self.st.grad_q, &self.st.ones);
         if self.cfgs.iter().any(|c| c.max_grad_norm.is_some()) {
             // Every member's norm in one reduction, rounded as the agent's `norm()` rounds it.
             self.st.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
