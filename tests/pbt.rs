@@ -376,7 +376,7 @@ fn a_pbt_study_runs_on_postgresql_and_resumes_there() {
     let dir = TempDir::new().unwrap();
     let file = study(dir.path(), "pbt-pg", 1500, "");
     // Stopped by its timeout after the first generations, then resumed to the end.
-    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet", "--timeout", "0.3"]).output().unwrap();
+    let out = tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet", "--timeout", "0.1"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("Stopped (timeout): resume with"), "{err}");
     tune(dir.path()).args(["run", &file, "--storage", &url, "--quiet"]).assert().success();
