@@ -267,6 +267,8 @@ struct Staging {
     ones: Tensor,
     /// The members taking the current gradient phase: live, with something to sample.
     taking: Vec<bool>,
+    /// Each member's PER importance exponent in the current gradient phase.
+    betas: Vec<f64>,
     /// Host buffers behind `dist_t`: next, chooser, out, grad.
     dist: [Vec<f32>; 4],
 }
@@ -333,6 +335,7 @@ impl Staging {
             grad_q: Tensor::zeros([ki, bi, ni * atoms as i64], (Kind::Float, device)),
             ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
             taking: vec![false; k],
+            betas: vec![1.0; k],
         }
     }
 }
@@ -536,9 +539,7 @@ impl BatchedDqn {
 
     /// Optimizer steps member `i` took.
     pub fn optimizer_steps(&self, i: usize) -> u64 {
-        let mut s = crate::rl::state::State::new();
-        self.optimizers[i].state(&mut s);
-        s.ints("opt.t").ok().and_then(|t| t.first().copied()).unwrap_or(0) as u64
+        self.optimizers[i].steps()
     }
 
     /// Gradient steps taken.
@@ -682,13 +683,14 @@ impl BatchedDqn {
             self.st.taking[i] = self.live(i) && !self.replays[i].is_empty();
         }
         if step >= learning_starts && step % train_freq == 0 && self.st.taking.iter().any(|&t| t) {
-            let betas: Vec<f64> =
-                self.cfgs.iter().zip(progress).map(|(c, p)| per_beta(&c.replay, p.fraction)).collect();
+            for ((beta, c), p) in self.st.betas.iter_mut().zip(&self.cfgs).zip(progress) {
+                *beta = per_beta(&c.replay, p.fraction);
+            }
             for _ in 0..gradient_steps {
                 if !self.st.taking.iter().any(|&t| t) {
                     break;
                 }
-                let now = self.update(&betas, rngs);
+                let now = self.update(rngs);
                 for &i in &now {
                     self.st.taking[i] = false;
                 }
@@ -711,11 +713,11 @@ impl BatchedDqn {
     /// One gradient step of every live member on batches sampled from `rngs` (what
     /// [`BatchedDqn::learn`] runs; public for benchmarks); returns those that failed in it.
     pub fn gradient_step(&mut self, rngs: &mut [StdRng]) -> Vec<usize> {
-        let betas = vec![1.0; self.k];
+        self.st.betas.fill(1.0);
         for i in 0..self.k {
             self.st.taking[i] = self.live(i) && !self.replays[i].is_empty();
         }
-        self.update(&betas, rngs)
+        self.update(rngs)
     }
 
     /// A distributional head's loss and output gradient (C51, QR-DQN), computed as the agent's
@@ -773,14 +775,14 @@ impl BatchedDqn {
     }
 
     /// One gradient step of every member in `st.taking`; returns those that failed in it.
-    fn update(&mut self, betas: &[f64], rngs: &mut [StdRng]) -> Vec<usize> {
+    fn update(&mut self, rngs: &mut [StdRng]) -> Vec<usize> {
         flush_denormals();
         let (b, d) = (self.b, self.dim);
-        for i in 0..self.k {
+        for (i, rng) in rngs.iter_mut().enumerate().take(self.k) {
             if !self.st.taking[i] {
                 continue;
             }
-            self.replays[i].sample(&mut rngs[i], betas[i], &mut self.sample);
+            self.replays[i].sample(rng, self.st.betas[i], &mut self.sample);
             let s = &self.sample;
             let (ObsBatch::F32(o), ObsBatch::F32(no)) = (&s.obs, &s.next_obs) else {
                 unreachable!("vector observations only")

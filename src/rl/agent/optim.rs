@@ -209,6 +209,11 @@ impl FlatOptimizer {
         FlatOptimizer { spec: spec.clone(), t: 0, m, v, v_max, denom, host: true }
     }
 
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.t as u64
+    }
+
     /// Appends the step count and moment buffers to `out` under `opt.*`.
     pub fn state(&self, out: &mut State) {
         out.put_ints("opt.t", &[self.t as i64]);
