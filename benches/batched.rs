@@ -66,7 +66,7 @@ fn gradient_steps(k: usize, steps: u32) -> (f64, f64) {
     let mut env = cfgs[0].env.make().unwrap();
     let (space, actions) = (env.observation_space(), env.action_space());
     let seeds: Vec<u64> = (0..k as u64).collect();
-    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, tch::Device::Cpu).unwrap();
+    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, tch::Device::Cpu, 1).unwrap();
     let mut agent = DqnAgent::new(&dqns[0], &space, actions, tch::Device::Cpu, 0).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut obs = env.reset(Some(0)).to_owned_f32();
@@ -81,9 +81,10 @@ fn gradient_steps(k: usize, steps: u32) -> (f64, f64) {
             next_obs: tune::rl::env::Obs::F32(&next),
             terminated: s.terminated,
             truncated: s.truncated,
+            env: 0,
         };
         for i in 0..k {
-            learner.push(i, t.obs, a, t.reward, t.next_obs, t.terminated, t.truncated);
+            learner.push(i, 0, t.obs, a, t.reward, t.next_obs, t.terminated, t.truncated);
         }
         agent.observe(t, Progress { step, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
         obs = if s.done() { env.reset(None).to_owned_f32() } else { next };

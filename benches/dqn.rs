@@ -75,6 +75,7 @@ fn filled_agent(n: u64, edit: impl Fn(&mut DqnConfig)) -> (DqnAgent, Box<dyn Env
             next_obs: tune::rl::env::Obs::F32(&next),
             terminated,
             truncated,
+            env: 0,
         };
         agent.observe(tr, Progress { step: t, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
         obs = if terminated || truncated { env.reset(None).to_owned_f32() } else { next };

@@ -56,6 +56,30 @@ def mountain_car_energy(obs, rng):
     return 2 if obs[1] >= 0 else 0
 
 
+def vector_run(env_id, num_envs, seed, steps, max_episode_steps):
+    """`steps` random vector steps of Gymnasium's SyncVectorEnv with same-step autoreset, with the
+    state every copy starts each episode from (the Rust side sets it at each reset)."""
+    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                        max_episode_steps=max_episode_steps)
+    state = lambda i: [float(v) for v in np.asarray(envs.envs[i].unwrapped.state, dtype=np.float64)]
+    obs, _ = envs.reset(seed=seed)
+    run = {"id": env_id, "num_envs": num_envs, "seed": seed, "max_episode_steps": max_episode_steps,
+           "starts": [[state(i)] for i in range(num_envs)], "initial_obs": [f32(o) for o in obs], "steps": []}
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        actions = rng.integers(2, size=num_envs)
+        obs, rewards, terminated, truncated, infos = envs.step(actions)
+        done = terminated | truncated
+        final = [f32(infos["final_obs"][i]) if done[i] else None for i in range(num_envs)]
+        for i in np.flatnonzero(done):
+            run["starts"][i].append(state(i))
+        run["steps"].append({"actions": [int(a) for a in actions], "obs": [f32(o) for o in obs],
+                             "rewards": [float(r) for r in rewards], "terminated": [bool(t) for t in terminated],
+                             "truncated": [bool(t) for t in truncated], "final_obs": final})
+    return run
+
+
 def dump(name, data):
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"
@@ -76,6 +100,8 @@ def main():
         for seed in seeds:
             cases.append({"id": env_id, "options": kwargs, **trajectory(env_id, kwargs, seed, policy)})
     dump("cartpole", {**header, "episodes": cases})
+
+    dump("cartpole_vector", {**header, "runs": [vector_run("CartPole-v1", 3, 10, 120, 30)]})
 
     cases = []
     cases.append({"id": "Acrobot-v1", "options": {}, **trajectory("Acrobot-v1", {}, 0, random_policy(3), 60)})

@@ -130,6 +130,22 @@ fn double_dueling_n_step_soft_target_and_uniform_replay_batch_too() {
 }
 
 #[test]
+fn members_with_environment_copies_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // 3 copies per member (item 7): evaluations every 100 steps cut vector steps short, and
+    // n-step windows and PER run per copy's stream.
+    let runs: Vec<TrainConfig> = (0..3)
+        .map(|s| {
+            let mut v = variant("", 40 + s, &[("agent.n_step", json!(2)), ("agent.lr", json!(0.001 * (s + 1) as f64))])
+                .to_value();
+            v["env"]["num_envs"] = json!(3);
+            TrainConfig::from_value(&v).unwrap()
+        })
+        .collect();
+    batched_matches_unbatched(&runs);
+}
+
+#[test]
 fn a_member_whose_buffer_fills_first_updates_first_as_it_would_alone() {
     use serde_json::json;
     // 20-step returns from step 0: a transition is sampleable once 20 more steps are stored or

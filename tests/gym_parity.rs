@@ -1,5 +1,6 @@
-//! Parity with Gymnasium 1.4.0: replays trajectories and transition tables recorded from the real
-//! library by `scripts/gym_fixtures.py` (fixtures in `tests/fixtures/gym/`).
+//! Parity with Gymnasium 1.4.0: replays trajectories, transition tables and a vector-environment
+//! run recorded from the real library by `scripts/gym_fixtures.py` (fixtures in
+//! `tests/fixtures/gym/`).
 //!
 //! Each trajectory starts from Gymnasium's initial state (numpy's RNG stream is not ours to
 //! reproduce), applies the same actions, and must give the same observations to float32
@@ -10,7 +11,7 @@ use serde_json::Value;
 use tune::rl::env::Env;
 use tune::rl::env::{
     Acrobot, AcrobotConfig, CartPole, EnvOptions, EnvSpec, FrozenLake, MountainCar, MountainCarConfig, Obs, Step,
-    TimeLimit,
+    TimeLimit, VecEnv,
 };
 
 fn fixture(name: &str) -> Value {
@@ -157,4 +158,81 @@ fn frozen_lake_episodes_follow_the_table_and_the_time_limit() {
         }
     }
     assert!(steps <= 100);
+}
+
+/// CartPole whose resets start from the states Gymnasium's copy started from, in order.
+struct Scripted {
+    env: TimeLimit<CartPole>,
+    starts: std::collections::VecDeque<Vec<f64>>,
+}
+
+impl Env for Scripted {
+    fn observation_space(&self) -> tune::rl::env::ObsSpace {
+        self.env.observation_space()
+    }
+    fn action_space(&self) -> tune::rl::env::ActionSpace {
+        self.env.action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>) -> Obs<'_> {
+        self.env.reset(seed);
+        let s = self.starts.pop_front().expect("Gymnasium's run has a start for every reset");
+        Obs::F32(self.env.inner_mut().set_state([s[0], s[1], s[2], s[3]]))
+    }
+    fn step(&mut self, action: usize) -> Step<'_> {
+        self.env.step(action)
+    }
+    fn render(&mut self) -> tune::rl::env::Frame<'_> {
+        self.env.render()
+    }
+}
+
+#[test]
+fn vector_environments_autoreset_as_gymnasium_same_step() {
+    // Gymnasium's SyncVectorEnv (autoreset_mode=SAME_STEP): per copy terminated / truncated
+    // flags, the final observation handed out with the last step, and the reset observation as
+    // the one the next action is taken in.
+    let data = fixture("cartpole_vector");
+    for run in data["runs"].as_array().unwrap() {
+        let mut map = serde_json::Map::new();
+        map.insert("id".into(), run["id"].clone());
+        map.insert("num_envs".into(), run["num_envs"].clone());
+        map.insert("max_episode_steps".into(), run["max_episode_steps"].clone());
+        let spec = EnvSpec::from_map(map).unwrap();
+        let n = spec.num_envs as usize;
+        let envs: Vec<Box<dyn Env>> = (0..n)
+            .map(|i| {
+                let EnvOptions::CartPole(config) = &spec.options else { panic!("{spec:?}") };
+                let env = TimeLimit::new(CartPole::new(config.clone()), spec.max_episode_steps().unwrap());
+                let starts = run["starts"][i].as_array().unwrap().iter().map(floats).collect();
+                Box::new(Scripted { env, starts }) as Box<dyn Env>
+            })
+            .collect();
+        let mut vec = VecEnv::new(envs, run["seed"].as_u64().unwrap());
+        for i in 0..n {
+            assert_close(&obs_f32(vec.obs(i)), &f32s(&run["initial_obs"][i]), &format!("copy {i} initial"));
+        }
+        let (mut ends, mut truncations) = (0, 0);
+        for (t, step) in run["steps"].as_array().unwrap().iter().enumerate() {
+            for i in 0..n {
+                let what = format!("step {t} copy {i}");
+                let action = step["actions"][i].as_u64().unwrap() as usize;
+                let (next, reward, terminated, truncated) =
+                    vec.step(i, action, |_, s| (obs_f32(s.obs), s.reward, s.terminated, s.truncated));
+                assert_eq!(reward, step["rewards"][i].as_f64().unwrap(), "{what}: reward");
+                assert_eq!(terminated, step["terminated"][i].as_bool().unwrap(), "{what}: terminated");
+                assert_eq!(truncated, step["truncated"][i].as_bool().unwrap(), "{what}: truncated");
+                if terminated || truncated {
+                    // The step hands out the final observation; the copy already sits in the
+                    // first observation of its next episode.
+                    assert_close(&next, &f32s(&step["final_obs"][i]), &format!("{what} final"));
+                    ends += 1;
+                    truncations += usize::from(truncated);
+                } else {
+                    assert_eq!(step["final_obs"][i], Value::Null, "{what}");
+                }
+                assert_close(&obs_f32(vec.obs(i)), &f32s(&step["obs"][i]), &what);
+            }
+        }
+        assert!(ends >= 10 && truncations >= 2, "the run exercises both ends: {ends} ends, {truncations} truncated");
+    }
 }

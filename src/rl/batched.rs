@@ -9,6 +9,10 @@
 //! environment and stores the transition in its own buffer; then the group takes its gradient
 //! phase. Evaluations run all members' evaluation episodes side by side, one forward pass per
 //! step, and go to a [`RoundObserver`] together, which may stop any member.
+//!
+//! With `env.num_envs: N` each member steps N copies as [`crate::rl::train::Trainer`] does:
+//! all copies' actions first (one forward pass per copy for all members), then copy by copy a
+//! step of every member, its transition and the group's gates at that step count.
 
 use std::time::Instant;
 
@@ -17,8 +21,8 @@ use rand::SeedableRng;
 
 use super::agent::batched::{group_key, unsupported, BatchedDqn, Halt};
 use super::agent::{AgentConfig, Exploration, Progress};
-use super::env::Env;
-use super::train::{derive, mean_std, parse_device, Control, Evaluation, ObsBuf, TrainConfig};
+use super::env::{Env, ObsBuf, VecEnv};
+use super::train::{derive, mean_std, next_boundary, parse_device, Control, Evaluation, TrainConfig};
 use crate::error::InputError;
 
 /// Receives each evaluation round of a batched run.
@@ -103,9 +107,9 @@ struct Member {
     /// Its index in the runs given.
     index: usize,
     seed: u64,
-    env: Box<dyn Env>,
+    /// Its environment copies.
+    envs: VecEnv,
     eval_env: Box<dyn Env>,
-    obs: ObsBuf,
     eval_obs: ObsBuf,
     eval_seed: u64,
     exploration: Exploration,
@@ -137,10 +141,9 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
     let mut members = Vec::with_capacity(cfgs.len());
     let mut rngs = Vec::with_capacity(cfgs.len());
     let mut dqns = Vec::with_capacity(cfgs.len());
+    let n_copies = first.env.num_envs as usize;
     for (index, cfg) in cfgs.iter().enumerate() {
-        let mut env = cfg.env.make()?;
-        let mut obs = ObsBuf::new(&env.observation_space());
-        obs.set(env.reset(Some(cfg.seed)));
+        let envs = VecEnv::new((0..n_copies).map(|_| cfg.env.make()).collect::<anyhow::Result<_>>()?, cfg.seed);
         let eval_env = cfg.env.make()?;
         let AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!("batchable checked it") };
         dqns.push((**dqn).clone());
@@ -148,10 +151,9 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
         members.push(Member {
             index,
             seed: cfg.seed,
-            eval_obs: obs.clone(),
-            env,
+            eval_obs: ObsBuf::new(&envs.observation_space()),
+            envs,
             eval_env,
-            obs,
             eval_seed: derive(cfg.seed, 2),
             exploration: cfg.agent.exploration().clone(),
             episode: 0,
@@ -163,52 +165,57 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
             halt: None,
         });
     }
-    let space = members[0].env.observation_space();
-    let actions = members[0].env.action_space();
+    let space = members[0].eval_env.observation_space();
+    let actions = members[0].eval_env.action_space();
     let seeds: Vec<u64> = cfgs.iter().map(|c| c.seed).collect();
-    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, device)?;
+    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, device, n_copies)?;
     let budget = first.budget.clone();
     let steps = budget.steps.expect("batchable checked it");
     let every = first.eval.every;
     // Per member, in the learner's order (compaction drops the stopped ones from both).
     let mut finished: Vec<Member> = Vec::new();
-    let mut scratch = Scratch::new(members.len());
+    let mut scratch = Scratch::new(members.len(), n_copies);
     let mut step = 0u64;
     let mut last_eval = None;
     while step < steps && scratch.active.iter().any(|&a| a) {
+        // As the trainer does: the copies that reach the next evaluation or the end step.
+        let boundary = next_boundary(step, steps, every);
+        let stepping = n_copies.min((boundary - step) as usize);
         let fraction = budget.fraction(step, 0);
         for (e, m) in scratch.epsilon.iter_mut().zip(&members) {
             *e = m.exploration.epsilon(Progress { step, episode: m.episode, fraction });
         }
-        learner.act(|i| members[i].obs.as_obs(), &scratch.epsilon, &mut rngs, &scratch.active, &mut scratch.chosen);
-        step += 1;
-        let fraction = budget.fraction(step, 0);
-        for (i, m) in members.iter_mut().enumerate() {
-            if !scratch.active[i] {
-                continue;
+        let k = members.len();
+        for (c, chosen) in scratch.chosen.chunks_exact_mut(k).take(stepping).enumerate() {
+            learner.act(|i| members[i].envs.obs(c), &scratch.epsilon, &mut rngs, &scratch.active, chosen);
+        }
+        let mut failed = Vec::new();
+        for c in 0..stepping {
+            step += 1;
+            let fraction = budget.fraction(step, 0);
+            for (i, m) in members.iter_mut().enumerate() {
+                if !scratch.active[i] {
+                    continue;
+                }
+                let a = scratch.chosen[c * k + i];
+                scratch.done[i] = m.envs.step(c, a, |obs, s| {
+                    learner.push(i, c, obs, a, s.reward as f32, s.obs, s.terminated, s.truncated);
+                    s.done()
+                });
+                m.steps = step;
             }
-            let a = scratch.chosen[i];
-            let s = m.env.step(a);
-            learner.push(i, m.obs.as_obs(), a, s.reward as f32, s.obs, s.terminated, s.truncated);
-            scratch.done[i] = s.done();
-            m.steps = step;
-            if !s.done() {
-                m.obs.set(s.obs);
+            // Every member's progress, stopped ones too: the group's gates read the shared step.
+            for (p, m) in scratch.progress.iter_mut().zip(&members) {
+                *p = Progress { step, episode: m.episode, fraction };
             }
-        }
-        // Every member's progress, stopped ones too: the group's gates read the shared step.
-        for (p, m) in scratch.progress.iter_mut().zip(&members) {
-            *p = Progress { step, episode: m.episode, fraction };
-        }
-        let failed = learner.learn(&scratch.progress, &mut rngs);
-        for &i in &failed {
-            scratch.active[i] = false;
-            members[i].halt = learner.halted(i).cloned();
-        }
-        for (i, m) in members.iter_mut().enumerate() {
-            if std::mem::take(&mut scratch.done[i]) {
-                m.episode += 1;
-                m.obs.set(m.env.reset(None));
+            let failed_now = learner.learn(&scratch.progress, &mut rngs);
+            for &i in &failed_now {
+                scratch.active[i] = false;
+                members[i].halt = learner.halted(i).cloned();
+            }
+            failed.extend(failed_now);
+            for (m, done) in members.iter_mut().zip(&mut scratch.done) {
+                m.episode += u64::from(std::mem::take(done));
             }
         }
         let due = every > 0 && step % every == 0;
@@ -246,17 +253,18 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
 struct Scratch {
     epsilon: Vec<f64>,
     active: Vec<bool>,
+    /// Each copy's actions, `[copy][member]`.
     chosen: Vec<usize>,
     progress: Vec<Progress>,
     done: Vec<bool>,
 }
 
 impl Scratch {
-    fn new(k: usize) -> Self {
+    fn new(k: usize, copies: usize) -> Self {
         Scratch {
             epsilon: vec![0.0; k],
             active: vec![true; k],
-            chosen: vec![0; k],
+            chosen: vec![0; k * copies],
             progress: vec![Progress::default(); k],
             done: vec![false; k],
         }
@@ -280,7 +288,8 @@ fn compact(
         rngs.push(rng);
     }
     finished.extend(old.into_iter().flatten().map(|(m, _)| m));
-    *scratch = Scratch::new(members.len());
+    let copies = members.first().map_or(1, |m| m.envs.len());
+    *scratch = Scratch::new(members.len(), copies);
 }
 
 /// Evaluates every active member side by side and hands the round to `observer`; members it

@@ -11,6 +11,16 @@
 //! agent: {type: dqn, lr: 0.001, replay: {type: prioritized}, target: {type: hard, every: 500}}
 //! ```
 //!
+//! With `env: {num_envs: N}` the loop steps N copies of the environment together, as
+//! Gymnasium's `SyncVectorEnv` does with same-step autoreset: copy `i` is seeded `seed + i`,
+//! every copy acts on its own observation (one epsilon per vector step), a copy whose episode
+//! ends stores its true final observation and resets at once, and each transition feeds the one
+//! replay buffer (a stream per copy). Every count stays in environment steps, summed over the
+//! copies (budget, `eval.every`, `learning_starts`, `train_freq`, target periods), so a config's
+//! replay ratio means the same with one copy or many; a vector step that would cross an
+//! evaluation, a schedule entry or the budget steps only the copies that reach it, so those
+//! happen at exactly the step they name.
+//!
 //! Evaluations run `eval.episodes` episodes with `eval.epsilon` on a second environment whose
 //! first reset of every evaluation uses the same seed (so successive evaluations compare the
 //! policy on the same start states), and are handed to an [`Observer`], which may stop training
@@ -25,8 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::Device;
 
-use super::agent::{Agent, AgentConfig, Progress, Transition};
-use super::env::{Env, EnvSpec, Obs, ObsSpace};
+use super::agent::{Agent, AgentConfig, Progress, ReplaySpec, Transition};
+pub use super::env::ObsBuf;
+use super::env::{Env, EnvSpec, VecEnv};
 use super::state::State;
 use crate::error::InputError;
 
@@ -174,7 +185,32 @@ impl TrainConfig {
         parse_device(&self.device)?;
         let env = self.env.make().map_err(|e| format!("env: {e}"))?;
         self.agent.validate(&env.observation_space()).map_err(|e| format!("agent: {e}"))?;
+        self.validate_copies()?;
         self.validate_schedule()
+    }
+
+    /// Checks that the agent can learn from `env.num_envs` copies: a `dqn` agent whose replay
+    /// buffer holds a few n-step windows per copy.
+    fn validate_copies(&self) -> Result<(), String> {
+        let copies = self.env.num_envs as usize;
+        if copies == 1 {
+            return Ok(());
+        }
+        let AgentConfig::Dqn(dqn) = &self.agent else {
+            return Err(format!(
+                "env.num_envs is {copies}, but only `dqn` agents learn from several environment copies; use num_envs: 1"
+            ));
+        };
+        if let ReplaySpec::Uniform { size } | ReplaySpec::Prioritized { size, .. } = dqn.replay {
+            let min = copies * (2 * (dqn.n_step + 4) + 1);
+            if size < min {
+                return Err(format!(
+                    "agent.replay.size {size} is too small for env.num_envs {copies}: each copy keeps size / num_envs slots and needs {}; raise replay.size to at least {min} or lower num_envs",
+                    min / copies
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the `schedule:` entries: increasing steps within a step budget, paths under
@@ -344,45 +380,10 @@ pub struct TrainOutcome {
     pub stopped: bool,
 }
 
-/// An observation owned by the loop (environments lend theirs only until the next step).
-#[derive(Clone, Debug)]
-pub enum ObsBuf {
-    /// A discrete state.
-    Index(usize),
-    /// A float vector.
-    F32(Vec<f32>),
-    /// Pixels.
-    U8(Vec<u8>),
-}
-
-impl ObsBuf {
-    /// A buffer for observations of `space`.
-    pub fn new(space: &ObsSpace) -> Self {
-        match space {
-            ObsSpace::Discrete { .. } => ObsBuf::Index(0),
-            ObsSpace::Box { low, .. } => ObsBuf::F32(vec![0.0; low.len()]),
-            ObsSpace::Pixels { .. } => ObsBuf::U8(vec![0; space.flat_dim()]),
-        }
-    }
-
-    /// Copies `obs` in without allocating.
-    pub fn set(&mut self, obs: Obs<'_>) {
-        match (self, obs) {
-            (ObsBuf::Index(i), Obs::Index(j)) => *i = j,
-            (ObsBuf::F32(v), Obs::F32(x)) => v.copy_from_slice(x),
-            (ObsBuf::U8(v), Obs::U8(x)) => v.copy_from_slice(x),
-            (buf, obs) => panic!("observation {obs:?} does not fit buffer {buf:?}"),
-        }
-    }
-
-    /// The observation.
-    pub fn as_obs(&self) -> Obs<'_> {
-        match self {
-            ObsBuf::Index(i) => Obs::Index(*i),
-            ObsBuf::F32(v) => Obs::F32(v),
-            ObsBuf::U8(v) => Obs::U8(v),
-        }
-    }
+/// The first step after `step` at which a run with `eval.every: every` (0: none) must stop a
+/// vector step: its next evaluation, or `end`.
+pub fn next_boundary(step: u64, end: u64, every: u64) -> u64 {
+    step.checked_div(every).map_or(end, |q| end.min((q + 1) * every))
 }
 
 /// Seed of an independent stream for `purpose` (SplitMix64 of the run seed).
@@ -393,9 +394,12 @@ pub fn derive(seed: u64, purpose: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Builds the environment and the agent of `cfg`, checking the agent against the spaces.
+/// Builds one environment and the agent of `cfg` (for one environment, whatever `num_envs`
+/// says: what evaluating or watching a trained agent needs), checking the agent against the
+/// spaces.
 pub fn build(cfg: &TrainConfig) -> anyhow::Result<(Box<dyn Env>, Box<dyn Agent>)> {
-    build_seeded(cfg, cfg.seed)
+    let (mut envs, agent) = build_seeded(cfg, cfg.seed, 1)?;
+    Ok((envs.remove(0), agent))
 }
 
 /// Runs `episodes` episodes of `agent` on `env` with exploration `epsilon`; the first reset
@@ -461,16 +465,18 @@ pub struct Trainer {
     cfg: TrainConfig,
     /// The config with the schedule entries applied so far.
     current: TrainConfig,
-    env: Box<dyn Env>,
+    /// The environment copies (`env.num_envs`).
+    envs: VecEnv,
+    /// Return and length of each copy's episode in progress.
+    episodes: Vec<(f64, u64)>,
+    /// Each copy's action of the vector step in progress.
+    actions: Vec<usize>,
     eval_env: Box<dyn Env>,
     agent: Box<dyn Agent>,
     rng: StdRng,
-    obs: ObsBuf,
     eval_seed: u64,
     step: u64,
     episode: u64,
-    ep_return: f64,
-    ep_len: u64,
     segment: u64,
     /// Index of the next `schedule:` entry.
     next_entry: usize,
@@ -493,7 +499,7 @@ impl Trainer {
         let next_entry = cfg.schedule.iter().take_while(|e| e.step <= from.step).count();
         let current = cfg.scheduled(next_entry).map_err(InputError::new)?;
         let seed = segment_seed(cfg.seed, from.segment);
-        let (mut env, mut agent) = build_seeded(&current, seed)?;
+        let (envs, mut agent) = build_seeded(&current, seed, cfg.env.num_envs as usize)?;
         crate::fault::maybe_panic("train.panic");
         if let Some(learner) = from.learner {
             agent.load_learner_state(learner)?;
@@ -502,21 +508,19 @@ impl Trainer {
             agent.load_replay_state(replay)?;
         }
         let eval_env = cfg.env.make()?;
-        let mut obs = ObsBuf::new(&env.observation_space());
-        obs.set(env.reset(Some(seed)));
+        let n = envs.len();
         Ok(Trainer {
             cfg: cfg.clone(),
             current,
-            env,
+            envs: VecEnv::new(envs, seed),
+            episodes: vec![(0.0, 0); n],
+            actions: vec![0; n],
             eval_env,
             agent,
             rng: StdRng::seed_from_u64(derive(seed, 1)),
-            obs,
             eval_seed: derive(cfg.seed, 2),
             step: from.step,
             episode: from.episode,
-            ep_return: 0.0,
-            ep_len: 0,
             segment: from.segment,
             next_entry,
             evaluations: Vec::new(),
@@ -558,52 +562,76 @@ impl Trainer {
                 self.next_segment()?;
                 exploration = self.current.agent.exploration().clone();
             }
+            // The copies that step now: all of them, or those that reach the next step at which
+            // something happens (the end, an evaluation, a schedule entry) exactly.
+            let mut boundary = next_boundary(self.step, until.min(budget.steps.unwrap_or(u64::MAX)), every);
+            if let Some(entry) = self.cfg.schedule.get(self.next_entry) {
+                boundary = boundary.min(entry.step);
+            }
+            let stepping = self.envs.len().min((boundary - self.step) as usize);
             let (step, episode) = (self.step, self.episode);
             let before = Progress { step, episode, fraction: budget.fraction(step, episode) };
             let epsilon = exploration.epsilon(before);
-            let action = self.agent.act(self.obs.as_obs(), epsilon, &mut self.rng);
-            self.step += 1;
-            let step = self.step;
-            let (reward, done) = {
-                let s = self.env.step(action);
-                let p = Progress { step, episode, fraction: budget.fraction(step, episode) };
-                let t = Transition {
-                    obs: self.obs.as_obs(),
-                    action,
-                    reward: s.reward as f32,
-                    next_obs: s.obs,
-                    terminated: s.terminated,
-                    truncated: s.truncated,
-                };
-                self.agent.observe(t, p, &mut self.rng)?;
-                if !s.done() {
-                    self.obs.set(s.obs);
-                }
-                (s.reward, s.done())
-            };
-            self.ep_return += reward;
-            self.ep_len += 1;
-            if done {
-                let record = EpisodeRecord {
-                    step,
-                    episode,
-                    ret: self.ep_return,
-                    length: self.ep_len,
-                    epsilon,
-                    lr: self.agent.learning_rate(),
-                    loss: self.agent.take_mean_loss()?,
-                };
-                observer.episode(&record)?;
-                self.episode += 1;
-                self.ep_return = 0.0;
-                self.ep_len = 0;
-                self.obs.set(self.env.reset(None));
+            for (i, action) in self.actions[..stepping].iter_mut().enumerate() {
+                *action = self.agent.act(self.envs.obs(i), epsilon, &mut self.rng);
             }
-            if every > 0 && step % every == 0 && self.evaluate(observer)? == Control::Stop {
+            for i in 0..stepping {
+                self.step_copy(i, epsilon, &budget, observer)?;
+                if budget.done(self.step, self.episode) {
+                    break;
+                }
+            }
+            if every > 0 && self.step % every == 0 && self.evaluate(observer)? == Control::Stop {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Steps copy `i` with its action, hands the transition to the agent and, when the episode
+    /// ends, reports it and resets the copy.
+    fn step_copy(
+        &mut self,
+        i: usize,
+        epsilon: f64,
+        budget: &Budget,
+        observer: &mut dyn Observer,
+    ) -> anyhow::Result<()> {
+        let (action, episode) = (self.actions[i], self.episode);
+        self.step += 1;
+        let step = self.step;
+        let p = Progress { step, episode, fraction: budget.fraction(step, episode) };
+        let (agent, rng) = (&mut self.agent, &mut self.rng);
+        let (learned, reward, done) = self.envs.step(i, action, |obs, s| {
+            let t = Transition {
+                obs,
+                action,
+                reward: s.reward as f32,
+                next_obs: s.obs,
+                terminated: s.terminated,
+                truncated: s.truncated,
+                env: i,
+            };
+            (agent.observe(t, p, rng), s.reward, s.done())
+        });
+        learned?;
+        let (ret, len) = &mut self.episodes[i];
+        *ret += reward;
+        *len += 1;
+        if done {
+            let record = EpisodeRecord {
+                step,
+                episode,
+                ret: std::mem::take(ret),
+                length: std::mem::take(len),
+                epsilon,
+                lr: self.agent.learning_rate(),
+                loss: self.agent.take_mean_loss()?,
+            };
+            observer.episode(&record)?;
+            self.episode += 1;
+        }
+        Ok(())
     }
 
     /// Evaluates the agent now and hands the result to `observer`.
@@ -648,15 +676,13 @@ impl Trainer {
         self.current = self.cfg.scheduled(self.next_entry).map_err(InputError::new)?;
         let (learner, replay) = self.checkpoint()?;
         let seed = segment_seed(self.cfg.seed, self.segment);
-        let (mut env, mut agent) = build_seeded(&self.current, seed)?;
+        let (envs, mut agent) = build_seeded(&self.current, seed, self.envs.len())?;
         agent.load_learner_state(&learner)?;
         agent.load_replay_state(&replay)?;
-        self.obs.set(env.reset(Some(seed)));
-        self.env = env;
+        self.envs = VecEnv::new(envs, seed);
+        self.episodes.fill((0.0, 0));
         self.agent = agent;
         self.rng = StdRng::seed_from_u64(derive(seed, 1));
-        self.ep_return = 0.0;
-        self.ep_len = 0;
         Ok(())
     }
 
@@ -691,14 +717,18 @@ pub struct Resume<'a> {
     pub replay: Option<&'a State>,
 }
 
-/// [`build`] with the agent's initial weights and noise seeded by `seed`.
-fn build_seeded(cfg: &TrainConfig, seed: u64) -> anyhow::Result<(Box<dyn Env>, Box<dyn Agent>)> {
-    let env = cfg.env.make()?;
-    let space = env.observation_space();
+/// Environment copies and an agent, as a run builds them.
+type Built = (Vec<Box<dyn Env>>, Box<dyn Agent>);
+
+/// `copies` environments of `cfg` and its agent, with the agent's initial weights and noise
+/// seeded by `seed`.
+fn build_seeded(cfg: &TrainConfig, seed: u64, copies: usize) -> anyhow::Result<Built> {
+    let envs = (0..copies).map(|_| cfg.env.make()).collect::<anyhow::Result<Vec<_>>>()?;
+    let space = envs[0].observation_space();
     cfg.agent.validate(&space).map_err(|e| InputError::new(format!("agent: {e}")))?;
     let device = parse_device(&cfg.device).map_err(InputError::new)?;
-    let agent = cfg.agent.build(&space, env.action_space(), device, seed)?;
-    Ok((env, agent))
+    let agent = cfg.agent.build(&space, envs[0].action_space(), device, seed, copies)?;
+    Ok((envs, agent))
 }
 
 #[cfg(test)]
@@ -780,6 +810,44 @@ agent:
         assert_eq!(split.steps, whole.steps);
         let means = |o: &TrainOutcome| o.evaluations.iter().map(|e| (e.step, e.mean)).collect::<Vec<_>>();
         assert_eq!(means(&split)[..], means(&whole)[1..]);
+    }
+
+    #[test]
+    fn environment_copies_train_with_evaluations_and_schedule_entries_at_their_steps() {
+        // 3 copies against an evaluation every 500 steps, a schedule entry at 700 and a budget of
+        // 1300: none is a multiple of 3, and each happens at exactly its step.
+        let cfg = config("schedule:\n  - {step: 700, set: {agent.lr: 0.002}}");
+        let mut value = cfg.to_value();
+        value["env"]["num_envs"] = 3.into();
+        value["budget"]["steps"] = 1300.into();
+        value["eval"]["every"] = 500.into();
+        let cfg = TrainConfig::from_value(&value).unwrap();
+        let mut lrs = Lrs::default();
+        let outcome = train(&cfg, &mut lrs).unwrap();
+        assert_eq!(outcome.steps, 1300);
+        assert_eq!(outcome.evaluations.iter().map(|e| e.step).collect::<Vec<_>>(), vec![500, 1000, 1300]);
+        assert_eq!(outcome.episodes as usize, lrs.0.len());
+        for &(step, lr) in &lrs.0 {
+            if step != 700 {
+                assert_eq!(lr, if step < 700 { 0.001 } else { 0.002 }, "episode ending at step {step}");
+            }
+        }
+        // Three copies end episodes at steps one copy never would (several per vector step).
+        assert!(lrs.0.windows(2).any(|w| w[1].0 - w[0].0 < 3), "{:?}", lrs.0);
+        let again = train(&cfg, &mut ()).unwrap();
+        let means = |o: &TrainOutcome| o.evaluations.iter().map(|e| (e.step, e.mean)).collect::<Vec<_>>();
+        assert_eq!(means(&again), means(&outcome), "a run with copies is reproducible");
+    }
+
+    #[test]
+    fn environment_copies_need_a_dqn_agent_and_room_in_its_buffer() {
+        let refused = |yaml: &str| TrainConfig::from_value(&serde_norway::from_str(yaml).unwrap()).unwrap_err();
+        let err = refused("env: {id: FrozenLake-v1, num_envs: 2}\nbudget: {steps: 100}\nagent: {type: q_learning}");
+        assert!(err.contains("only `dqn` agents learn from several environment copies"), "{err}");
+        let err = refused(
+            "env: {id: CartPole-v1, num_envs: 8}\nbudget: {steps: 100}\nagent: {type: dqn, batch_size: 16, replay: {type: uniform, size: 80}}",
+        );
+        assert!(err.contains("replay.size 80 is too small for env.num_envs 8") && err.contains("at least 88"), "{err}");
     }
 
     #[test]

@@ -396,6 +396,7 @@ impl BatchedDqn {
         space: &ObsSpace,
         actions: ActionSpace,
         device: Device,
+        copies: usize,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!cfgs.is_empty() && cfgs.len() == seeds.len(), "a batched learner needs one seed per member");
         let first = &cfgs[0];
@@ -442,7 +443,7 @@ impl BatchedDqn {
         let rows: Vec<(Tensor, Tensor)> =
             (0..k as i64).map(|i| (online.flat.select(0, i), online.grad.select(0, i))).collect();
         let optimizers = cfgs.iter().zip(&rows).map(|(c, (p, _))| FlatOptimizer::new(&c.optimizer, p)).collect();
-        let replays = cfgs.iter().map(|c| build_replay(c, space)).collect();
+        let replays = cfgs.iter().map(|c| build_replay(c, space, copies)).collect();
         let sample =
             ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
         Ok(BatchedDqn {
@@ -650,11 +651,13 @@ impl BatchedDqn {
         }
     }
 
-    /// Stores member `i`'s transition (its reward scaled by its `reward_scale`).
+    /// Stores member `i`'s transition from its environment copy `copy` (its reward scaled by
+    /// its `reward_scale`).
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         i: usize,
+        copy: usize,
         obs: Obs<'_>,
         action: usize,
         reward: f32,
@@ -663,7 +666,7 @@ impl BatchedDqn {
         truncated: bool,
     ) {
         let reward = reward * self.cfgs[i].reward_scale as f32;
-        self.replays[i].push(obs, action, reward, next_obs, terminated, truncated);
+        self.replays[i].push_stream(copy, obs, action, reward, next_obs, terminated, truncated);
     }
 
     /// After every live member stored step `progress[i].step` (the same for all): learning-rate

@@ -839,13 +839,15 @@ pub(super) unsafe fn alias_mut<T: tch::kind::Element>(data: &mut [T], shape: &[i
 }
 
 /// The replay buffer of `cfg`.
-pub(super) fn build_replay(cfg: &DqnConfig, space: &ObsSpace) -> Box<dyn Replay> {
-    let gamma = cfg.gamma as f32;
+/// The replay buffer of `cfg`, fed by `copies` environment copies.
+pub(super) fn build_replay(cfg: &DqnConfig, space: &ObsSpace, copies: usize) -> Box<dyn Replay> {
+    let (gamma, n) = (cfg.gamma as f32, cfg.n_step);
     match cfg.replay {
-        ReplaySpec::None => Box::new(LatestReplay::new(space, cfg.batch_size, cfg.n_step, gamma)),
-        ReplaySpec::Uniform { size } => Box::new(UniformReplay::new(space, size, cfg.n_step, gamma)),
+        ReplaySpec::None => Box::new(LatestReplay::with_streams(space, cfg.batch_size, n, gamma, copies)),
+        ReplaySpec::Uniform { size } => Box::new(UniformReplay::with_streams(space, size, n, gamma, copies)),
         ReplaySpec::Prioritized { size, alpha, epsilon, .. } => {
-            Box::new(PrioritizedReplay::new(space, size, cfg.n_step, gamma, PrioritizedConfig { alpha, epsilon }))
+            let per = PrioritizedConfig { alpha, epsilon };
+            Box::new(PrioritizedReplay::with_streams(space, size, n, gamma, per, copies))
         }
     }
 }
@@ -927,6 +929,19 @@ impl DqnAgent {
         device: Device,
         seed: u64,
     ) -> anyhow::Result<Self> {
+        Self::with_env_copies(cfg, space, actions, device, seed, 1)
+    }
+
+    /// [`new`](Self::new) for a run that steps `copies` environments together: the replay
+    /// buffer keeps one stream per copy ([`Transition::env`] says which).
+    pub fn with_env_copies(
+        cfg: &DqnConfig,
+        space: &ObsSpace,
+        actions: ActionSpace,
+        device: Device,
+        seed: u64,
+        copies: usize,
+    ) -> anyhow::Result<Self> {
         cfg.validate(space).map_err(crate::error::InputError::new)?;
         let spec = cfg.net_spec(space);
         let head = Head::new(&cfg.head, device);
@@ -944,7 +959,7 @@ impl DqnAgent {
             }
         };
         let gamma = cfg.gamma as f32;
-        let replay = build_replay(cfg, space);
+        let replay = build_replay(cfg, space, copies);
         // Any storage sizes batches the same way; a small one suffices to allocate it.
         let batch = crate::rl::replay::ReplayStorage::new(space, 2 * (cfg.n_step + 8) + 2, cfg.n_step, gamma)
             .new_batch(cfg.batch_size);
@@ -1425,7 +1440,7 @@ impl Agent for DqnAgent {
 
     fn observe(&mut self, t: Transition<'_>, p: Progress, rng: &mut StdRng) -> anyhow::Result<()> {
         let reward = t.reward * self.cfg.reward_scale as f32;
-        self.replay.push(t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated);
+        self.replay.push_stream(t.env, t.obs, t.action, reward, t.next_obs, t.terminated, t.truncated);
         self.lr = self.cfg.lr_schedule.value(self.cfg.lr, p);
         if p.step >= self.cfg.learning_starts && p.step % self.cfg.train_freq == 0 && !self.replay.is_empty() {
             let beta = per_beta(&self.cfg.replay, p.fraction);
@@ -1707,6 +1722,7 @@ mod tests {
             next_obs: Obs::F32(&next),
             terminated: false,
             truncated: false,
+            env: 0,
         };
         agent.observe(tr, Progress { step: t, episode: 0, fraction: 0.0 }, rng).unwrap();
     }
@@ -1833,6 +1849,7 @@ mod tests {
                 next_obs: Obs::F32(&x),
                 terminated: false,
                 truncated: false,
+                env: 0,
             };
             result = agent.observe(tr, Progress { step: t, episode: 0, fraction: 0.0 }, &mut rng);
             if result.is_err() {
@@ -1982,6 +1999,7 @@ mod tests {
             next_obs: Obs::F32(&next),
             terminated: true,
             truncated: false,
+            env: 0,
         };
         agent.observe(tr, Progress { step: 6, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
         assert_eq!(agent.replay.len(), 6);

@@ -40,6 +40,8 @@ pub struct Transition<'a> {
     pub terminated: bool,
     /// A time limit cut the episode: bootstrap from `next_obs`.
     pub truncated: bool,
+    /// The environment copy it came from (`0..env.num_envs`; 0 for a single environment).
+    pub env: usize,
 }
 
 /// Where the run stands, for schedules and update intervals.
@@ -186,16 +188,23 @@ impl AgentConfig {
         a.continues_as(b)
     }
 
-    /// Builds the agent for an environment with these spaces.
+    /// Builds the agent for an environment with these spaces, stepped in `copies` copies.
     pub fn build(
         &self,
         space: &ObsSpace,
         actions: ActionSpace,
         device: tch::Device,
         seed: u64,
+        copies: usize,
     ) -> anyhow::Result<Box<dyn Agent>> {
+        if copies > 1 && !matches!(self, AgentConfig::Dqn(_)) {
+            return Err(crate::error::InputError::new(
+                "env.num_envs above 1 needs a `dqn` agent (tabular agents learn from one environment)",
+            )
+            .into());
+        }
         Ok(match self {
-            AgentConfig::Dqn(c) => Box::new(DqnAgent::new(c, space, actions, device, seed)?),
+            AgentConfig::Dqn(c) => Box::new(DqnAgent::with_env_copies(c, space, actions, device, seed, copies)?),
             AgentConfig::QLearning(c) => Box::new(TabularAgent::new(c, TabularKind::QLearning, space, actions)?),
             AgentConfig::Sarsa(c) => Box::new(TabularAgent::new(c, TabularKind::Sarsa, space, actions)?),
         })

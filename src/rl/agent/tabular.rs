@@ -265,7 +265,15 @@ mod tests {
     }
 
     fn step(s: usize, a: usize, r: f32, s2: usize, terminated: bool) -> Transition<'static> {
-        Transition { obs: Obs::Index(s), action: a, reward: r, next_obs: Obs::Index(s2), terminated, truncated: false }
+        Transition {
+            obs: Obs::Index(s),
+            action: a,
+            reward: r,
+            next_obs: Obs::Index(s2),
+            terminated,
+            truncated: false,
+            env: 0,
+        }
     }
 
     #[test]

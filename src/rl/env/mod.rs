@@ -22,6 +22,7 @@ mod gif;
 mod mountain_car;
 mod render;
 mod spec;
+mod vector;
 
 pub use acrobot::{Acrobot, AcrobotConfig};
 pub use cartpole::{CartPole, CartPoleConfig};
@@ -29,7 +30,8 @@ pub use frozen_lake::{FrozenLake, FrozenLakeConfig, FrozenLakeObs, Transition};
 pub use gif::{save_gif, GifWriter};
 pub use mountain_car::{MountainCar, MountainCarConfig};
 pub use render::{Canvas, Color, RgbImage};
-pub use spec::{EnvOptions, EnvSpec};
+pub use spec::{EnvOptions, EnvSpec, MAX_NUM_ENVS};
+pub use vector::{ObsBuf, VecEnv};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;

@@ -22,6 +22,9 @@ use crate::error::InputError;
 const CLASSIC_IDS: [&str; 6] =
     ["CartPole-v0", "CartPole-v1", "FrozenLake-v1", "FrozenLake8x8-v1", "Acrobot-v1", "MountainCar-v0"];
 
+/// The most environment copies one run may step together.
+pub const MAX_NUM_ENVS: u64 = 4096;
+
 /// A Gymnasium id with its options, parsed and checked; [`EnvSpec::make`] builds the environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnvSpec {
@@ -29,6 +32,10 @@ pub struct EnvSpec {
     pub id: String,
     /// Overrides the step limit registered with the id (Gymnasium's `max_episode_steps`).
     pub max_episode_steps: Option<u32>,
+    /// Copies stepped together while training (Gymnasium's `make_vec(id, num_envs)`): copy `i`
+    /// is seeded `seed + i`, resets itself when its episode ends and feeds the one replay
+    /// buffer. Evaluation always runs one copy.
+    pub num_envs: u32,
     /// The id's options with its defaults filled in.
     pub options: EnvOptions,
 }
@@ -99,6 +106,12 @@ impl EnvSpec {
                 InputError::new(format!("env `{id}`: max_episode_steps must be a positive integer, got {v}"))
             })? as u32),
         };
+        let num_envs = match map.remove("num_envs") {
+            None | Some(Value::Null) => 1,
+            Some(v) => v.as_u64().filter(|&n| (1..=MAX_NUM_ENVS).contains(&n)).ok_or_else(|| {
+                InputError::new(format!("env `{id}`: num_envs must be an integer from 1 to {MAX_NUM_ENVS}, got {v}"))
+            })? as u32,
+        };
         let options = match id.as_str() {
             "CartPole-v0" | "CartPole-v1" => EnvOptions::CartPole(parse_options(&id, CartPoleConfig::default(), map)?),
             "FrozenLake-v1" | "FrozenLake8x8-v1" => {
@@ -114,7 +127,7 @@ impl EnvSpec {
             "MountainCar-v0" => EnvOptions::MountainCar(parse_options(&id, MountainCarConfig::default(), map)?),
             _ => EnvSpec::atari_options(&id, map)?,
         };
-        Ok(EnvSpec { id, max_episode_steps, options })
+        Ok(EnvSpec { id, max_episode_steps, num_envs, options })
     }
 
     #[cfg(feature = "atari")]
@@ -192,6 +205,9 @@ impl EnvSpec {
         if let Some(n) = self.max_episode_steps {
             map.insert("max_episode_steps".into(), n.into());
         }
+        if self.num_envs != 1 {
+            map.insert("num_envs".into(), self.num_envs.into());
+        }
         if let Ok(Value::Object(options)) = options {
             map.extend(options);
         }
@@ -231,7 +247,14 @@ mod tests {
         assert_eq!((c.map_name.as_str(), c.is_slippery), ("8x8", false));
         assert_eq!(spec.max_episode_steps(), Some(200));
         let spec = parse("{id: CartPole-v1, max_episode_steps: 1000}").unwrap();
-        assert_eq!(spec.max_episode_steps(), Some(1000));
+        assert_eq!((spec.max_episode_steps(), spec.num_envs), (Some(1000), 1));
+        let spec = parse("{id: CartPole-v1, num_envs: 8}").unwrap();
+        assert_eq!(spec.num_envs, 8);
+        assert_eq!(parse(&serde_norway::to_string(&spec).unwrap()).unwrap(), spec);
+        for bad in ["0", "-1", "2.5", "'4'", "5000"] {
+            let err = parse(&format!("{{id: CartPole-v1, num_envs: {bad}}}")).unwrap_err();
+            assert!(err.contains("num_envs must be an integer from 1 to 4096"), "{bad}: {err}");
+        }
     }
 
     #[test]

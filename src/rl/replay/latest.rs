@@ -20,6 +20,11 @@ pub struct LatestReplay {
 impl LatestReplay {
     /// Keeps the newest `keep` transitions of `space` with `n_step`-step returns.
     pub fn new(space: &ObsSpace, keep: usize, n_step: usize, gamma: f32) -> Self {
+        Self::with_streams(space, keep, n_step, gamma, 1)
+    }
+
+    /// [`new`](Self::new), fed by `streams` environment copies (each with room for `keep`).
+    pub fn with_streams(space: &ObsSpace, keep: usize, n_step: usize, gamma: f32, streams: usize) -> Self {
         let frames = match space {
             ObsSpace::Pixels { frames, .. } => *frames,
             _ => 1,
@@ -27,7 +32,7 @@ impl LatestReplay {
         // Room for the windows still open, the pads of a reset and `keep` transitions.
         let capacity = 2 * (keep + n_step + frames) + 2;
         LatestReplay {
-            storage: ReplayStorage::new(space, capacity, n_step, gamma),
+            storage: ReplayStorage::with_streams(space, capacity * streams, n_step, gamma, streams),
             recent: std::collections::VecDeque::with_capacity(keep + 1),
             keep,
         }
@@ -54,8 +59,17 @@ impl LatestReplay {
 }
 
 impl Replay for LatestReplay {
-    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
-        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+    fn push_stream(
+        &mut self,
+        stream: usize,
+        obs: Obs<'_>,
+        action: usize,
+        reward: f32,
+        next_obs: Obs<'_>,
+        terminated: bool,
+        truncated: bool,
+    ) {
+        self.storage.push(stream, obs, action, reward, next_obs, terminated, truncated);
         self.track_changes();
     }
 

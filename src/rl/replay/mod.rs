@@ -14,6 +14,11 @@
 //! stack is rebuilt from `k` consecutive slots at sampling time and never reaches into the
 //! previous episode, whatever padding the environment used. A slot is a sampleable transition
 //! once its n-step target is known: `n` more steps were stored or the episode ended.
+//!
+//! Several environment copies (`env.num_envs`) feed one buffer through *streams*: the ring is
+//! cut into one equal region per copy (as Stable-Baselines3's buffer keeps `size / n_envs` rows
+//! per environment), each region a ring of its own with the layout above, so that a copy's
+//! episodes stay contiguous while all copies share one sampler (and one sum tree).
 
 mod latest;
 mod prioritized;
@@ -26,7 +31,7 @@ use sum_tree::prefetch;
 pub use sum_tree::{MinTree, SumTree};
 pub use uniform::UniformReplay;
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 use crate::rl::env::{Obs, ObsSpace};
 use crate::rl::state::State;
@@ -36,7 +41,23 @@ pub trait Replay {
     /// Stores one environment step. `obs` is read only at episode starts (after construction or
     /// after a step with `terminated || truncated`); otherwise it must equal the previous
     /// `next_obs`, which is already stored.
-    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool);
+    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
+        self.push_stream(0, obs, action, reward, next_obs, terminated, truncated);
+    }
+
+    /// [`push`](Replay::push) from environment copy `stream` (below the buffer's stream count),
+    /// whose episodes are kept apart from the other copies'.
+    #[allow(clippy::too_many_arguments)]
+    fn push_stream(
+        &mut self,
+        stream: usize,
+        obs: Obs<'_>,
+        action: usize,
+        reward: f32,
+        next_obs: Obs<'_>,
+        terminated: bool,
+        truncated: bool,
+    );
 
     /// Fills every row of `batch` with a sampled transition. `beta` is the importance-sampling
     /// exponent of prioritized replay (the trainer anneals it to 1); uniform replay ignores it and
@@ -54,9 +75,9 @@ pub trait Replay {
         self.len() == 0
     }
 
-    /// Ends the episode in progress as if a time limit cut it: its last step bootstraps from the
-    /// stored final observation, and the next push starts a new episode (a training segment's
-    /// end, where the environment is reset).
+    /// Ends the episodes in progress (one per stream) as if a time limit cut them: their last
+    /// steps bootstrap from the stored final observations, and the next pushes start new
+    /// episodes (a training segment's end, where the environments are reset).
     fn cut_episode(&mut self);
 
     /// The buffer's contents, for a checkpoint.
@@ -138,10 +159,27 @@ enum ObsKind {
 /// A slot that became sampleable (`true`) or stopped being so (`true` -> `false`) during a push.
 pub type SlotChange = (usize, bool);
 
+/// Where one stream (an environment copy) writes: its region of the ring and its episode.
+#[derive(Clone, Copy, Debug)]
+struct Stream {
+    /// First slot of the region.
+    start: usize,
+    /// Next slot to write.
+    cursor: usize,
+    /// Slots of the region written so far, up to its length.
+    filled: usize,
+    in_episode: bool,
+    /// Slot of the latest observation, from which the next step is taken.
+    current: usize,
+    episode_steps: usize,
+}
+
 /// The preallocated ring shared by both replay buffers.
 #[derive(Clone, Debug)]
 pub struct ReplayStorage {
     capacity: usize,
+    /// Slots per stream (`capacity / streams.len()`).
+    region: usize,
     n_step: usize,
     gamma: f32,
     kind: ObsKind,
@@ -158,14 +196,7 @@ pub struct ReplayStorage {
     slots: Vec<SlotKind>,
     valid: Vec<bool>,
     n_valid: usize,
-    /// Next slot to write.
-    cursor: usize,
-    /// Slots written so far, up to `capacity`.
-    filled: usize,
-    in_episode: bool,
-    /// Slot of the latest observation, from which the next step is taken.
-    current: usize,
-    episode_steps: usize,
+    streams: Vec<Stream>,
     changes: Vec<SlotChange>,
 }
 
@@ -176,6 +207,14 @@ impl ReplayStorage {
     /// Panics when `capacity` cannot hold a few n-step windows (`capacity <= 2 * (n_step + k)`)
     /// or `n_step == 0`.
     pub fn new(space: &ObsSpace, capacity: usize, n_step: usize, gamma: f32) -> Self {
+        Self::with_streams(space, capacity, n_step, gamma, 1)
+    }
+
+    /// [`new`](Self::new) with `streams` environment copies writing to their own regions of
+    /// `capacity / streams` slots each (the remainder is left unused).
+    ///
+    /// Panics when a region cannot hold a few n-step windows, or `n_step` or `streams` is 0.
+    pub fn with_streams(space: &ObsSpace, capacity: usize, n_step: usize, gamma: f32, streams: usize) -> Self {
         let (kind, stack, slot_len) = match space {
             ObsSpace::Discrete { n } => (ObsKind::OneHot, 1, *n),
             ObsSpace::Box { low, .. } => (ObsKind::F32, 1, low.len()),
@@ -184,13 +223,20 @@ impl ReplayStorage {
             }
         };
         assert!(n_step >= 1, "n_step must be at least 1");
-        assert!(capacity > 2 * (n_step + stack), "buffer_size {capacity} too small for n_step {n_step}");
+        assert!(streams >= 1, "a replay buffer needs at least one stream");
+        let region = capacity / streams;
+        assert!(
+            region > 2 * (n_step + stack),
+            "buffer_size {capacity} too small for n_step {n_step} and {streams} environment copies"
+        );
+        let capacity = region * streams;
         let (obs_f32, obs_u8) = match kind {
             ObsKind::U8 => (Vec::new(), vec![0u8; capacity * slot_len]),
             _ => (vec![0f32; capacity * slot_len], Vec::new()),
         };
         ReplayStorage {
             capacity,
+            region,
             n_step,
             gamma,
             kind,
@@ -205,11 +251,16 @@ impl ReplayStorage {
             slots: vec![SlotKind::Empty; capacity],
             valid: vec![false; capacity],
             n_valid: 0,
-            cursor: 0,
-            filled: 0,
-            in_episode: false,
-            current: 0,
-            episode_steps: 0,
+            streams: (0..streams)
+                .map(|k| Stream {
+                    start: k * region,
+                    cursor: k * region,
+                    filled: 0,
+                    in_episode: false,
+                    current: k * region,
+                    episode_steps: 0,
+                })
+                .collect(),
             // Worst case of one push: an episode start writes `stack + 1` slots, each invalidating up to
             // `stack`, then up to `n_step` windows close.
             changes: Vec::with_capacity((stack + 1) * stack + n_step),
@@ -231,9 +282,58 @@ impl ReplayStorage {
         self.n_valid == 0
     }
 
-    /// Slots written so far (at most `capacity`): sampled indices lie in `0..filled()`.
+    /// Slots written so far, over all streams (at most `capacity`).
     pub fn filled(&self) -> usize {
-        self.filled
+        self.streams.iter().map(|s| s.filled).sum()
+    }
+
+    /// Number of streams (environment copies).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// A sampleable slot drawn uniformly (rejection over the written slots: the ones that are
+    /// not transitions, pads, final observations and windows still open, are few). Panics
+    /// when nothing can be sampled.
+    #[inline]
+    pub fn uniform_slot(&self, rng: &mut dyn RngCore) -> usize {
+        assert!(self.n_valid > 0, "sampling an empty replay buffer");
+        if let [stream] = self.streams.as_slice() {
+            loop {
+                let i = rng.random_range(0..stream.filled);
+                if self.valid[i] {
+                    return i;
+                }
+            }
+        }
+        // Streams fill at nearly the same pace: a row of `widest` per stream, and a draw beyond
+        // a stream's written slots is rejected like an invalid one.
+        let (k, widest) = (self.streams.len(), self.streams.iter().map(|s| s.filled).max().unwrap_or(0));
+        loop {
+            let r = rng.random_range(0..k * widest);
+            let (stream, offset) = (&self.streams[r % k], r / k);
+            if offset < stream.filled && self.valid[stream.start + offset] {
+                return stream.start + offset;
+            }
+        }
+    }
+
+    /// Slot `i` moved by `delta` within its stream's region (wrapping there); `|delta|` is at
+    /// most a region (an n-step window or a frame stack), so one wrap suffices and one stream
+    /// costs no division.
+    #[inline]
+    fn shifted(&self, i: usize, delta: isize) -> usize {
+        let region = self.region as isize;
+        let start = if self.streams.len() == 1 { 0 } else { i - i % self.region };
+        let j = (i - start) as isize + delta;
+        let j = if j < 0 {
+            j + region
+        } else if j >= region {
+            j - region
+        } else {
+            j
+        };
+        start + j as usize
     }
 
     /// Whether slot `i` is a sampleable transition.
@@ -267,8 +367,10 @@ impl ReplayStorage {
 
     /// Stores one step (see [`Replay::push`]); [`changes`](Self::changes) then lists the slots
     /// that became sampleable or were overwritten.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
+        stream: usize,
         obs: Obs<'_>,
         action: usize,
         reward: f32,
@@ -277,49 +379,52 @@ impl ReplayStorage {
         truncated: bool,
     ) {
         self.changes.clear();
-        if !self.in_episode {
-            self.start_episode(obs);
+        if !self.streams[stream].in_episode {
+            self.start_episode(stream, obs);
         } else {
-            debug_assert!(self.matches_current(obs), "obs differs from the previous next_obs");
+            debug_assert!(self.matches_current(stream, obs), "obs differs from the previous next_obs");
         }
-        let s = self.current;
+        let s = self.streams[stream].current;
         self.actions[s] = action as u32;
         self.rewards[s] = reward;
         self.terminated[s] = terminated;
         self.truncated[s] = truncated;
         self.slots[s] = SlotKind::Step;
-        self.episode_steps += 1;
-        self.current = self.write_slot(next_obs, SlotKind::Obs, self.stack - 1);
+        self.streams[stream].episode_steps += 1;
+        self.streams[stream].current = self.write_slot(stream, next_obs, SlotKind::Obs, self.stack - 1);
 
         // The step at `s` completes the n-step window of the transition n - 1 slots back, or, at
         // the episode's end, of every transition whose window it cuts short.
         let n = self.n_step;
+        let episode_steps = self.streams[stream].episode_steps;
         if terminated || truncated {
-            for j in 0..n.min(self.episode_steps) {
-                self.set_valid((s + self.capacity - j) % self.capacity, true);
+            for j in 0..n.min(episode_steps) {
+                self.set_valid(self.shifted(s, -(j as isize)), true);
             }
-            self.in_episode = false;
-            self.episode_steps = 0;
-        } else if self.episode_steps >= n {
-            self.set_valid((s + self.capacity - (n - 1)) % self.capacity, true);
+            self.streams[stream].in_episode = false;
+            self.streams[stream].episode_steps = 0;
+        } else if episode_steps >= n {
+            self.set_valid(self.shifted(s, -(n as isize - 1)), true);
         }
     }
 
-    fn start_episode(&mut self, obs: Obs<'_>) {
+    fn start_episode(&mut self, stream: usize, obs: Obs<'_>) {
         for frame in 0..self.stack - 1 {
-            self.write_slot(obs, SlotKind::Pad, frame);
+            self.write_slot(stream, obs, SlotKind::Pad, frame);
         }
-        self.current = self.write_slot(obs, SlotKind::Obs, self.stack - 1);
-        self.in_episode = true;
-        self.episode_steps = 0;
+        let current = self.write_slot(stream, obs, SlotKind::Obs, self.stack - 1);
+        let st = &mut self.streams[stream];
+        st.current = current;
+        st.in_episode = true;
+        st.episode_steps = 0;
     }
 
-    /// Writes frame `frame` of `obs` (the whole vector when unstacked) at the cursor.
-    fn write_slot(&mut self, obs: Obs<'_>, kind: SlotKind, frame: usize) -> usize {
-        let s = self.cursor;
+    /// Writes frame `frame` of `obs` (the whole vector when unstacked) at the stream's cursor.
+    fn write_slot(&mut self, stream: usize, obs: Obs<'_>, kind: SlotKind, frame: usize) -> usize {
+        let s = self.streams[stream].cursor;
         // Overwriting the oldest slot also breaks the frame history of the k - 1 slots after it.
         for d in 0..self.stack {
-            let t = (s + d) % self.capacity;
+            let t = self.shifted(s, d as isize);
             if self.valid[t] {
                 self.set_valid(t, false);
             }
@@ -348,13 +453,15 @@ impl ReplayStorage {
         self.slots[s] = kind;
         self.terminated[s] = false;
         self.truncated[s] = false;
-        self.cursor = (s + 1) % self.capacity;
-        self.filled = (self.filled + 1).min(self.capacity);
+        let next = self.shifted(s, 1);
+        let st = &mut self.streams[stream];
+        st.cursor = next;
+        st.filled = (st.filled + 1).min(self.region);
         s
     }
 
-    fn matches_current(&self, obs: Obs<'_>) -> bool {
-        let (s, len) = (self.current, self.slot_len);
+    fn matches_current(&self, stream: usize, obs: Obs<'_>) -> bool {
+        let (s, len) = (self.streams[stream].current, self.slot_len);
         match obs {
             Obs::F32(x) => self.obs_f32[s * len..(s + 1) * len] == *x,
             Obs::U8(x) => self.obs_u8[s * len..(s + 1) * len] == x[(self.stack - 1) * len..],
@@ -379,19 +486,22 @@ impl ReplayStorage {
     /// then lists the transitions this made sampleable.
     pub fn cut_episode(&mut self) {
         self.changes.clear();
-        if !self.in_episode {
-            return;
-        }
-        if self.episode_steps > 0 {
-            // The last step is the slot just before the latest observation.
-            let s = (self.current + self.capacity - 1) % self.capacity;
-            self.truncated[s] = true;
-            for j in 0..self.n_step.min(self.episode_steps) {
-                self.set_valid((s + self.capacity - j) % self.capacity, true);
+        for k in 0..self.streams.len() {
+            let Stream { in_episode, current, episode_steps, .. } = self.streams[k];
+            if !in_episode {
+                continue;
             }
+            if episode_steps > 0 {
+                // The last step is the slot just before the latest observation.
+                let s = self.shifted(current, -1);
+                self.truncated[s] = true;
+                for j in 0..self.n_step.min(episode_steps) {
+                    self.set_valid(self.shifted(s, -(j as isize)), true);
+                }
+            }
+            self.streams[k].in_episode = false;
+            self.streams[k].episode_steps = 0;
         }
-        self.in_episode = false;
-        self.episode_steps = 0;
     }
 
     /// Appends the ring's contents to `out` under `replay.*`.
@@ -409,27 +519,31 @@ impl ReplayStorage {
         out.put_slice("replay.valid", &bytes(&self.valid));
         let slots: Vec<u8> = self.slots.iter().map(|k| *k as u8).collect();
         out.put_slice("replay.slots", &slots);
-        out.put_ints(
-            "replay.meta",
-            &[
-                self.capacity as i64,
-                self.slot_len as i64,
-                self.stack as i64,
-                self.n_valid as i64,
-                self.cursor as i64,
-                self.filled as i64,
-                self.in_episode as i64,
-                self.current as i64,
-                self.episode_steps as i64,
-            ],
-        );
+        // One stream's meta is the layout of a buffer without streams: 4 + 5 values.
+        let mut meta = vec![self.capacity as i64, self.slot_len as i64, self.stack as i64, self.n_valid as i64];
+        for st in &self.streams {
+            meta.extend([
+                st.cursor as i64,
+                st.filled as i64,
+                st.in_episode as i64,
+                st.current as i64,
+                st.episode_steps as i64,
+            ]);
+        }
+        out.put_ints("replay.meta", &meta);
     }
 
     /// Restores what [`state`](Self::state) wrote; `n_step` and `gamma` stay this storage's own
     /// (returns are computed when sampling).
     pub fn load_state(&mut self, state: &State) -> anyhow::Result<()> {
         let meta = state.ints("replay.meta")?;
-        anyhow::ensure!(meta.len() == 9, "checkpoint entry `replay.meta` is malformed");
+        anyhow::ensure!(meta.len() >= 9 && (meta.len() - 4) % 5 == 0, "checkpoint entry `replay.meta` is malformed");
+        let streams = (meta.len() - 4) / 5;
+        anyhow::ensure!(
+            streams == self.streams.len(),
+            "the checkpoint's replay buffer is fed by {streams} environment copies, this config's by {}: env.num_envs must stay the same",
+            self.streams.len()
+        );
         anyhow::ensure!(
             meta[0] as usize == self.capacity && meta[1] as usize == self.slot_len && meta[2] as usize == self.stack,
             "the checkpoint's replay buffer has {} slots of {}x{} values, this config's has {} of {}x{}: replay.size and the environment must stay the same",
@@ -472,15 +586,19 @@ impl ReplayStorage {
             };
         }
         self.n_valid = meta[3] as usize;
-        self.cursor = meta[4] as usize;
-        self.filled = meta[5] as usize;
-        self.in_episode = meta[6] != 0;
-        self.current = meta[7] as usize;
-        self.episode_steps = meta[8] as usize;
+        let region = self.region;
+        let mut in_regions = true;
+        for (st, m) in self.streams.iter_mut().zip(meta[4..].chunks_exact(5)) {
+            st.cursor = m[0] as usize;
+            st.filled = m[1] as usize;
+            st.in_episode = m[2] != 0;
+            st.current = m[3] as usize;
+            st.episode_steps = m[4] as usize;
+            let inside = |i: usize| (st.start..st.start + region).contains(&i);
+            in_regions &= inside(st.cursor) && inside(st.current) && st.filled <= region;
+        }
         let consistent = self.n_valid == self.valid.iter().filter(|&&v| v).count()
-            && self.cursor < self.capacity
-            && self.current < self.capacity
-            && self.filled <= self.capacity
+            && in_regions
             && self.valid.iter().zip(&self.slots).all(|(&v, &k)| !v || k == SlotKind::Step);
         anyhow::ensure!(
             consistent,
@@ -493,10 +611,9 @@ impl ReplayStorage {
     /// Writes transition `i` (a valid slot) into row `row` of `batch`; weights are left alone.
     pub fn write_row(&self, i: usize, row: usize, batch: &mut Batch) {
         debug_assert!(self.valid[i], "slot {i} is not a sampleable transition");
-        let c = self.capacity;
         let (mut ret, mut discount, mut m, mut terminated) = (0.0f32, 1.0f32, 0, false);
         while m < self.n_step {
-            let t = (i + m) % c;
+            let t = self.shifted(i, m as isize);
             ret += discount * self.rewards[t];
             discount *= self.gamma;
             m += 1;
@@ -514,7 +631,7 @@ impl ReplayStorage {
         batch.terminated[row] = terminated as u8 as f32;
         batch.indices[row] = i;
         self.write_stack(i, row, &mut batch.obs);
-        self.write_stack((i + m) % c, row, &mut batch.next_obs);
+        self.write_stack(self.shifted(i, m as isize), row, &mut batch.next_obs);
     }
 
     /// Starts loading what [`write_row`](Self::write_row) reads for slot `i` of a vector
@@ -524,7 +641,7 @@ impl ReplayStorage {
         if self.kind == ObsKind::U8 {
             return;
         }
-        let next = (i + 1) % self.capacity;
+        let next = self.shifted(i, 1);
         prefetch(self.obs_f32.as_ptr().wrapping_add(i * self.slot_len));
         prefetch(self.obs_f32.as_ptr().wrapping_add((next + 1) * self.slot_len - 1));
         prefetch(self.rewards.as_ptr().wrapping_add(i));
@@ -535,7 +652,7 @@ impl ReplayStorage {
 
     /// Copies the observation ending at slot `i` (its `k - 1` predecessors and itself).
     fn write_stack(&self, i: usize, row: usize, out: &mut ObsBatch) {
-        let (len, k, c) = (self.slot_len, self.stack, self.capacity);
+        let (len, k) = (self.slot_len, self.stack);
         match out {
             ObsBatch::F32(out) => {
                 out[row * len..(row + 1) * len].copy_from_slice(&self.obs_f32[i * len..(i + 1) * len]);
@@ -543,7 +660,7 @@ impl ReplayStorage {
             ObsBatch::U8(out) => {
                 let row_out = &mut out[row * k * len..(row + 1) * k * len];
                 for (f, dst) in row_out.chunks_exact_mut(len).enumerate() {
-                    let s = (i + c + f + 1 - k) % c;
+                    let s = self.shifted(i, f as isize + 1 - k as isize);
                     dst.copy_from_slice(&self.obs_u8[s * len..(s + 1) * len]);
                 }
             }
@@ -567,7 +684,15 @@ mod tests {
                 let o = [(100 * e + t) as f32];
                 let o2 = [(100 * e + t + 1) as f32];
                 let last = t + 1 == len;
-                storage.push(Obs::F32(&o), t % 2, (t + 1) as f32, Obs::F32(&o2), last && terminal, last && !terminal);
+                storage.push(
+                    0,
+                    Obs::F32(&o),
+                    t % 2,
+                    (t + 1) as f32,
+                    Obs::F32(&o2),
+                    last && terminal,
+                    last && !terminal,
+                );
             }
         }
     }
@@ -580,7 +705,7 @@ mod tests {
     }
 
     fn valid_rows(storage: &ReplayStorage) -> Vec<(f32, i64, f32, f32, f32, f32)> {
-        (0..storage.filled()).filter(|&i| storage.is_valid(i)).map(|i| row(storage, i)).collect()
+        (0..storage.capacity()).filter(|&i| storage.is_valid(i)).map(|i| row(storage, i)).collect()
     }
 
     #[test]
@@ -625,7 +750,7 @@ mod tests {
         let mut s = ReplayStorage::new(&vec_space(1), 64, 3, 0.9);
         let o = [0.0f32];
         for t in 0..4 {
-            s.push(Obs::F32(&o), 0, 1.0, Obs::F32(&o), false, false);
+            s.push(0, Obs::F32(&o), 0, 1.0, Obs::F32(&o), false, false);
             assert_eq!(s.len(), (t + 1usize).saturating_sub(2));
         }
     }
@@ -642,10 +767,100 @@ mod tests {
         assert_eq!(s.len(), 7);
     }
 
+    /// Step `t` of episode `e` (of `len` steps) as `fill` makes it, from copy `stream` (into
+    /// that stream, or the only one of a one-stream buffer), its observations offset by
+    /// `1000 * stream`.
+    fn push_step(storage: &mut ReplayStorage, stream: usize, e: usize, t: usize, len: usize, terminal: bool) {
+        let base = (1000 * stream + 100 * e + t) as f32;
+        let last = t + 1 == len;
+        let stream = stream.min(storage.streams() - 1);
+        storage.push(
+            stream,
+            Obs::F32(&[base]),
+            t % 2,
+            (t + 1) as f32,
+            Obs::F32(&[base + 1.0]),
+            last && terminal,
+            last && !terminal,
+        );
+    }
+
+    #[test]
+    fn streams_keep_their_episodes_apart_as_separate_buffers_would() {
+        // Two copies' episodes pushed interleaved, into one buffer of two streams and into two
+        // buffers of one each: the same transitions, n-step windows and ring overwrites.
+        for (capacity, episodes) in [(128, vec![(4, true), (2, false), (5, true)]), (20, vec![(3, true); 4])] {
+            let mut shared = ReplayStorage::with_streams(&vec_space(1), capacity, 3, 0.5, 2);
+            let mut alone = [
+                ReplayStorage::new(&vec_space(1), capacity / 2, 3, 0.5),
+                ReplayStorage::new(&vec_space(1), capacity / 2, 3, 0.5),
+            ];
+            // Stream 1 runs its episodes in the opposite order, so the streams end episodes at
+            // different pushes.
+            let order = |k: usize| -> Vec<(usize, (usize, bool))> {
+                let mut v: Vec<_> = episodes.iter().copied().enumerate().collect();
+                if k == 1 {
+                    v.reverse();
+                }
+                v
+            };
+            let steps = |k: usize| -> Vec<(usize, usize, usize, bool)> {
+                order(k).into_iter().flat_map(|(e, (len, term))| (0..len).map(move |t| (e, t, len, term))).collect()
+            };
+            let (s0, s1) = (steps(0), steps(1));
+            for j in 0..s0.len().max(s1.len()) {
+                for (k, steps) in [(0, &s0), (1, &s1)] {
+                    if let Some(&(e, t, len, term)) = steps.get(j) {
+                        push_step(&mut shared, k, e, t, len, term);
+                        push_step(&mut alone[k], k, e, t, len, term);
+                    }
+                }
+            }
+            let mut ours = valid_rows(&shared);
+            let mut theirs: Vec<_> = alone.iter().flat_map(valid_rows).collect();
+            let key = |r: &(f32, i64, f32, f32, f32, f32)| r.0;
+            ours.sort_by(|a, b| key(a).total_cmp(&key(b)));
+            theirs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+            assert_eq!(ours, theirs, "capacity {capacity}");
+            assert_eq!(shared.len(), alone[0].len() + alone[1].len());
+
+            // A cut closes every stream's episode; a checkpoint keeps the streams.
+            shared.cut_episode();
+            let mut state = State::new();
+            shared.state(&mut state);
+            let mut restored = ReplayStorage::with_streams(&vec_space(1), capacity, 3, 0.5, 2);
+            restored.load_state(&state).unwrap();
+            assert_eq!(valid_rows(&restored), valid_rows(&shared));
+            let mut three = ReplayStorage::with_streams(&vec_space(1), 3 * capacity, 3, 0.5, 3);
+            let err = three.load_state(&state).unwrap_err().to_string();
+            assert!(err.contains("env.num_envs must stay the same"), "{err}");
+        }
+    }
+
+    #[test]
+    fn uniform_draws_reach_every_stream() {
+        use rand::SeedableRng;
+        let mut s = ReplayStorage::with_streams(&vec_space(1), 300, 1, 0.9, 3);
+        for t in 0..40 {
+            for k in 0..3 {
+                push_step(&mut s, k, 0, t, 40, false);
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut per_stream = [0usize; 3];
+        for _ in 0..3000 {
+            let i = s.uniform_slot(&mut rng);
+            assert!(s.is_valid(i));
+            per_stream[i / 100] += 1;
+        }
+        // 39 transitions per stream: a third of the draws each, within sampling noise.
+        assert!(per_stream.iter().all(|&n| (850..1150).contains(&n)), "{per_stream:?}");
+    }
+
     #[test]
     fn one_hot_discrete_observations() {
         let mut s = ReplayStorage::new(&ObsSpace::Discrete { n: 4 }, 16, 1, 0.9);
-        s.push(Obs::Index(2), 1, 0.0, Obs::Index(3), true, false);
+        s.push(0, Obs::Index(2), 1, 0.0, Obs::Index(3), true, false);
         let mut b = s.new_batch(1);
         s.write_row(0, 0, &mut b);
         assert_eq!(b.obs, ObsBatch::F32(vec![0.0, 0.0, 1.0, 0.0]));
@@ -677,7 +892,7 @@ mod tests {
                 let mut next = obs[1..].to_vec();
                 next.push(f);
                 let last = t + 1 == next_frames.len();
-                s.push(Obs::U8(&stacked(&obs)), 0, 1.0, Obs::U8(&stacked(&next)), last, false);
+                s.push(0, Obs::U8(&stacked(&obs)), 0, 1.0, Obs::U8(&stacked(&next)), last, false);
                 expected.push((stacked(&obs), stacked(&next)));
                 obs = next;
             }
@@ -701,7 +916,7 @@ mod tests {
         let mut obs = vec![0u8, 1];
         for v in 2..12u8 {
             let next = vec![obs[1], v];
-            s.push(Obs::U8(&obs), 0, 0.0, Obs::U8(&next), false, false);
+            s.push(0, Obs::U8(&obs), 0, 0.0, Obs::U8(&next), false, false);
             obs = next;
         }
         // 1 pad + 11 observations written to 8 slots: the oldest surviving slot holds frame 4, so

@@ -52,8 +52,20 @@ pub struct PrioritizedReplay {
 impl PrioritizedReplay {
     /// A buffer of `buffer_size` slots for `space` with `n_step`-step returns discounted by `gamma`.
     pub fn new(space: &ObsSpace, buffer_size: usize, n_step: usize, gamma: f32, config: PrioritizedConfig) -> Self {
+        Self::with_streams(space, buffer_size, n_step, gamma, config, 1)
+    }
+
+    /// [`new`](Self::new), fed by `streams` environment copies.
+    pub fn with_streams(
+        space: &ObsSpace,
+        buffer_size: usize,
+        n_step: usize,
+        gamma: f32,
+        config: PrioritizedConfig,
+        streams: usize,
+    ) -> Self {
         PrioritizedReplay {
-            storage: ReplayStorage::new(space, buffer_size, n_step, gamma),
+            storage: ReplayStorage::with_streams(space, buffer_size, n_step, gamma, streams),
             config,
             sum: SumTree::new(buffer_size),
             min: MinTree::new(buffer_size),
@@ -80,8 +92,17 @@ impl PrioritizedReplay {
 }
 
 impl Replay for PrioritizedReplay {
-    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
-        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+    fn push_stream(
+        &mut self,
+        stream: usize,
+        obs: Obs<'_>,
+        action: usize,
+        reward: f32,
+        next_obs: Obs<'_>,
+        terminated: bool,
+        truncated: bool,
+    ) {
+        self.storage.push(stream, obs, action, reward, next_obs, terminated, truncated);
         let initial = self.max_priority.powf(self.config.alpha);
         for k in 0..self.storage.changes().len() {
             let (i, valid) = self.storage.changes()[k];

@@ -1,7 +1,7 @@
 //! Uniform experience replay (Mnih et al. 2015, Algorithm 1: "sample random minibatch of
 //! transitions from D"), over the n-step transitions of [`ReplayStorage`].
 
-use rand::{Rng, RngCore};
+use rand::RngCore;
 
 use super::{Batch, Replay, ReplayStorage};
 use crate::rl::env::{Obs, ObsSpace};
@@ -16,7 +16,12 @@ pub struct UniformReplay {
 impl UniformReplay {
     /// A buffer of `buffer_size` slots for `space` with `n_step`-step returns discounted by `gamma`.
     pub fn new(space: &ObsSpace, buffer_size: usize, n_step: usize, gamma: f32) -> Self {
-        UniformReplay { storage: ReplayStorage::new(space, buffer_size, n_step, gamma) }
+        Self::with_streams(space, buffer_size, n_step, gamma, 1)
+    }
+
+    /// [`new`](Self::new), fed by `streams` environment copies.
+    pub fn with_streams(space: &ObsSpace, buffer_size: usize, n_step: usize, gamma: f32, streams: usize) -> Self {
+        UniformReplay { storage: ReplayStorage::with_streams(space, buffer_size, n_step, gamma, streams) }
     }
 
     /// The underlying storage (to size batches with [`ReplayStorage::new_batch`]).
@@ -26,22 +31,23 @@ impl UniformReplay {
 }
 
 impl Replay for UniformReplay {
-    fn push(&mut self, obs: Obs<'_>, action: usize, reward: f32, next_obs: Obs<'_>, terminated: bool, truncated: bool) {
-        self.storage.push(obs, action, reward, next_obs, terminated, truncated);
+    fn push_stream(
+        &mut self,
+        stream: usize,
+        obs: Obs<'_>,
+        action: usize,
+        reward: f32,
+        next_obs: Obs<'_>,
+        terminated: bool,
+        truncated: bool,
+    ) {
+        self.storage.push(stream, obs, action, reward, next_obs, terminated, truncated);
     }
 
     fn sample(&mut self, rng: &mut dyn RngCore, _beta: f64, batch: &mut Batch) {
         assert!(!self.storage.is_empty(), "sampling an empty replay buffer");
-        let filled = self.storage.filled();
         for row in 0..batch.len() {
-            // Rejection keeps the draw uniform over transitions: the slots that are not (pads,
-            // final observations, windows still open) are a small fraction of the ring.
-            let i = loop {
-                let i = rng.random_range(0..filled);
-                if self.storage.is_valid(i) {
-                    break i;
-                }
-            };
+            let i = self.storage.uniform_slot(rng);
             self.storage.write_row(i, row, batch);
             batch.weights[row] = 1.0;
         }
