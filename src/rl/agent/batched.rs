@@ -379,6 +379,9 @@ pub struct BatchedDqn {
     loss_sum: Vec<f64>,
     loss_count: Vec<u64>,
     updates: u64,
+    /// Copies of the members' observations to the device for acting (one per `act` call that
+    /// needs a forward pass, for all members).
+    act_uploads: u64,
 }
 
 impl std::fmt::Debug for BatchedDqn {
@@ -470,8 +473,15 @@ impl BatchedDqn {
             loss_sum: vec![0.0; k],
             loss_count: vec![0; k],
             updates: 0,
+            act_uploads: 0,
             cfgs: cfgs.to_vec(),
         })
+    }
+
+    /// How many times acting copied observations to the device (0 on CPU): once per step that
+    /// needs a greedy action, for all members together.
+    pub fn act_uploads(&self) -> u64 {
+        self.act_uploads
     }
 
     /// Number of members.
@@ -631,6 +641,7 @@ impl BatchedDqn {
             let input = match &mut self.st.device_act {
                 Some(d) => {
                     d.copy_(&self.st.act_host);
+                    self.act_uploads += 1;
                     d.shallow_clone()
                 }
                 None => self.st.act_host.shallow_clone(),
