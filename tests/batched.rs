@@ -230,6 +230,57 @@ fn stopped_members_are_compacted_away_and_the_rest_trains_on_unchanged() {
     assert_eq!(returns(&outcome.members[3].evaluations), returns(&alone.evaluations));
 }
 
+/// Stops run 0 at its first evaluation and gives the freed slot to the runs in `next`, one per
+/// refill; records the order in which runs end.
+struct Refill {
+    next: Vec<TrainConfig>,
+    ended: Vec<usize>,
+}
+
+impl RoundObserver for Refill {
+    fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
+        Ok(evals.iter().map(|(m, _)| if *m == 0 { Control::Stop } else { Control::Continue }).collect())
+    }
+
+    fn finished(&mut self, member: usize, _outcome: &tune::rl::batched::MemberOutcome) -> anyhow::Result<()> {
+        self.ended.push(member);
+        Ok(())
+    }
+
+    fn refill(&mut self, free: usize, _step: u64) -> anyhow::Result<Vec<TrainConfig>> {
+        let n = free.min(self.next.len()).min(1);
+        Ok(self.next.drain(..n).collect())
+    }
+}
+
+#[test]
+fn a_freed_slot_takes_the_next_run_which_trains_as_it_would_alone() {
+    use serde_json::json;
+    // Run 0 stops at step 100; run 3 takes its slot there and runs its own 200 steps beside
+    // runs 1 and 2, which end at step 200; run 4 takes a slot freed then and trains alone in
+    // the learner up to step 400.
+    let runs: Vec<TrainConfig> =
+        (0..3).map(|s| variant("", 60 + s, &[("agent.lr", json!(0.001 * (s + 1) as f64))])).collect();
+    let next: Vec<TrainConfig> =
+        (3..5).map(|s| variant("", 60 + s, &[("agent.gamma", json!(0.95)), ("agent.lr", json!(0.002))])).collect();
+    let mut observer = Refill { next: next.clone(), ended: Vec::new() };
+    let outcome = train_batched(&runs, &mut observer).unwrap();
+    assert_eq!(observer.ended, vec![0, 1, 2, 3, 4], "each run is handed out once, as it ends");
+    assert_eq!(outcome.members.len(), 5);
+    assert_eq!((outcome.members[0].halt.clone(), outcome.members[0].steps), (Some(Halt::Stopped), 100));
+    let returns = |e: &[Evaluation]| e.iter().map(|e| (e.step, e.returns.clone())).collect::<Vec<_>>();
+    for (index, run) in runs.iter().chain(&next).enumerate().skip(1) {
+        let alone = train(run, &mut ()).unwrap();
+        let member = &outcome.members[index];
+        assert_eq!((member.halt.clone(), member.steps, member.episodes), (None, 200, alone.episodes), "run {index}");
+        assert_eq!(returns(&member.evaluations), returns(&alone.evaluations), "run {index}: evaluations");
+    }
+    // The last run still holds its slot: its weights are those of its run alone, bit for bit.
+    let slot = outcome.slots[4].expect("run 4 ends in the learner");
+    let alone = train(&next[1], &mut ()).unwrap().agent.learner_state().unwrap();
+    assert_eq!(max_abs_diff(outcome.learner.parameters(slot), alone.get("online").unwrap()), 0.0);
+}
+
 #[test]
 fn c51_and_qr_members_make_the_updates_of_agents_alone() {
     use serde_json::json;
@@ -399,12 +450,27 @@ fn final_returns_of_batched_and_unbatched_per_cartpole_runs_do_not_differ() {
 /// Item 6: `parallelism: {batch: 4}` asks four trials at once and trains compatible ones as one
 /// learner (a member per trial and seed); each trial reports its own evaluations, is pruned on
 /// its own, and is an ordinary trial to Optuna.
-#[test]
-fn trials_asked_together_train_as_one_learner_and_stay_ordinary_trials() {
+/// Runs the study file `yaml` (study `name`) with `tune run` into a fresh SQLite file and
+/// returns its folder (holding `s.db`) and trials.
+fn run_study(name: &str, yaml: &str) -> (tempfile::TempDir, Vec<std::sync::Arc<tune::frozen::FrozenTrial>>) {
     let dir = tempfile::TempDir::new().unwrap();
     let study = dir.path().join("study.yaml");
-    std::fs::write(
-        &study,
+    std::fs::write(&study, yaml).unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("s.db").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", study.to_str().unwrap(), "--storage", &url, "--plain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let storage = tune::storage::open(&url).unwrap();
+    let id = storage.get_study_id_from_name(name).unwrap().unwrap();
+    (dir, storage.get_all_trials(id, None).unwrap())
+}
+
+#[test]
+fn trials_asked_together_train_as_one_learner_and_stay_ordinary_trials() {
+    let (dir, trials) = run_study(
+        "batched-trials",
         "name: batched-trials
 direction: maximize
 n_trials: 8
@@ -424,17 +490,7 @@ search_space:
   agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
   agent.batch_size: {type: categorical, choices: [32, 64]}
 ",
-    )
-    .unwrap();
-    let url = format!("sqlite:///{}", dir.path().join("b.db").display());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tune"))
-        .args(["run", study.to_str().unwrap(), "--storage", &url, "--plain"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let storage = tune::storage::open(&url).unwrap();
-    let id = storage.get_study_id_from_name("batched-trials").unwrap().unwrap();
-    let trials = storage.get_all_trials(id, None).unwrap();
+    );
     assert_eq!(trials.len(), 8);
     let mut members = std::collections::BTreeMap::new();
     for t in &trials {
@@ -461,7 +517,7 @@ search_space:
     let script = format!(
         "import optuna\ns = optuna.load_study(study_name='batched-trials', storage='sqlite:///{}')\n\
          print(len(s.trials), sum(len(t.intermediate_values) > 0 for t in s.trials), s.best_trial.number)",
-        dir.path().join("b.db").display()
+        dir.path().join("s.db").display()
     );
     match std::process::Command::new(&py).args(["-c", &script]).output() {
         Ok(o) if o.status.success() => {
@@ -470,4 +526,43 @@ search_space:
         }
         _ => eprintln!("skipped the Optuna check: {} cannot import optuna (run scripts/setup.sh)", py.display()),
     }
+}
+
+#[test]
+fn pruned_trials_give_their_slots_to_the_next_trials() {
+    // Every trial is pruned at its first evaluation: each freed slot takes the next trial at
+    // that step of the learner (item 6), and the trials stay ordinary ones.
+    let (_dir, trials) = run_study(
+        "refilled",
+        "name: refilled
+direction: maximize
+n_trials: 6
+seed: 5
+sampler: {type: random}
+pruner: {type: threshold, lower: 1.0e9}
+parallelism: {jobs: 1, batch: 2}
+objective:
+  type: rl
+  seeds: 1
+  config:
+    env: {id: CartPole-v1}
+    budget: {steps: 1000}
+    eval: {every: 300, episodes: 2}
+    agent: {type: dqn, learning_starts: 100, train_freq: 4, replay: {type: uniform, size: 5000}}
+search_space:
+  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+",
+    );
+    assert_eq!(trials.len(), 6);
+    let mut joined: Vec<(i64, u64)> = Vec::new();
+    for t in &trials {
+        assert_eq!(t.state, tune::frozen::TrialState::Pruned, "trial {}", t.number);
+        let steps: Vec<i64> = t.intermediate_values.keys().copied().collect();
+        assert_eq!(steps, vec![300], "trial {}: pruned at its own first evaluation", t.number);
+        assert_eq!(t.user_attrs["batched"], serde_json::json!(true), "trial {}", t.number);
+        assert_eq!(t.user_attrs["batch_members"], serde_json::json!(2));
+        joined.push((t.number, t.user_attrs["batch_joined_step"].as_u64().unwrap()));
+    }
+    // Two trials start the learner; each pair after them takes the two freed slots 300 steps on.
+    assert_eq!(joined, vec![(0, 0), (1, 0), (2, 300), (3, 300), (4, 600), (5, 600)], "{joined:?}");
 }

@@ -94,6 +94,55 @@ fn a_storage_failure_in_any_phase_ends_the_run_with_its_exit_code_and_loses_noth
     }
 }
 
+/// Batched trials whose slots are refilled: every trial is pruned at its first evaluation, so
+/// each one ends inside a running learner and the next one is asked there.
+const REFILLED: &str = "\
+name: refilled
+direction: maximize
+n_trials: 6
+seed: 3
+sampler: {type: random}
+pruner: {type: threshold, lower: 1.0e9}
+parallelism: {jobs: 1, batch: 2}
+objective:
+  type: rl
+  config:
+    env: {id: CartPole-v1}
+    budget: {steps: 600}
+    eval: {every: 200, episodes: 1}
+    agent: {type: dqn, learning_starts: 50, train_freq: 4, replay: {type: uniform, size: 2000}}
+search_space:
+  agent.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+";
+
+#[test]
+fn a_storage_failure_or_panic_in_a_refilled_batch_loses_nothing() {
+    let cases = [
+        // The ask for a freed slot fails.
+        ("storage.start_next_trial:3", 1),
+        // Reporting, and telling a pruned trial mid-learner, fail.
+        ("storage.set_trial_intermediate_values:4:locked", 2),
+        ("storage.set_trial_state_values:2", 1),
+        // The whole batch panics before training.
+        ("trial.panic:1", 0),
+    ];
+    for (fault, code) in cases {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "refilled.yaml", REFILLED);
+        let mut cmd = tune(dir.path());
+        cmd.env("TUNE_FAULT", fault).args(["run", "refilled.yaml", "--plain"]);
+        cmd.timeout(Duration::from_secs(120)).assert().code(code).stderr(no_panic_text());
+        let db = dir.path().join("tune.db");
+        let (_, running, integrity) = db_counts(&db);
+        assert_eq!((running, integrity.as_str()), (0, "ok"), "{fault}: a trial was left RUNNING");
+        // Without the fault, the same command finishes the study.
+        tune(dir.path()).args(["run", "refilled.yaml", "--quiet"]).timeout(Duration::from_secs(120)).assert().success();
+        let (finished, running, integrity) = db_counts(&db);
+        assert_eq!((running, integrity.as_str()), (0, "ok"), "{fault}");
+        assert!(finished >= 6, "{fault}: {finished} finished");
+    }
+}
+
 #[test]
 fn a_panic_inside_a_trial_is_its_fail_reason_and_prints_no_panic_text() {
     let dir = TempDir::new().unwrap();

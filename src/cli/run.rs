@@ -140,9 +140,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     install_ctrlc(Arc::clone(study.stop_flag()));
     let params = spec.params.clone();
-    let summary = run_study_batched(&study, &opts, |trials| {
-        let configs = trials.iter_mut().map(|t| sample_config(&params, objective.base_config(), t)).collect();
-        objective.run_batch(configs, trials)
+    let summary = run_study_batched(&study, &opts, |trials, feed| {
+        let resolve = |mut t: crate::study::Trial| {
+            let config = sample_config(&params, objective.base_config(), &mut t);
+            (t, config)
+        };
+        let batch = trials.into_iter().map(resolve).collect();
+        objective.run_batch(batch, &mut Resolving { feed, resolve })
     })?;
 
     show::print_summary(&study, 10)?;
@@ -259,4 +263,23 @@ fn run_pbt(
         return Ok(if summary.run.interrupted { 130 } else { 0 });
     }
     Ok(0)
+}
+
+/// The executor's feed with each new trial's config resolved, as the objective takes it.
+struct Resolving<'f, R> {
+    feed: &'f mut dyn crate::executor::TrialFeed,
+    resolve: R,
+}
+
+impl<R> crate::objective::BatchFeed for Resolving<'_, R>
+where
+    R: Fn(crate::study::Trial) -> (crate::study::Trial, anyhow::Result<serde_json::Value>),
+{
+    fn more(&mut self) -> Option<(crate::study::Trial, anyhow::Result<serde_json::Value>)> {
+        self.feed.ask().map(&self.resolve)
+    }
+
+    fn tell(&mut self, trial: crate::study::Trial, result: anyhow::Result<f64>) {
+        self.feed.tell(trial, result);
+    }
 }

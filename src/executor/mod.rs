@@ -111,16 +111,35 @@ pub fn run_study<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Re
 where
     F: Fn(&mut Trial) -> anyhow::Result<f64> + Sync,
 {
-    run_study_batched(study, opts, |trials: &mut [Trial]| trials.iter_mut().map(&evaluate).collect())
+    run_study_batched(study, opts, |trials: Vec<Trial>, feed: &mut dyn TrialFeed| {
+        for mut trial in trials {
+            let result = evaluate(&mut trial);
+            feed.tell(trial, result);
+        }
+    })
+}
+
+/// What a batch of trials is run with ([`run_study_batched`]): more trials on request, and each
+/// trial's outcome recorded as soon as it is known.
+pub trait TrialFeed {
+    /// Starts one more trial on the batch's device, within the budget (the sampler sees the
+    /// batch's trials RUNNING); `None` once the budget is taken or the run is stopping. A
+    /// storage error stops the run (the batch's trials see `interrupted()`) and ends it with
+    /// that error.
+    fn ask(&mut self) -> Option<Trial>;
+
+    /// Records `trial`'s outcome (its value, or `Err(TrialPruned)` or another error), now.
+    fn tell(&mut self, trial: Trial, result: anyhow::Result<f64>);
 }
 
 /// [`run_study`] with trial batching: each worker asks up to `opts.batch` trials at once (the
 /// sampler sees the earlier ones RUNNING, so TPE's constant liar spreads them) and `evaluate`
-/// runs them together, returning each one's value or error in order. Each trial is recorded on
-/// its own, exactly as one run alone.
+/// runs them together, telling each one's value or error to the feed as it ends and asking the
+/// feed for more when it can take them. Each trial is recorded on its own, exactly as one run
+/// alone; a trial `evaluate` never tells (it panicked, or forgot) fails with the reason.
 pub fn run_study_batched<F>(study: &Study, opts: &RunOptions, evaluate: F) -> anyhow::Result<RunSummary>
 where
-    F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
+    F: Fn(Vec<Trial>, &mut dyn TrialFeed) + Sync,
 {
     let slots: Vec<Option<String>> = if opts.devices.is_empty() {
         vec![None; opts.jobs.max(1)]
@@ -173,6 +192,58 @@ where
     Ok(summary)
 }
 
+/// The [`TrialFeed`] of one batch on one worker.
+struct Feed<'r, 'a> {
+    run: &'r Run<'a>,
+    device: Option<&'r str>,
+    /// Trials handed out and not told yet.
+    untold: Vec<i64>,
+    /// The first storage error met asking or telling: it ends the run once the batch is over.
+    first_error: Option<anyhow::Error>,
+}
+
+impl Feed<'_, '_> {
+    fn fail(&mut self, e: anyhow::Error) {
+        self.run.record_failure(&e);
+        self.run.study.stop_flag().store(true, Ordering::SeqCst);
+        self.first_error.get_or_insert(e);
+    }
+}
+
+impl TrialFeed for Feed<'_, '_> {
+    fn ask(&mut self) -> Option<Trial> {
+        if self.first_error.is_some() || self.run.stopping() || self.run.timed_out() {
+            return None;
+        }
+        self.run.starting.fetch_add(1, Ordering::SeqCst);
+        let asked = self.run.ask(self.run.opts.n_trials);
+        if let Ok(Some(t)) = &asked {
+            self.run.running.lock().unwrap().insert(t.trial_id());
+        }
+        self.run.starting.fetch_sub(1, Ordering::SeqCst);
+        match asked {
+            Ok(Some(mut t)) => {
+                t.place_on(self.device);
+                self.untold.push(t.trial_id());
+                Some(t)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    fn tell(&mut self, trial: Trial, result: anyhow::Result<f64>) {
+        let id = trial.trial_id();
+        self.untold.retain(|&u| u != id);
+        if let Err(e) = self.run.run_trial(trial, result) {
+            self.fail(e);
+        }
+    }
+}
+
 impl Run<'_> {
     fn stopping(&self) -> bool {
         self.study.stop_flag().load(Ordering::SeqCst)
@@ -187,7 +258,7 @@ impl Run<'_> {
     /// is gone, so that the run ends once every worker is.
     fn worker<F>(&self, device: Option<&str>, evaluate: &F) -> anyhow::Result<()>
     where
-        F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
+        F: Fn(Vec<Trial>, &mut dyn TrialFeed) + Sync,
     {
         let _gone = WorkerGuard(self);
         let budget = self.opts.n_trials;
@@ -244,7 +315,7 @@ impl Run<'_> {
             for trial in &mut trials {
                 trial.place_on(device);
             }
-            self.run_trials(trials, evaluate)?;
+            self.run_trials(trials, device, evaluate)?;
         }
     }
 
@@ -265,29 +336,35 @@ impl Run<'_> {
     /// Evaluates started trials (already listed in `running`) together (a panic fails each of
     /// them with its message) and records each one's outcome; the first error returns after
     /// every trial is recorded.
-    fn run_trials<F>(&self, mut trials: Vec<Trial>, evaluate: &F) -> anyhow::Result<()>
+    fn run_trials<F>(&self, trials: Vec<Trial>, device: Option<&str>, evaluate: &F) -> anyhow::Result<()>
     where
-        F: Fn(&mut [Trial]) -> Vec<anyhow::Result<f64>> + Sync,
+        F: Fn(Vec<Trial>, &mut dyn TrialFeed) + Sync,
     {
-        let results = catch_unwind(AssertUnwindSafe(|| {
+        let mut feed =
+            Feed { run: self, device, untold: trials.iter().map(Trial::trial_id).collect(), first_error: None };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             crate::fault::maybe_panic("trial.panic");
-            evaluate(&mut trials)
+            evaluate(trials, &mut feed)
         }));
-        let mut results = match results {
-            Ok(r) => r,
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                trials.iter().map(|_| Err(anyhow::anyhow!("the objective panicked: {message}"))).collect()
-            }
+        let reason = match outcome {
+            Ok(()) => "the objective returned no result for this trial".to_string(),
+            Err(panic) => format!("the objective panicked: {}", panic_message(panic.as_ref())),
         };
-        results.resize_with(trials.len(), || Err(anyhow::anyhow!("the objective returned no result for this trial")));
-        let mut first = None;
-        for (trial, result) in trials.into_iter().zip(results) {
-            if let Err(e) = self.run_trial(trial, result) {
-                first.get_or_insert(e);
+        let Feed { mut untold, first_error, .. } = feed;
+        untold.sort_unstable();
+        for id in untold {
+            // Its `Trial` is gone with the panic: the storage records the failure directly.
+            self.running.lock().unwrap().remove(&id);
+            let st = self.study.storage();
+            let failed = st
+                .set_trial_system_attr(id, FAIL_REASON_KEY, &Value::from(reason.as_str()))
+                .and_then(|_| st.set_trial_state_values(id, TrialState::Fail, None));
+            match failed {
+                Ok(_) => self.summary.lock().unwrap().failed += 1,
+                Err(e) => self.abandon(id, &e.into()),
             }
         }
-        first.map_or(Ok(()), Err)
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Records the outcome of one evaluated trial (listed in `running`). If recording fails (a

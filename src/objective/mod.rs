@@ -26,23 +26,36 @@ pub trait Objective: Send + Sync {
     /// rule it breaks. The study loader calls it on the search space's edges.
     fn check(&self, config: &Value) -> Result<(), String>;
 
-    /// Runs trials asked together (`parallelism.batch`), given each one's resolved config or
-    /// the error resolving it, and returns each one's value or error, in order. By default one
-    /// after the other; the `rl` objective trains compatible ones as one batched learner.
-    fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
-        let run_one = |c: anyhow::Result<Value>, t: &mut Trial| {
-            let c = c?;
-            if t.interrupted() {
-                // The run is stopping: trials not started yet go back to the queue.
-                return Err(crate::error::Interrupted.into());
-            }
-            // A panic fails its own trial only.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&c, t))).unwrap_or_else(|p| {
-                Err(anyhow::anyhow!("the objective panicked: {}", crate::error::panic_message(p.as_ref())))
-            })
-        };
-        configs.into_iter().zip(trials.iter_mut()).map(|(c, t)| run_one(c, t)).collect()
+    /// Runs trials asked together (`parallelism.batch`), given with each one's resolved config
+    /// or the error resolving it, and tells `feed` each one's value or error as it ends; it may
+    /// ask `feed` for more. By default one after the other; the `rl` objective trains
+    /// compatible ones as one batched learner and gives the slots of ended trials to new ones.
+    fn run_batch(&self, batch: Vec<(Trial, anyhow::Result<Value>)>, feed: &mut dyn BatchFeed) {
+        for (mut trial, config) in batch {
+            let result = config.and_then(|c| {
+                if trial.interrupted() {
+                    // The run is stopping: trials not started yet go back to the queue.
+                    return Err(crate::error::Interrupted.into());
+                }
+                // A panic fails its own trial only.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&c, &mut trial))).unwrap_or_else(
+                    |p| Err(anyhow::anyhow!("the objective panicked: {}", crate::error::panic_message(p.as_ref()))),
+                )
+            });
+            feed.tell(trial, result);
+        }
     }
+}
+
+/// Where [`Objective::run_batch`] gets more trials and tells their outcomes (the executor's
+/// [`crate::executor::TrialFeed`], with each new trial's config resolved).
+pub trait BatchFeed {
+    /// One more trial with its resolved config (or the error resolving it); `None` once the
+    /// budget is taken or the run is stopping.
+    fn more(&mut self) -> Option<(Trial, anyhow::Result<Value>)>;
+
+    /// Records `trial`'s outcome now.
+    fn tell(&mut self, trial: Trial, result: anyhow::Result<f64>);
 }
 
 /// Where an objective may read and write files.

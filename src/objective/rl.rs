@@ -30,7 +30,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{BuildContext, Objective};
+use super::{BatchFeed, BuildContext, Objective};
 use crate::error::{panic_message, InputError, Interrupted, TrialPruned};
 use crate::rl::agent::batched::Halt;
 use crate::rl::agent::Agent;
@@ -200,71 +200,67 @@ impl Objective for RlObjective {
         TrainConfig::from_value(config).map(|_| ())
     }
 
-    fn run_batch(&self, configs: Vec<anyhow::Result<Value>>, trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
-        if trials.len() == 1 || !self.spec.batched {
-            return configs
-                .into_iter()
-                .zip(trials.iter_mut())
-                .map(|(c, t)| c.and_then(|c| self.run_alone(&c, t)))
-                .collect();
+    fn run_batch(&self, batch: Vec<(Trial, anyhow::Result<Value>)>, feed: &mut dyn BatchFeed) {
+        if batch.len() == 1 || !self.spec.batched {
+            for (mut trial, config) in batch {
+                let result = config.and_then(|c| self.run_alone(&c, &mut trial));
+                feed.tell(trial, result);
+            }
+            return;
         }
-        let mut results: Vec<Option<anyhow::Result<f64>>> = trials.iter().map(|_| None).collect();
         // Trials that train alone, and groups of trials whose runs can share one learner.
-        let mut alone: Vec<(usize, Value)> = Vec::new();
-        let mut groups: Vec<Vec<(usize, Value, Vec<TrainConfig>)>> = Vec::new();
-        for (i, config) in configs.into_iter().enumerate() {
+        let mut alone: Vec<(Trial, Value)> = Vec::new();
+        let mut groups: Vec<Vec<(Trial, Vec<TrainConfig>)>> = Vec::new();
+        for (mut trial, config) in batch {
             let prepared = config.and_then(|value| {
-                let cfg = self.trial_config(&value, &trials[i])?;
-                let runs = self.seed_runs(&cfg, &mut trials[i])?;
+                let runs = self.prepare(&value, &mut trial)?;
                 Ok((value, runs))
             });
             let (value, runs) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
-                    results[i] = Some(Err(e));
+                    feed.tell(trial, Err(e));
                     continue;
                 }
             };
             if batchable(&runs).is_err() {
-                alone.push((i, value));
+                alone.push((trial, value));
                 continue;
             }
-            let fits = |g: &Vec<(usize, Value, Vec<TrainConfig>)>| {
-                let all: Vec<TrainConfig> = g.iter().flat_map(|(.., r)| r.iter()).chain(&runs).cloned().collect();
+            let fits = |g: &Vec<(Trial, Vec<TrainConfig>)>| {
+                let all: Vec<TrainConfig> = g.iter().flat_map(|(_, r)| r.iter()).chain(&runs).cloned().collect();
                 batchable(&all).is_ok()
             };
             match groups.iter_mut().find(|g| fits(g)) {
-                Some(g) => g.push((i, value, runs)),
-                None => groups.push(vec![(i, value, runs)]),
+                Some(g) => g.push((trial, runs)),
+                None => groups.push(vec![(trial, runs)]),
             }
         }
+        let mut later = Vec::new();
         for group in groups {
-            if group.len() == 1 && group[0].2.len() == 1 {
+            if group.len() == 1 && group[0].1.len() == 1 {
                 // One run: the agent alone is the same run, on its fastest path.
-                let (i, value, _) = group.into_iter().next().expect("one trial");
-                alone.push((i, value));
+                let (trial, runs) = group.into_iter().next().expect("one trial");
+                alone.push((trial, runs[0].to_value()));
                 continue;
             }
-            if stopping(trials, &results) {
-                for (i, ..) in &group {
-                    results[*i] = Some(Err(Interrupted.into()));
+            if group[0].0.interrupted() {
+                for (trial, _) in group {
+                    feed.tell(trial, Err(Interrupted.into()));
                 }
                 continue;
             }
-            let runs: Vec<(usize, Vec<TrainConfig>)> = group.into_iter().map(|(i, _, r)| (i, r)).collect();
-            for ((i, _), result) in runs.iter().zip(self.train_together(&runs, trials)) {
-                results[*i] = Some(result);
-            }
+            let group = group.into_iter().map(|(t, runs)| (Held::Owned(Box::new(t)), runs)).collect();
+            later.extend(self.train_together(group, feed).0);
         }
-        for (i, value) in alone {
-            let result = if stopping(trials, &results) {
-                Err(Interrupted.into())
-            } else {
-                self.run_alone(&value, &mut trials[i])
-            };
-            results[i] = Some(result);
+        for (mut trial, value) in alone {
+            let result = if trial.interrupted() { Err(Interrupted.into()) } else { self.run_alone(&value, &mut trial) };
+            feed.tell(trial, result);
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("the trial was not run")))).collect()
+        if !later.is_empty() {
+            // Trials asked for freed slots that did not fit their group: a batch of their own.
+            self.run_batch(later.into_iter().map(|(t, v)| (t, Ok(v))).collect(), feed);
+        }
     }
 
     fn run(&self, config: &Value, trial: &mut Trial) -> anyhow::Result<f64> {
@@ -274,7 +270,8 @@ impl Objective for RlObjective {
             let batched = if self.spec.batched { batchable(&runs) } else { Err("batched: false".into()) };
             trial.set_user_attr("batched", batched.as_ref().map_or_else(|why| json!(why), |_| json!(true)))?;
             if batched.is_ok() {
-                return self.train_together(&[(0, runs)], std::slice::from_mut(trial)).remove(0);
+                let (_, mut results) = self.train_together(vec![(Held::Borrowed(trial), runs)], &mut NoMore);
+                return results.remove(0).unwrap_or_else(|| Err(anyhow::anyhow!("the trial was not run")));
             }
         }
         let seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
@@ -419,131 +416,269 @@ impl RlObjective {
             .collect())
     }
 
-    /// Trains the runs of several trials (`(index into trials, its seeds' runs)`) as one
-    /// batched learner: each evaluation round, each trial's seeds' mean is reported to it and
-    /// its pruner's verdict applies to its members. Returns each trial's result, in `group`'s
-    /// order.
-    fn train_together(&self, group: &[(usize, Vec<TrainConfig>)], trials: &mut [Trial]) -> Vec<anyhow::Result<f64>> {
+    /// The runs of a trial's config, one per seed (checked, its seeds and device recorded).
+    fn prepare(&self, value: &Value, trial: &mut Trial) -> anyhow::Result<Vec<TrainConfig>> {
+        let cfg = self.trial_config(value, trial)?;
+        self.seed_runs(&cfg, trial)
+    }
+
+    /// Trains the trials of `group` (their seeds' runs batchable together) as one batched
+    /// learner, telling `feed` each owned trial's outcome as its last member ends, and giving
+    /// the slots of ended trials to the next trials `feed` has. Returns the trials asked for
+    /// freed slots that could not join the learner (a different shape), with their configs, and
+    /// the outcomes of the borrowed trials of `group` (`None` for the owned ones, told).
+    #[allow(clippy::type_complexity)]
+    fn train_together<'t>(
+        &self,
+        group: Vec<(Held<'t>, Vec<TrainConfig>)>,
+        feed: &mut dyn BatchFeed,
+    ) -> (Vec<(Trial, Value)>, Vec<Option<anyhow::Result<f64>>>) {
         let members: Vec<TrainConfig> = group.iter().flat_map(|(_, runs)| runs.iter().cloned()).collect();
-        let owners: Vec<usize> = group.iter().enumerate().flat_map(|(o, (_, runs))| vec![o; runs.len()]).collect();
         let mut rounds = TrialRounds {
-            trials: &mut *trials,
-            index: group.iter().map(|(i, _)| *i).collect(),
-            owners: owners.clone(),
-            curves: vec![Vec::new(); group.len()],
-            pruned: vec![false; group.len()],
-            errors: group.iter().map(|_| None).collect(),
+            objective: self,
+            feed,
+            lead: members[0].clone(),
+            slots: members.len(),
+            owners: Vec::new(),
+            trials: Vec::new(),
+            later: Vec::new(),
             interrupted: false,
+            failed_report: false,
         };
+        let given = group.len();
+        for (trial, runs) in group {
+            rounds.join(trial, runs.len(), 0);
+        }
         // A panic in training fails the trials with its message, as a seed's thread would.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_batched(&members, &mut rounds)))
             .unwrap_or_else(|p| Err(anyhow::anyhow!("training panicked: {}", panic_message(p.as_ref()))));
-        let TrialRounds { curves, pruned, mut errors, interrupted, .. } = rounds;
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                // A storage error met reporting outranks what training returned after it.
-                let message = format!("{e:#}");
-                let mut first = Some(e);
-                return errors
-                    .iter_mut()
-                    .map(|recorded| match recorded.take() {
-                        Some(storage) => Err(storage),
-                        None => Err(first.take().unwrap_or_else(|| anyhow::anyhow!("{message}"))),
-                    })
-                    .collect();
+        let error = outcome.err();
+        let message = error.as_ref().map(|e| format!("{e:#}"));
+        let mut first = error;
+        for o in 0..rounds.trials.len() {
+            if rounds.trials[o].trial.is_none() || rounds.trials[o].result.is_some() {
+                continue;
             }
-        };
-        let failed_report = interrupted || errors.iter().any(Option::is_some);
-        let mut members: Vec<Option<crate::rl::batched::MemberOutcome>> =
-            outcome.members.into_iter().map(Some).collect();
-        let mut results = Vec::with_capacity(group.len());
-        for (o, ((trial_index, _), (curve, (pruned, error)))) in
-            group.iter().zip(curves.iter().zip(pruned.iter().zip(errors))).enumerate()
-        {
-            let mine: Vec<crate::rl::batched::MemberOutcome> =
-                owners.iter().enumerate().filter(|(_, &w)| w == o).filter_map(|(m, _)| members[m].take()).collect();
-            let result = if let Some(e) = error {
-                Err(e)
-            } else if failed_report {
-                // The run is stopping, or another trial of the group met a storage error and
-                // stopped the group: this one was cut short, not at fault, and is re-queued.
-                Err(Interrupted.into())
-            } else if let Some(Halt::Failed(why)) =
-                mine.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
-            {
-                Err(anyhow::anyhow!("{why}"))
-            } else {
-                let seeds: Vec<SeedRun> = mine
-                    .into_iter()
-                    .map(|m| SeedRun {
-                        seed: m.seed,
-                        steps: m.steps,
-                        episodes: m.episodes,
-                        wall_s: outcome.wall_s,
-                        curve: m.evaluations.iter().map(|e| e.mean).collect(),
-                    })
-                    .collect();
-                let trial = &mut trials[*trial_index];
-                trial
-                    .set_user_attr("batched", json!(true))
-                    .and_then(|_| trial.set_user_attr("batch_members", json!(owners.len())))
-                    .and_then(|_| self.finish(trial, &seeds, outcome.wall_s, curve, *pruned))
+            // Training ended with an error before this trial's members did: a storage error met
+            // reporting outranks it.
+            let result = match rounds.trials[o].error.take() {
+                Some(storage) => Err(storage),
+                None => Err(first.take().unwrap_or_else(|| {
+                    anyhow::anyhow!("{}", message.as_deref().unwrap_or("training ended without this trial's outcome"))
+                })),
             };
-            results.push(result);
+            rounds.settle(o, result);
         }
-        results
+        let results = rounds.trials.iter_mut().take(given).map(|slot| slot.result.take()).collect();
+        (rounds.later, results)
     }
 }
 
-/// True once the run is stopping (Ctrl-C, or a storage error that will end it): the trials of
-/// a batch not started yet go back to the queue.
-fn stopping(trials: &[Trial], results: &[Option<anyhow::Result<f64>>]) -> bool {
-    trials.iter().any(Trial::interrupted)
-        || results
-            .iter()
-            .flatten()
-            .any(|r| r.as_ref().err().is_some_and(|e| e.chain().any(|c| c.is::<crate::storage::StorageError>())))
+/// A trial of a batched learner: owned (its outcome is told to the feed) or borrowed from
+/// [`Objective::run`] (its outcome is returned).
+enum Held<'t> {
+    Owned(Box<Trial>),
+    Borrowed(&'t mut Trial),
 }
 
-/// Reports the evaluation rounds of the trials trained in one batched learner.
-struct TrialRounds<'t> {
-    trials: &'t mut [Trial],
-    /// Each owner's index in `trials`.
-    index: Vec<usize>,
-    /// Each member's owner.
+impl Held<'_> {
+    fn get(&mut self) -> &mut Trial {
+        match self {
+            Held::Owned(t) => t,
+            Held::Borrowed(t) => t,
+        }
+    }
+}
+
+/// The feed of a lone trial: nothing more to ask, nothing told (its trial is borrowed).
+struct NoMore;
+
+impl BatchFeed for NoMore {
+    fn more(&mut self) -> Option<(Trial, anyhow::Result<Value>)> {
+        None
+    }
+
+    fn tell(&mut self, _trial: Trial, _result: anyhow::Result<f64>) {
+        unreachable!("a lone trial is borrowed: its outcome is returned, not told")
+    }
+}
+
+/// One trial of a batched learner: its members' curve and outcomes so far.
+struct TrialSlot<'t> {
+    /// `None` once its outcome is told (owned) or settled (borrowed).
+    trial: Option<Held<'t>>,
+    /// A borrowed trial's outcome.
+    result: Option<anyhow::Result<f64>>,
+    /// Its members still training.
+    remaining: usize,
+    outcomes: Vec<crate::rl::batched::MemberOutcome>,
+    curve: Vec<f64>,
+    pruned: bool,
+    /// A storage error met reporting for it (it stops the whole group).
+    error: Option<anyhow::Error>,
+    joined: Instant,
+    /// The learner's step when it joined (0, or the step at which it took a freed slot).
+    joined_step: u64,
+}
+
+/// Reports the evaluation rounds of the trials trained in one batched learner, tells each
+/// trial's outcome as it ends, and brings the next trials into freed slots.
+struct TrialRounds<'o, 'f, 't> {
+    objective: &'o RlObjective,
+    feed: &'f mut dyn BatchFeed,
+    /// The learner's first run: new trials must be batchable with it.
+    lead: TrainConfig,
+    /// The learner's member count when it started.
+    slots: usize,
+    /// Each run's trial (index into `trials`), runs in the learner's order of arrival.
     owners: Vec<usize>,
-    curves: Vec<Vec<f64>>,
-    pruned: Vec<bool>,
-    /// A storage error met reporting for an owner (it stops the whole group).
-    errors: Vec<Option<anyhow::Error>>,
+    trials: Vec<TrialSlot<'t>>,
+    /// Trials asked for freed slots that could not join.
+    later: Vec<(Trial, Value)>,
     /// The run is stopping (Ctrl-C): every member stops and every trial goes back to the queue.
     interrupted: bool,
+    /// A trial met a storage error: the group stops, the others are re-queued.
+    failed_report: bool,
 }
 
-impl RoundObserver for TrialRounds<'_> {
+impl<'t> TrialRounds<'_, '_, 't> {
+    /// Adds `trial`, whose `members` runs come next in the learner's order, joining at the
+    /// learner's step `step`.
+    fn join(&mut self, trial: Held<'t>, members: usize, step: u64) {
+        self.owners.extend(std::iter::repeat_n(self.trials.len(), members));
+        self.trials.push(TrialSlot {
+            trial: Some(trial),
+            result: None,
+            remaining: members,
+            outcomes: Vec::with_capacity(members),
+            curve: Vec::new(),
+            pruned: false,
+            error: None,
+            joined: Instant::now(),
+            joined_step: step,
+        });
+    }
+
+    /// The outcome of trial `o`, whose members have all ended.
+    fn result(&mut self, o: usize) -> anyhow::Result<f64> {
+        let slot = &mut self.trials[o];
+        if let Some(e) = slot.error.take() {
+            return Err(e);
+        }
+        if self.interrupted || self.failed_report {
+            // The run is stopping, or another trial of the group met a storage error and
+            // stopped the group: this one was cut short, not at fault, and is re-queued.
+            return Err(Interrupted.into());
+        }
+        if let Some(Halt::Failed(why)) =
+            slot.outcomes.iter().find_map(|m| m.halt.as_ref().filter(|h| matches!(h, Halt::Failed(_))))
+        {
+            return Err(anyhow::anyhow!("{why}"));
+        }
+        let wall_s = slot.joined.elapsed().as_secs_f64();
+        let seeds: Vec<SeedRun> = slot
+            .outcomes
+            .iter()
+            .map(|m| SeedRun {
+                seed: m.seed,
+                steps: m.steps,
+                episodes: m.episodes,
+                wall_s,
+                curve: m.evaluations.iter().map(|e| e.mean).collect(),
+            })
+            .collect();
+        let trial = slot.trial.as_mut().expect("told once").get();
+        trial.set_user_attr("batched", json!(true))?;
+        trial.set_user_attr("batch_members", json!(self.slots))?;
+        trial.set_user_attr("batch_joined_step", json!(slot.joined_step))?;
+        self.objective.finish(trial, &seeds, wall_s, &slot.curve, slot.pruned)
+    }
+
+    /// Trial `o` ended with `result`: told to the feed (owned) or kept (borrowed).
+    fn settle(&mut self, o: usize, result: anyhow::Result<f64>) {
+        match self.trials[o].trial.take().expect("a trial settles once") {
+            Held::Owned(trial) => self.feed.tell(*trial, result),
+            Held::Borrowed(trial) => {
+                self.trials[o].result = Some(result);
+                self.trials[o].trial = Some(Held::Borrowed(trial));
+            }
+        }
+    }
+}
+
+impl RoundObserver for TrialRounds<'_, '_, '_> {
     fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>> {
-        for o in 0..self.index.len() {
+        for o in 0..self.trials.len() {
             let mine: Vec<&Evaluation> = evals.iter().filter(|(m, _)| self.owners[*m] == o).map(|(_, e)| e).collect();
-            if mine.is_empty() || self.errors.iter().any(Option::is_some) {
+            if mine.is_empty() || self.failed_report {
                 continue;
             }
             let mean = mine.iter().map(|e| e.mean).sum::<f64>() / mine.len() as f64;
             let step = mine.iter().map(|e| e.step).max().unwrap_or(0);
-            self.curves[o].push(mean);
-            let trial = &mut self.trials[self.index[o]];
+            let slot = &mut self.trials[o];
+            slot.curve.push(mean);
+            let Some(trial) = slot.trial.as_mut().map(Held::get) else { continue };
             match trial.report(step as i64, mean).and_then(|_| trial.should_prune()) {
-                Ok(prune) => self.pruned[o] |= prune,
-                Err(e) => self.errors[o] = Some(e),
+                Ok(prune) => slot.pruned |= prune,
+                Err(e) => {
+                    slot.error = Some(e);
+                    self.failed_report = true;
+                }
+            }
+            if trial.interrupted() {
+                self.interrupted = true;
             }
         }
-        if self.trials.iter().any(Trial::interrupted) {
-            self.interrupted = true;
-        }
-        let abort = self.interrupted || self.errors.iter().any(Option::is_some);
+        let abort = self.interrupted || self.failed_report;
         Ok(evals
             .iter()
-            .map(|(m, _)| if abort || self.pruned[self.owners[*m]] { Control::Stop } else { Control::Continue })
+            .map(|(m, _)| if abort || self.trials[self.owners[*m]].pruned { Control::Stop } else { Control::Continue })
             .collect())
+    }
+
+    fn finished(&mut self, member: usize, outcome: &crate::rl::batched::MemberOutcome) -> anyhow::Result<()> {
+        let o = self.owners[member];
+        let slot = &mut self.trials[o];
+        slot.outcomes.push(crate::rl::batched::MemberOutcome {
+            seed: outcome.seed,
+            steps: outcome.steps,
+            episodes: outcome.episodes,
+            evaluations: outcome.evaluations.clone(),
+            halt: outcome.halt.clone(),
+        });
+        slot.remaining -= 1;
+        if slot.remaining == 0 {
+            let result = self.result(o);
+            self.settle(o, result);
+        }
+        Ok(())
+    }
+
+    fn refill(&mut self, free: usize, step: u64) -> anyhow::Result<Vec<TrainConfig>> {
+        let mut runs = Vec::new();
+        let per_trial = self.objective.spec.seeds.max(1);
+        while !(self.interrupted || self.failed_report) && free - runs.len() >= per_trial {
+            let Some((mut trial, config)) = self.feed.more() else { break };
+            let prepared = config.and_then(|value| {
+                let seeds = self.objective.prepare(&value, &mut trial)?;
+                Ok((value, seeds))
+            });
+            let (value, seeds) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    self.feed.tell(trial, Err(e));
+                    continue;
+                }
+            };
+            let all: Vec<TrainConfig> = std::iter::once(self.lead.clone()).chain(seeds.iter().cloned()).collect();
+            if batchable(&all).is_err() {
+                // A different shape: it trains after this learner, and the slots stay free.
+                self.later.push((trial, value));
+                break;
+            }
+            self.join(Held::Owned(Box::new(trial)), seeds.len(), step);
+            runs.extend(seeds);
+        }
+        Ok(runs)
     }
 }

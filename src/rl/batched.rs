@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::agent::batched::{group_key, unsupported, BatchedDqn, Halt};
-use super::agent::{AgentConfig, Exploration, Progress};
+use super::agent::{AgentConfig, DqnConfig, Exploration, Progress};
 use super::env::{Env, ObsBuf, VecEnv};
 use super::train::{derive, mean_std, next_boundary, parse_device, Control, Evaluation, TrainConfig};
 use crate::error::InputError;
@@ -31,6 +31,20 @@ pub trait RoundObserver {
     /// index of its run in the runs given), all at the same step; returns whether each goes on,
     /// in the same order.
     fn round(&mut self, evals: &[(usize, Evaluation)]) -> anyhow::Result<Vec<Control>>;
+
+    /// Run `member` (its index among the runs: those given, then those `refill` returned, in
+    /// order) ended: its budget ran out, the observer stopped it, or it failed. Called once per
+    /// run, as soon as it ends.
+    fn finished(&mut self, _member: usize, _outcome: &MemberOutcome) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Runs to start in `free` slots that ended members left, asked after an evaluation round at
+    /// the learner's step `step`: at most `free`, each batchable with the runs given. By
+    /// default none, and the slots are dropped when the learner compacts.
+    fn refill(&mut self, _free: usize, _step: u64) -> anyhow::Result<Vec<TrainConfig>> {
+        Ok(Vec::new())
+    }
 }
 
 /// How one member's run ended.
@@ -42,7 +56,7 @@ pub struct MemberOutcome {
     pub steps: u64,
     /// Episodes it completed.
     pub episodes: u64,
-    /// Its evaluations, in order.
+    /// Its evaluations, in order (steps are its own, counted from when it joined).
     pub evaluations: Vec<Evaluation>,
     /// Why it stopped before its budget (`None`: it ran to the end).
     pub halt: Option<Halt>,
@@ -104,9 +118,11 @@ pub fn batchable(cfgs: &[TrainConfig]) -> Result<(), String> {
 
 /// One member's environments, streams and counters.
 struct Member {
-    /// Its index in the runs given.
+    /// Its index among the runs: those given, then those [`RoundObserver::refill`] returned.
     index: usize,
     seed: u64,
+    /// The loop's step at which it joined (0, or a step at which another member left its slot).
+    start: u64,
     /// Its environment copies.
     envs: VecEnv,
     eval_env: Box<dyn Env>,
@@ -122,9 +138,60 @@ struct Member {
     eval_return: f64,
     /// Why it stopped before its budget.
     halt: Option<Halt>,
+    /// It ran its budget, or stopped: it learns no more and its outcome is out.
+    over: bool,
+}
+
+impl Member {
+    /// The member of run `index` with config `cfg`, joining at step `start`.
+    fn new(index: usize, cfg: &TrainConfig, start: u64) -> anyhow::Result<Self> {
+        let copies = (0..cfg.env.num_envs).map(|_| cfg.env.make()).collect::<anyhow::Result<_>>()?;
+        let envs = VecEnv::new(copies, cfg.seed);
+        Ok(Member {
+            index,
+            seed: cfg.seed,
+            start,
+            eval_obs: ObsBuf::new(&envs.observation_space()),
+            envs,
+            eval_env: cfg.env.make()?,
+            eval_seed: derive(cfg.seed, 2),
+            exploration: cfg.agent.exploration().clone(),
+            episode: 0,
+            steps: 0,
+            evaluations: Vec::new(),
+            eval_done: 0,
+            eval_returns: Vec::with_capacity(cfg.eval.episodes as usize),
+            eval_return: 0.0,
+            halt: None,
+            over: false,
+        })
+    }
+
+    /// Its outcome so far (its evaluations move out).
+    fn outcome(&mut self) -> MemberOutcome {
+        MemberOutcome {
+            seed: self.seed,
+            steps: self.steps,
+            episodes: self.episode,
+            evaluations: std::mem::take(&mut self.evaluations),
+            halt: self.halt.clone(),
+        }
+    }
+}
+
+/// The DQN config of a run that [`batchable`] accepted.
+fn dqn_of(cfg: &TrainConfig) -> &DqnConfig {
+    let AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!("batchable checked it") };
+    dqn
 }
 
 /// Trains the runs of `cfgs` (see [`batchable`]) as one batched learner.
+///
+/// Each member runs its own budget of steps from the step it joined, evaluating every
+/// `eval.every` of its own steps and at its end. A member that ends (its budget, a stop, a
+/// failure) is handed to [`RoundObserver::finished`] at once; after an evaluation round that
+/// left slots free, [`RoundObserver::refill`] may give runs to start in them (a trial batch's
+/// next trials), which then train from their step 0 beside the others.
 pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> anyhow::Result<BatchOutcome> {
     batchable(cfgs).map_err(|e| InputError::new(format!("cannot train these runs batched: {e}")))?;
     for cfg in cfgs {
@@ -138,52 +205,37 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
         anyhow::bail!("training diverged: the loss became NaN (injected fault train.diverge)");
     }
     let device = parse_device(&first.device).map_err(InputError::new)?;
-    let mut members = Vec::with_capacity(cfgs.len());
-    let mut rngs = Vec::with_capacity(cfgs.len());
-    let mut dqns = Vec::with_capacity(cfgs.len());
     let n_copies = first.env.num_envs as usize;
+    let mut members = Vec::with_capacity(cfgs.len());
     for (index, cfg) in cfgs.iter().enumerate() {
-        let envs = VecEnv::new((0..n_copies).map(|_| cfg.env.make()).collect::<anyhow::Result<_>>()?, cfg.seed);
-        let eval_env = cfg.env.make()?;
-        let AgentConfig::Dqn(dqn) = &cfg.agent else { unreachable!("batchable checked it") };
-        dqns.push((**dqn).clone());
-        rngs.push(StdRng::seed_from_u64(derive(cfg.seed, 1)));
-        members.push(Member {
-            index,
-            seed: cfg.seed,
-            eval_obs: ObsBuf::new(&envs.observation_space()),
-            envs,
-            eval_env,
-            eval_seed: derive(cfg.seed, 2),
-            exploration: cfg.agent.exploration().clone(),
-            episode: 0,
-            steps: 0,
-            evaluations: Vec::new(),
-            eval_done: 0,
-            eval_returns: Vec::with_capacity(cfg.eval.episodes as usize),
-            eval_return: 0.0,
-            halt: None,
-        });
+        members.push(Member::new(index, cfg, 0)?);
     }
+    let mut rngs: Vec<StdRng> = cfgs.iter().map(|c| StdRng::seed_from_u64(derive(c.seed, 1))).collect();
+    let dqns: Vec<DqnConfig> = cfgs.iter().map(|c| dqn_of(c).clone()).collect();
     let space = members[0].eval_env.observation_space();
     let actions = members[0].eval_env.action_space();
     let seeds: Vec<u64> = cfgs.iter().map(|c| c.seed).collect();
     let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, device, n_copies)?;
-    let budget = first.budget.clone();
-    let steps = budget.steps.expect("batchable checked it");
+    let steps = first.budget.steps.expect("batchable checked it");
     let every = first.eval.every;
-    // Per member, in the learner's order (compaction drops the stopped ones from both).
-    let mut finished: Vec<Member> = Vec::new();
+    let fraction = |local: u64| first.budget.fraction(local, 0);
+    // Every run's outcome, by run index, as each ends.
+    let mut outcomes: Vec<Option<MemberOutcome>> = (0..cfgs.len()).map(|_| None).collect();
     let mut scratch = Scratch::new(members.len(), n_copies);
     let mut step = 0u64;
-    let mut last_eval = None;
-    while step < steps && scratch.active.iter().any(|&a| a) {
-        // As the trainer does: the copies that reach the next evaluation or the end step.
-        let boundary = next_boundary(step, steps, every);
+    while scratch.active.iter().any(|&a| a) {
+        // As the trainer does: the copies that reach the next evaluation or end of a member.
+        let boundary = members
+            .iter()
+            .zip(&scratch.active)
+            .filter(|(_, &a)| a)
+            .map(|(m, _)| m.start + next_boundary(step - m.start, steps, every))
+            .min()
+            .expect("a member is active");
         let stepping = n_copies.min((boundary - step) as usize);
-        let fraction = budget.fraction(step, 0);
         for (e, m) in scratch.epsilon.iter_mut().zip(&members) {
-            *e = m.exploration.epsilon(Progress { step, episode: m.episode, fraction });
+            let local = step - m.start;
+            *e = m.exploration.epsilon(Progress { step: local, episode: m.episode, fraction: fraction(local) });
         }
         let k = members.len();
         for (c, chosen) in scratch.chosen.chunks_exact_mut(k).take(stepping).enumerate() {
@@ -192,7 +244,6 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
         let mut failed = Vec::new();
         for c in 0..stepping {
             step += 1;
-            let fraction = budget.fraction(step, 0);
             for (i, m) in members.iter_mut().enumerate() {
                 if !scratch.active[i] {
                     continue;
@@ -202,11 +253,11 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
                     learner.push(i, c, obs, a, s.reward as f32, s.obs, s.terminated, s.truncated);
                     s.done()
                 });
-                m.steps = step;
+                m.steps = step - m.start;
             }
-            // Every member's progress, stopped ones too: the group's gates read the shared step.
             for (p, m) in scratch.progress.iter_mut().zip(&members) {
-                *p = Progress { step, episode: m.episode, fraction };
+                let local = step - m.start;
+                *p = Progress { step: local, episode: m.episode, fraction: fraction(local) };
             }
             let failed_now = learner.learn(&scratch.progress, &mut rngs);
             for &i in &failed_now {
@@ -218,34 +269,60 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
                 m.episode += u64::from(std::mem::take(done));
             }
         }
-        let due = every > 0 && step % every == 0;
-        if due {
-            evaluate_round(&mut learner, &mut members, &mut scratch.active, first, step, observer)?;
-            last_eval = Some(step);
+        // Members at an evaluation of theirs (every `every` of their steps, and their end).
+        for (i, m) in members.iter().enumerate() {
+            let local = step - m.start;
+            scratch.due[i] = scratch.active[i] && ((every > 0 && local % every == 0) || local == steps);
         }
-        if due || !failed.is_empty() {
-            compact(&mut learner, &mut members, &mut rngs, &mut finished, &mut scratch);
+        let round = scratch.due.iter().any(|&d| d);
+        if round {
+            evaluate_round(&mut learner, &mut members, &mut scratch.active, &scratch.due, first, step, observer)?;
+        }
+        for (i, m) in members.iter_mut().enumerate() {
+            if scratch.active[i] && step - m.start == steps {
+                // Its budget is run: it learns no more, and its slot is free.
+                scratch.active[i] = false;
+                learner.stop(i);
+            }
+        }
+        // Members that ended this step: their outcomes go out now.
+        for (i, m) in members.iter_mut().enumerate() {
+            if !scratch.active[i] && !m.over {
+                m.over = true;
+                let outcome = m.outcome();
+                observer.finished(m.index, &outcome)?;
+                outcomes[m.index] = Some(outcome);
+            }
+        }
+        let free: Vec<usize> = (0..members.len()).filter(|&i| !scratch.active[i]).collect();
+        let mut refilled = false;
+        if round && !free.is_empty() {
+            let runs = observer.refill(free.len(), step)?;
+            anyhow::ensure!(runs.len() <= free.len(), "refill returned more runs than free slots");
+            for (&slot, cfg) in free.iter().zip(&runs) {
+                batchable(&[first.clone(), cfg.clone()])
+                    .map_err(|e| anyhow::anyhow!("a refill run cannot join this learner: {e}"))?;
+                cfg.validate().map_err(InputError::new)?;
+                learner.replace(slot, dqn_of(cfg), cfg.seed)?;
+                members[slot] = Member::new(outcomes.len(), cfg, step)?;
+                rngs[slot] = StdRng::seed_from_u64(derive(cfg.seed, 1));
+                scratch.active[slot] = true;
+                outcomes.push(None);
+                refilled = true;
+            }
+        }
+        if (round || !failed.is_empty()) && !refilled {
+            compact(&mut learner, &mut members, &mut rngs, &mut scratch);
         }
     }
-    if last_eval != Some(step) && scratch.active.iter().any(|&a| a) {
-        evaluate_round(&mut learner, &mut members, &mut scratch.active, first, step, observer)?;
-    }
-    let mut slots = vec![None; cfgs.len()];
+    let mut slots = vec![None; outcomes.len()];
     for (position, m) in members.iter().enumerate() {
         slots[m.index] = Some(position);
     }
-    finished.extend(members);
-    finished.sort_by_key(|m| m.index);
-    let members = finished
+    let members = outcomes
         .into_iter()
-        .map(|m| MemberOutcome {
-            seed: m.seed,
-            steps: m.steps,
-            episodes: m.episode,
-            evaluations: m.evaluations,
-            halt: m.halt,
-        })
-        .collect();
+        .map(|o| o.ok_or_else(|| anyhow::anyhow!("a member ended without an outcome")))
+        .collect::<anyhow::Result<_>>()?;
     Ok(BatchOutcome { members, wall_s: start.elapsed().as_secs_f64(), learner, slots })
 }
 
@@ -257,6 +334,8 @@ struct Scratch {
     chosen: Vec<usize>,
     progress: Vec<Progress>,
     done: Vec<bool>,
+    /// Members at an evaluation of theirs this step.
+    due: Vec<bool>,
 }
 
 impl Scratch {
@@ -267,19 +346,14 @@ impl Scratch {
             chosen: vec![0; k * copies],
             progress: vec![Progress::default(); k],
             done: vec![false; k],
+            due: vec![false; k],
         }
     }
 }
 
-/// Compacts the learner when worth it ([`BatchedDqn::compact`]) and the loop's members with it;
-/// the dropped members go to `finished`.
-fn compact(
-    learner: &mut BatchedDqn,
-    members: &mut Vec<Member>,
-    rngs: &mut Vec<StdRng>,
-    finished: &mut Vec<Member>,
-    scratch: &mut Scratch,
-) {
+/// Compacts the learner when worth it ([`BatchedDqn::compact`]) and the loop's members with it
+/// (the dropped ones have handed out their outcomes).
+fn compact(learner: &mut BatchedDqn, members: &mut Vec<Member>, rngs: &mut Vec<StdRng>, scratch: &mut Scratch) {
     let Some(keep) = learner.compact() else { return };
     let mut old: Vec<Option<(Member, StdRng)>> = members.drain(..).zip(rngs.drain(..)).map(Some).collect();
     for &i in &keep {
@@ -287,17 +361,20 @@ fn compact(
         members.push(m);
         rngs.push(rng);
     }
-    finished.extend(old.into_iter().flatten().map(|(m, _)| m));
     let copies = members.first().map_or(1, |m| m.envs.len());
     *scratch = Scratch::new(members.len(), copies);
+    for (active, m) in scratch.active.iter_mut().zip(members.iter()) {
+        *active = !m.over;
+    }
 }
 
-/// Evaluates every active member side by side and hands the round to `observer`; members it
+/// Evaluates the `due` members side by side and hands the round to `observer`; members it
 /// stops are stopped in the learner.
 fn evaluate_round(
     learner: &mut BatchedDqn,
     members: &mut [Member],
     active: &mut [bool],
+    due: &[bool],
     cfg: &TrainConfig,
     step: u64,
     observer: &mut dyn RoundObserver,
@@ -306,7 +383,7 @@ fn evaluate_round(
     let (episodes, eps) = (cfg.eval.episodes, cfg.eval.epsilon);
     // Each evaluation draws from its own stream, seeded as `train::evaluate` seeds it.
     let mut rngs: Vec<StdRng> = members.iter().map(|m| StdRng::seed_from_u64(derive(m.eval_seed, 7))).collect();
-    let mut running = active.to_vec();
+    let mut running = due.to_vec();
     for (m, _) in members.iter_mut().zip(&running).filter(|(_, &r)| r) {
         m.eval_obs.set(m.eval_env.reset(Some(m.eval_seed)));
         m.eval_done = 0;
@@ -338,13 +415,15 @@ fn evaluate_round(
             }
         }
     }
-    let mine: Vec<usize> = (0..k).filter(|&i| active[i]).collect();
+    let mine: Vec<usize> = (0..k).filter(|&i| due[i]).collect();
     let evals: Vec<(usize, Evaluation)> = mine
         .iter()
         .map(|&i| {
             let m = &members[i];
             let (mean, std) = mean_std(&m.eval_returns);
-            (m.index, Evaluation { step, episode: m.episode, mean, std, returns: m.eval_returns.clone() })
+            let eval =
+                Evaluation { step: step - m.start, episode: m.episode, mean, std, returns: m.eval_returns.clone() };
+            (m.index, eval)
         })
         .collect();
     let controls = observer.round(&evals)?;

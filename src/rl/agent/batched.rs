@@ -96,6 +96,11 @@ pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
     None
 }
 
+/// An agent's initial variables as one flat row, in the layout order.
+fn flat_row(vars: &[(String, Vec<i64>, Tensor)]) -> Tensor {
+    Tensor::cat(&vars.iter().map(|(.., t)| t.view([-1])).collect::<Vec<_>>(), 0)
+}
+
 /// One linear layer of every member: views into the `[K, P]` parameters and gradient.
 struct Linear {
     /// `W`, `[K, out, in]`.
@@ -352,6 +357,10 @@ pub enum Halt {
 /// `K` DQN members trained as one model (see the module documentation).
 pub struct BatchedDqn {
     cfgs: Vec<DqnConfig>,
+    /// The spaces and environment copies every member's weights and replay are built for.
+    space: ObsSpace,
+    actions: ActionSpace,
+    copies: usize,
     device: Device,
     k: usize,
     b: usize,
@@ -435,7 +444,7 @@ impl BatchedDqn {
                     offset += t.numel() as i64;
                 }
             }
-            rows.push(Tensor::cat(&vars.iter().map(|(.., t)| t.view([-1])).collect::<Vec<_>>(), 0));
+            rows.push(flat_row(&vars));
         }
         let flat = Tensor::stack(&rows, 0).to_device(device);
         let target = match first.target {
@@ -450,6 +459,9 @@ impl BatchedDqn {
         let sample =
             ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
         Ok(BatchedDqn {
+            space: space.clone(),
+            actions,
+            copies,
             device,
             k,
             b,
@@ -501,6 +513,40 @@ impl BatchedDqn {
 
     fn live(&self, i: usize) -> bool {
         self.halted[i].is_none()
+    }
+
+    /// Gives member `i`'s slot (stopped, failed or done) to a new member with config `cfg`
+    /// (of this group) and initial weights seeded by `seed`: its row starts from the weights an
+    /// agent with that seed starts from, with a fresh optimizer, replay buffer and counters, as
+    /// a run of its own from step 0 ([`BatchedDqn::learn`] reads each member's own step).
+    pub fn replace(&mut self, i: usize, cfg: &DqnConfig, seed: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.halted[i].is_some(), "member {i} still learns: only a halted member's slot is given away");
+        cfg.validate(&self.space).map_err(crate::error::InputError::new)?;
+        if let Some(why) = unsupported(cfg, &self.space) {
+            anyhow::bail!("cannot train this member batched: {why}");
+        }
+        anyhow::ensure!(
+            group_key(cfg) == group_key(&self.cfgs[i]),
+            "members of one batched learner must share everything but scalar hyperparameters"
+        );
+        let row = flat_row(&initial_parameters(cfg, &self.space, self.actions, seed)?).to_device(self.device);
+        {
+            let _guard = tch::no_grad_guard();
+            let (params, grad) = &mut self.rows[i];
+            params.copy_(&row);
+            let _ = grad.zero_();
+            if let Some(target) = &mut self.target {
+                target.flat.select(0, i as i64).copy_(&row);
+            }
+        }
+        self.optimizers[i] = FlatOptimizer::new(&cfg.optimizer, &self.rows[i].0);
+        self.replays[i] = build_replay(cfg, &self.space, self.copies);
+        self.cfgs[i] = cfg.clone();
+        self.lrs[i] = cfg.lr;
+        self.halted[i] = None;
+        self.loss_sum[i] = 0.0;
+        self.loss_count[i] = 0;
+        Ok(())
     }
 
     /// Drops the stopped and failed members from the model once at most half the members are
@@ -680,23 +726,24 @@ impl BatchedDqn {
         self.replays[i].push_stream(copy, obs, action, reward, next_obs, terminated, truncated);
     }
 
-    /// After every live member stored step `progress[i].step` (the same for all): learning-rate
-    /// schedules, the group's gradient phase when due (each member sampling from `rngs[i]`) and
-    /// each member's hard target copy. Returns the members that failed in it.
+    /// After every live member `i` stored its step `progress[i].step` (its own count: members
+    /// that joined later are behind): learning-rate schedules, a gradient phase of the members
+    /// due one (each sampling from `rngs[i]`) and each member's hard target copy. Returns the
+    /// members that failed in it.
     pub fn learn(&mut self, progress: &[Progress], rngs: &mut [StdRng]) -> Vec<usize> {
         let (learning_starts, train_freq, gradient_steps) =
             (self.cfgs[0].learning_starts, self.cfgs[0].train_freq, self.cfgs[0].gradient_steps);
-        let step = progress[0].step;
         for ((lr, cfg), &p) in self.lrs.iter_mut().zip(&self.cfgs).zip(progress) {
             *lr = cfg.lr_schedule.value(cfg.lr, p);
         }
         let mut failed = Vec::new();
-        // As an agent alone, a member updates once its own buffer can be sampled; the others
-        // sit this phase out as stopped ones do.
-        for i in 0..self.k {
-            self.st.taking[i] = self.live(i) && !self.replays[i].is_empty();
+        // As an agent alone, a member updates at its own gates once its own buffer can be
+        // sampled; the others sit this phase out as stopped ones do.
+        for (i, p) in progress.iter().enumerate().take(self.k) {
+            self.st.taking[i] =
+                self.live(i) && !self.replays[i].is_empty() && p.step >= learning_starts && p.step % train_freq == 0;
         }
-        if step >= learning_starts && step % train_freq == 0 && self.st.taking.iter().any(|&t| t) {
+        if self.st.taking.iter().any(|&t| t) {
             for ((beta, c), p) in self.st.betas.iter_mut().zip(&self.cfgs).zip(progress) {
                 *beta = per_beta(&c.replay, p.fraction);
             }
@@ -713,9 +760,9 @@ impl BatchedDqn {
         }
         if let Some(target) = &mut self.target {
             let _guard = tch::no_grad_guard();
-            for i in 0..self.k {
-                if let TargetSpec::Hard { every } = self.cfgs[i].target {
-                    if step % every == 0 && self.halted[i].is_none() {
+            for (i, (cfg, p)) in self.cfgs.iter().zip(progress).enumerate() {
+                if let TargetSpec::Hard { every } = cfg.target {
+                    if p.step % every == 0 && self.halted[i].is_none() {
                         target.flat.select(0, i as i64).copy_(&self.rows[i].0);
                     }
                 }
