@@ -146,6 +146,69 @@ fn members_with_environment_copies_make_the_updates_of_agents_alone() {
 }
 
 #[test]
+fn members_with_frozen_pretrained_layers_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // Pretrained weights with their first layer frozen, under AdamW's weight decay (which would
+    // move a frozen weight the optimizer touched) and gradient clipping (whose norm leaves the
+    // frozen layer out). Frozen weights stay bit for bit the pretrained ones.
+    let dir = tempfile::TempDir::new().unwrap();
+    let weights = dir.path().join("pretrained.safetensors");
+    train(&variant("", 90, &[]), &mut ()).unwrap().agent.save(&weights).unwrap();
+    let runs: Vec<TrainConfig> = (0..3)
+        .map(|s| {
+            variant(
+                "",
+                70 + s,
+                &[
+                    ("agent.optimizer", json!({"type": "adamw", "weight_decay": 0.1})),
+                    // Uniform replay: with PER, a float-level difference in a TD error can move a
+                    // sampled index across a sum-tree boundary and the runs part ways.
+                    ("agent.replay", json!({"type": "uniform", "size": 1000})),
+                    ("agent.max_grad_norm", json!(0.5)),
+                    ("agent.lr", json!(0.002 * (s + 1) as f64)),
+                ],
+            )
+        })
+        .map(|cfg| {
+            let mut v = cfg.to_value();
+            v["agent"]["pretrained"] = json!({"path": weights, "freeze": ["0"]});
+            TrainConfig::from_value(&v).unwrap()
+        })
+        .collect();
+    batchable(&runs).unwrap();
+    let outcome = train_batched(&runs, &mut Rounds::default()).unwrap();
+    let pretrained = Tensor::read_safetensors(&weights).unwrap();
+    for (i, cfg) in runs.iter().enumerate() {
+        let (mine, theirs) =
+            (dir.path().join(format!("m{i}.safetensors")), dir.path().join(format!("a{i}.safetensors")));
+        outcome.learner.save(i, &mine).unwrap();
+        train(cfg, &mut ()).unwrap().agent.save(&theirs).unwrap();
+        let read = |p: &std::path::Path| {
+            let mut named = Tensor::read_safetensors(p).unwrap();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named
+        };
+        let (mine, theirs) = (read(&mine), read(&theirs));
+        assert_eq!(mine.len(), theirs.len());
+        for ((name, a), (other, b)) in mine.iter().zip(&theirs) {
+            assert_eq!(name, other);
+            // The agent trains a frozen net through autograd, which sums in another order
+            // than the batched backward: equal to float tolerance, as for dueling.
+            let (diff, scale) = (max_abs_diff(a, b), b.abs().max().double_value(&[]));
+            println!("member {i}: {name} differs by {diff:e} (scale {scale})");
+            assert!(diff <= 1e-4 * scale.max(1.0), "member {i}: {name} differs by {diff}");
+            let start = &pretrained.iter().find(|(n, _)| n == name).unwrap().1;
+            let moved = max_abs_diff(a, start);
+            if name.starts_with("0.") {
+                assert_eq!(moved, 0.0, "member {i}: frozen {name} moved");
+            } else {
+                assert!(moved > 0.0, "member {i}: trainable {name} did not learn");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_member_whose_buffer_fills_first_updates_first_as_it_would_alone() {
     use serde_json::json;
     // 20-step returns from step 0: a transition is sampleable once 20 more steps are stored or

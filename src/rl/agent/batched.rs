@@ -90,15 +90,12 @@ pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
     if cfg.noisy.is_some() {
         return Some("noisy layers are not batched yet".into());
     }
-    if cfg.pretrained.as_ref().is_some_and(|p| !p.freeze.is_empty()) {
-        return Some("frozen pretrained layers are not batched yet".into());
-    }
     None
 }
 
 /// An agent's initial variables as one flat row, in the layout order.
-fn flat_row(vars: &[(String, Vec<i64>, Tensor)]) -> Tensor {
-    Tensor::cat(&vars.iter().map(|(.., t)| t.view([-1])).collect::<Vec<_>>(), 0)
+fn flat_row(vars: &[(String, Vec<i64>, Tensor, bool)]) -> Tensor {
+    Tensor::cat(&vars.iter().map(|(_, _, t, _)| t.view([-1])).collect::<Vec<_>>(), 0)
 }
 
 /// One linear layer of every member: views into the `[K, P]` parameters and gradient.
@@ -357,6 +354,11 @@ pub enum Halt {
 /// `K` DQN members trained as one model (see the module documentation).
 pub struct BatchedDqn {
     cfgs: Vec<DqnConfig>,
+    /// Frozen pretrained variables (`pretrained.freeze`, the same for every member): offset
+    /// and length in a row, and their values. Their gradient is zeroed before clipping (the
+    /// agent's norm leaves them out) and their values are put back after each optimizer step
+    /// (weight decay would move them).
+    frozen: Vec<(i64, i64, Tensor)>,
     /// The spaces and environment copies every member's weights and replay are built for.
     space: ObsSpace,
     actions: ActionSpace,
@@ -435,12 +437,16 @@ impl BatchedDqn {
         // Each member's initial weights, exactly as an agent with its seed makes them.
         let mut layout: Layout = Vec::new();
         let mut rows = Vec::with_capacity(k);
+        let mut frozen = Vec::new();
         for (cfg, &seed) in cfgs.iter().zip(seeds) {
             let vars = initial_parameters(cfg, space, actions, seed)?;
             if layout.is_empty() {
                 let mut offset = 0;
-                for (name, shape, t) in &vars {
+                for (name, shape, t, is_frozen) in &vars {
                     layout.push((name.clone(), shape.clone(), offset));
+                    if *is_frozen {
+                        frozen.push((offset, t.numel() as i64, t.view([-1]).to_device(device)));
+                    }
                     offset += t.numel() as i64;
                 }
             }
@@ -459,6 +465,7 @@ impl BatchedDqn {
         let sample =
             ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
         Ok(BatchedDqn {
+            frozen,
             space: space.clone(),
             actions,
             copies,
@@ -932,6 +939,9 @@ impl BatchedDqn {
             let _ = self.st.grad_q.scatter_(2, &actions, &grad_rows);
             self.online.backward(&self.st.grad_q, &self.st.ones);
         }
+        for (offset, len, _) in &self.frozen {
+            let _ = self.online.grad.narrow(1, *offset, *len).zero_();
+        }
         if self.cfgs.iter().any(|c| c.max_grad_norm.is_some()) {
             // Every member's norm in one reduction, rounded as the agent's `norm()` rounds it.
             self.st.norms_host.copy_(&self.online.grad.norm_scalaropt_dim(2, [1], false));
@@ -957,6 +967,9 @@ impl BatchedDqn {
                 }
             }
             self.optimizers[i].step(params, grad, self.lrs[i]);
+            for (offset, len, value) in &self.frozen {
+                params.narrow(0, *offset, *len).copy_(value);
+            }
             if matches!(cfg.replay, ReplaySpec::Prioritized { .. }) {
                 let rows = i * b..(i + 1) * b;
                 self.replays[i].update_priorities(&self.st.indices[rows.clone()], &self.st.td[rows]);

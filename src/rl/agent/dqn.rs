@@ -896,26 +896,28 @@ fn initial_network(
     Ok((online, frozen))
 }
 
-/// The trainable variables of the network `DqnAgent::new` starts from for `seed`, in the
-/// order of its flat parameters (name order): each name, shape and value. The batched learner
-/// stacks these, so that its member `i` starts exactly where an agent seeded alike does.
+/// The variables of the network `DqnAgent::new` starts from for `seed`, in name order (the
+/// order of its flat parameters, which leave out the frozen ones): each name, shape, value and
+/// whether `pretrained.freeze` freezes it. The batched learner stacks these, so that its member
+/// `i` starts exactly where an agent seeded alike does.
+#[allow(clippy::type_complexity)]
 pub(super) fn initial_parameters(
     cfg: &DqnConfig,
     space: &ObsSpace,
     actions: ActionSpace,
     seed: u64,
-) -> anyhow::Result<Vec<(String, Vec<i64>, Tensor)>> {
+) -> anyhow::Result<Vec<(String, Vec<i64>, Tensor, bool)>> {
     let spec = cfg.net_spec(space);
     let atoms = Head::new(&cfg.head, Device::Cpu).width();
     let (online, frozen) = initial_network(cfg, &spec, space, actions, atoms, Device::Cpu, seed)?;
-    anyhow::ensure!(frozen.is_empty(), "frozen layers are not supported by the batched learner");
     Ok(online
         .named()
         .into_iter()
         .filter(|(n, _)| !is_noise(n))
         .map(|(n, t)| {
             let size = t.size();
-            (n, size, t.detach().copy())
+            let is_frozen = frozen.iter().any(|p| n == *p || n.starts_with(&format!("{p}.")));
+            (n, size, t.detach().copy(), is_frozen)
         })
         .collect())
 }
