@@ -377,6 +377,31 @@ fn c51_and_qr_members_make_the_updates_of_agents_alone() {
 }
 
 #[test]
+fn dueling_c51_and_qr_members_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // The dueling streams combined per atom (value + advantage - mean advantage), as the
+    // agent's `dueling_aggregate_atoms` does; the agent's side is autograd.
+    for head in [json!({"type": "c51", "atoms": 11, "v_min": 0, "v_max": 100}), json!({"type": "qr", "quantiles": 8})] {
+        let runs: Vec<TrainConfig> = (0..3)
+            .map(|s| {
+                variant(
+                    "",
+                    80 + s,
+                    &[
+                        ("agent.head", head.clone()),
+                        ("agent.loss", Value::Null),
+                        ("agent.net", json!({"type": "mlp", "hidden": [32, 32], "dueling": true})),
+                        ("agent.replay", json!({"type": "uniform", "size": 1000})),
+                        ("agent.lr", json!(0.001 * (s + 1) as f64)),
+                    ],
+                )
+            })
+            .collect();
+        batched_matches_unbatched(&runs);
+    }
+}
+
+#[test]
 fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
     use serde_json::json;
     let a = variant("", 0, &[]);

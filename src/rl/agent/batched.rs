@@ -77,11 +77,7 @@ pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
         return Some("only MLP networks are batched yet".into());
     }
     match cfg.head {
-        HeadSpec::Expected => {}
-        HeadSpec::C51 { .. } | HeadSpec::Qr { .. } if !cfg.net.as_ref().is_some_and(NetSpec::dueling) => {}
-        HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {
-            return Some(format!("head type {} with a dueling network is not batched yet", cfg.head.name()))
-        }
+        HeadSpec::Expected | HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {}
         HeadSpec::Iqn { .. } => return Some("head type iqn is not batched yet".into()),
     }
     if cfg.munchausen.is_some() {
@@ -156,13 +152,15 @@ struct Stack {
     /// The output layer, or the value and advantage streams.
     out: Vec<Linear>,
     dueling: bool,
+    /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
+    atoms: i64,
     /// The trunk layers' inputs and the features the output part read, from the last
     /// [`Stack::forward`] that saved them.
     saved: Vec<Tensor>,
 }
 
 impl Stack {
-    fn new(flat: Tensor, layout: &Layout, hidden: usize, dueling: bool) -> anyhow::Result<Self> {
+    fn new(flat: Tensor, layout: &Layout, hidden: usize, dueling: bool, atoms: i64) -> anyhow::Result<Self> {
         let grad = flat.zeros_like();
         let prefix = if dueling { "trunk." } else { "" };
         let trunk = (0..hidden)
@@ -173,7 +171,7 @@ impl Stack {
         } else {
             vec![Linear::new(&flat, &grad, layout, &hidden.to_string())?]
         };
-        Ok(Stack { flat, grad, trunk, out, dueling, saved: Vec::with_capacity(hidden + 1) })
+        Ok(Stack { flat, grad, trunk, out, dueling, atoms, saved: Vec::with_capacity(hidden + 1) })
     }
 
     /// Q-values `[K, R, |A|]` of observations `[K, R, in]`, keeping what the backward pass
@@ -193,7 +191,15 @@ impl Stack {
         }
         let q = if self.dueling {
             let (value, advantage) = (self.out[0].forward(&h), self.out[1].forward(&h));
-            value + &advantage - advantage.mean_dim(-1, true, None)
+            if self.atoms == 1 {
+                value + &advantage - advantage.mean_dim(-1, true, None)
+            } else {
+                // Per atom, as `dueling_aggregate_atoms`: value `[K, R, atoms]`, advantages
+                // `[K, R, |A| atoms]`.
+                let (k, r) = (advantage.size()[0], advantage.size()[1]);
+                let a = advantage.view([k, r, -1, self.atoms]);
+                (value.unsqueeze(2) + &a - a.mean_dim(2, true, None)).view([k, r, -1])
+            }
         } else {
             self.out[0].forward(&h)
         };
@@ -209,8 +215,14 @@ impl Stack {
         let _guard = tch::no_grad_guard();
         let features = self.saved.last().expect("a saved forward pass");
         let mut dh = if self.dueling {
-            let d_value = grad_q.sum_dim_intlist(-1, true, Kind::Float);
-            let d_advantage = grad_q - grad_q.mean_dim(-1, true, None);
+            let (d_value, d_advantage) = if self.atoms == 1 {
+                (grad_q.sum_dim_intlist(-1, true, Kind::Float), grad_q - grad_q.mean_dim(-1, true, None))
+            } else {
+                // Per atom: dV = sum_a dQ, dA = dQ - mean_a dQ.
+                let (k, r) = (grad_q.size()[0], grad_q.size()[1]);
+                let g = grad_q.view([k, r, -1, self.atoms]);
+                (g.sum_dim_intlist(2, false, Kind::Float), (&g - g.mean_dim(2, true, None)).view([k, r, -1]))
+            };
             self.out[0].gradients(&d_value, features, ones);
             self.out[1].gradients(&d_advantage, features, ones);
             (!self.trunk.is_empty()).then(|| d_value.bmm(&self.out[0].weight) + d_advantage.bmm(&self.out[1].weight))
@@ -455,9 +467,9 @@ impl BatchedDqn {
         let flat = Tensor::stack(&rows, 0).to_device(device);
         let target = match first.target {
             TargetSpec::None => None,
-            _ => Some(Stack::new(flat.copy(), &layout, hidden, dueling)?),
+            _ => Some(Stack::new(flat.copy(), &layout, hidden, dueling, atoms as i64)?),
         };
-        let online = Stack::new(flat, &layout, hidden, dueling)?;
+        let online = Stack::new(flat, &layout, hidden, dueling, atoms as i64)?;
         let rows: Vec<(Tensor, Tensor)> =
             (0..k as i64).map(|i| (online.flat.select(0, i), online.grad.select(0, i))).collect();
         let optimizers = cfgs.iter().zip(&rows).map(|(c, (p, _))| FlatOptimizer::new(&c.optimizer, p)).collect();
@@ -565,10 +577,10 @@ impl BatchedDqn {
             return None;
         }
         let index = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
-        let (hidden, dueling) = (self.online.trunk.len(), self.online.dueling);
+        let (hidden, dueling, atoms) = (self.online.trunk.len(), self.online.dueling, self.online.atoms);
         let layout = &self.layout;
         let restack = |stack: &Stack| {
-            Stack::new(stack.flat.index_select(0, &index), layout, hidden, dueling)
+            Stack::new(stack.flat.index_select(0, &index), layout, hidden, dueling, atoms)
                 .expect("the layout built these layers before")
         };
         let (online, target) = (restack(&self.online), self.target.as_ref().map(restack));
