@@ -350,7 +350,7 @@ impl Run<'_> {
             Ok(()) => "the objective returned no result for this trial".to_string(),
             Err(panic) => format!("the objective panicked: {}", panic_message(panic.as_ref())),
         };
-        let Feed { mut untold, first_error, .. } = feed;
+        let Feed { mut untold, mut first_error, .. } = feed;
         untold.sort_unstable();
         for id in untold {
             // Its `Trial` is gone with the panic: the storage records the failure directly.
@@ -361,7 +361,13 @@ impl Run<'_> {
                 .and_then(|_| st.set_trial_state_values(id, TrialState::Fail, None));
             match failed {
                 Ok(_) => self.summary.lock().unwrap().failed += 1,
-                Err(e) => self.abandon(id, &e.into()),
+                Err(e) => {
+                    // Not the trial's fault: it is re-queued where the storage allows, and the
+                    // run ends with the error.
+                    let e = anyhow::Error::from(e);
+                    self.abandon(id, &e);
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
