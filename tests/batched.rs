@@ -402,6 +402,21 @@ fn dueling_c51_and_qr_members_make_the_updates_of_agents_alone() {
 }
 
 #[test]
+fn munchausen_members_with_their_own_alpha_tau_and_clip_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    let runs: Vec<TrainConfig> = [(0.9, 0.03, -1.0), (0.5, 0.1, -0.5), (0.9, 0.01, -2.0)]
+        .into_iter()
+        .enumerate()
+        .map(|(s, (alpha, tau, clip))| {
+            let mut v = variant("", 100 + s as u64, &[("agent.lr", json!(0.001 * (s + 1) as f64))]).to_value();
+            v["agent"]["munchausen"] = json!({"alpha": alpha, "tau": tau, "clip": clip});
+            TrainConfig::from_value(&v).unwrap()
+        })
+        .collect();
+    batched_matches_unbatched(&runs);
+}
+
+#[test]
 fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
     use serde_json::json;
     let a = variant("", 0, &[]);

@@ -63,6 +63,10 @@ pub fn group_key(cfg: &DqnConfig) -> Value {
                 inner.retain(|k, _| k == keep || (section == "replay" && k == "size"));
             }
         }
+        // Munchausen's alpha, tau and clip are per member; whether it is on is the group's.
+        if let Some(m) = map.get_mut("munchausen") {
+            *m = Value::Bool(!m.is_null());
+        }
     }
     v
 }
@@ -80,13 +84,24 @@ pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
         HeadSpec::Expected | HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {}
         HeadSpec::Iqn { .. } => return Some("head type iqn is not batched yet".into()),
     }
-    if cfg.munchausen.is_some() {
-        return Some("munchausen is not batched yet".into());
+    if cfg.munchausen.is_some() && cfg.head != HeadSpec::Expected {
+        return Some(format!("munchausen with head type {} is not batched yet", cfg.head.name()));
     }
     if cfg.noisy.is_some() {
         return Some("noisy layers are not batched yet".into());
     }
     None
+}
+
+/// Munchausen's `tau`, `alpha` and `clip` of each member as `[K, 1, 1]` tensors on `device`,
+/// when the group uses Munchausen.
+fn munchausen_scalars(cfgs: &[DqnConfig], device: Device) -> Option<[Tensor; 3]> {
+    let ms: Vec<&super::Munchausen> = cfgs.iter().map(|c| c.munchausen.as_ref()).collect::<Option<_>>()?;
+    let column = |f: fn(&super::Munchausen) -> f64| {
+        let values: Vec<f32> = ms.iter().map(|m| f(m) as f32).collect();
+        Tensor::from_slice(&values).view([-1, 1, 1]).to_device(device)
+    };
+    Some([column(|m| m.tau), column(|m| m.alpha), column(|m| m.clip)])
 }
 
 /// An agent's initial variables as one flat row, in the layout order.
@@ -366,6 +381,9 @@ pub enum Halt {
 /// `K` DQN members trained as one model (see the module documentation).
 pub struct BatchedDqn {
     cfgs: Vec<DqnConfig>,
+    /// Munchausen's `tau`, `alpha` and `clip` of every member, `[K, 1, 1]` each (when the
+    /// group uses Munchausen).
+    munchausen: Option<[Tensor; 3]>,
     /// Frozen pretrained variables (`pretrained.freeze`, the same for every member): offset
     /// and length in a row, and their values. Their gradient is zeroed before clipping (the
     /// agent's norm leaves them out) and their values are put back after each optimizer step
@@ -477,6 +495,7 @@ impl BatchedDqn {
         let sample =
             ReplayStorage::new(space, 2 * (first.n_step + 8) + 2, first.n_step, first.gamma as f32).new_batch(b);
         Ok(BatchedDqn {
+            munchausen: munchausen_scalars(cfgs, device),
             frozen,
             space: space.clone(),
             actions,
@@ -562,6 +581,7 @@ impl BatchedDqn {
         self.replays[i] = build_replay(cfg, &self.space, self.copies);
         self.cfgs[i] = cfg.clone();
         self.lrs[i] = cfg.lr;
+        self.munchausen = munchausen_scalars(&self.cfgs, self.device);
         self.halted[i] = None;
         self.loss_sum[i] = 0.0;
         self.loss_count[i] = 0;
@@ -600,6 +620,7 @@ impl BatchedDqn {
         pick(&mut self.loss_count, &keep);
         self.k = k;
         self.st = Staging::new(k, self.b, self.dim, self.n_actions, self.atoms, self.device);
+        self.munchausen = munchausen_scalars(&self.cfgs, self.device);
         Some(keep)
     }
 
@@ -896,13 +917,30 @@ impl BatchedDqn {
                 Some(t) => t.forward(&next_obs, false),
                 None => self.online.forward(&next_obs, false),
             };
-            let next_value = if self.cfgs[0].double {
-                let chooser = self.online.forward(&next_obs, false);
-                next.gather(2, &chooser.argmax(-1, true), false)
+            let y = if let Some([tau, alpha, clip]) = &self.munchausen {
+                // Munchausen-DQN, as the agent's target: log pi = log_softmax(q / tau) of the
+                // bootstrap network, y = G + alpha clip(tau log pi(a|s), l0, 0)
+                // + gamma^m sum_a' pi(a'|s') (q'(s', a') - tau log pi(a'|s')).
+                let q_s = match &mut self.target {
+                    Some(t) => t.forward(&obs, false),
+                    None => self.online.forward(&obs, false),
+                };
+                let log_pi = |q: &Tensor| (q / tau).log_softmax(-1, Kind::Float);
+                let log_pi_s = log_pi(&q_s).gather(2, &actions, false);
+                let bonus = (log_pi_s * tau).maximum(clip).clamp_max(0.0) * alpha;
+                let log_pi_next = log_pi(&next);
+                let shifted = &next + &log_pi_next * tau.neg();
+                let next_value = (shifted * log_pi_next.exp()).sum_dim_intlist(-1, true, Kind::Float);
+                (&returns + bonus).addcmul(&bootstrap, &next_value)
             } else {
-                next.amax(-1, true)
+                let next_value = if self.cfgs[0].double {
+                    let chooser = self.online.forward(&next_obs, false);
+                    next.gather(2, &chooser.argmax(-1, true), false)
+                } else {
+                    next.amax(-1, true)
+                };
+                returns.addcmul(&bootstrap, &next_value)
             };
-            let y = returns.addcmul(&bootstrap, &next_value);
             let q = self.online.forward(&obs, true).gather(2, &actions, false);
             self.st.td_host.copy_(&(q - y));
             // Each member's loss, its finiteness and its output gradient, on the host.
