@@ -345,6 +345,32 @@ fn a_freed_slot_takes_the_next_run_which_trains_as_it_would_alone() {
 }
 
 #[test]
+fn a_refilled_member_with_environment_copies_keeps_its_own_vector_steps() {
+    use serde_json::json;
+    // 3 copies and a budget of 250 steps with evaluations every 100: run 3 joins at step 100,
+    // so the others' end (their step 250) falls inside its vector steps. It must step exactly
+    // as alone: full vector steps except at its own evaluations and end.
+    let with_copies = |s: u64, lr: f64| {
+        let mut v = variant("", 110 + s, &[("agent.lr", json!(lr))]).to_value();
+        v["env"]["num_envs"] = json!(3);
+        v["budget"]["steps"] = json!(250);
+        TrainConfig::from_value(&v).unwrap()
+    };
+    let runs: Vec<TrainConfig> = (0..3).map(|s| with_copies(s, 0.001 * (s + 1) as f64)).collect();
+    let next = vec![with_copies(3, 0.002)];
+    let mut observer = Refill { next: next.clone(), ended: Vec::new() };
+    let outcome = train_batched(&runs, &mut observer).unwrap();
+    let alone = train(&next[0], &mut ()).unwrap();
+    let member = &outcome.members[3];
+    let returns = |e: &[Evaluation]| e.iter().map(|e| (e.step, e.returns.clone())).collect::<Vec<_>>();
+    assert_eq!((member.steps, member.episodes), (250, alone.episodes));
+    assert_eq!(returns(&member.evaluations), returns(&alone.evaluations));
+    let slot = outcome.slots[3].expect("run 3 ends last, in the learner");
+    let state = alone.agent.learner_state().unwrap();
+    assert_eq!(max_abs_diff(outcome.learner.parameters(slot), state.get("online").unwrap()), 0.0);
+}
+
+#[test]
 fn c51_and_qr_members_make_the_updates_of_agents_alone() {
     use serde_json::json;
     for head in [json!({"type": "c51", "atoms": 21, "v_min": 0, "v_max": 100}), json!({"type": "qr", "quantiles": 16})]

@@ -353,9 +353,24 @@ impl Run<'_> {
         let Feed { mut untold, mut first_error, .. } = feed;
         untold.sort_unstable();
         for id in untold {
-            // Its `Trial` is gone with the panic: the storage records the failure directly.
+            // Its `Trial` is gone with the panic: the storage records the outcome directly. A
+            // stopping run re-queues it, as any trial it cut short.
             self.running.lock().unwrap().remove(&id);
             let st = self.study.storage();
+            if self.stopping() {
+                let requeued = st.get_trial(id).map_err(anyhow::Error::from).and_then(|t| {
+                    self.mark_interrupted(id, &self.stop_reason())?;
+                    self.requeue(&t, false)
+                });
+                match requeued {
+                    Ok(_) => self.summary.lock().unwrap().interrupted_trials += 1,
+                    Err(e) => {
+                        self.abandon(id, &e);
+                        first_error.get_or_insert(e);
+                    }
+                }
+                continue;
+            }
             let failed = st
                 .set_trial_system_attr(id, FAIL_REASON_KEY, &Value::from(reason.as_str()))
                 .and_then(|_| st.set_trial_state_values(id, TrialState::Fail, None));

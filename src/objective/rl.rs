@@ -210,7 +210,7 @@ impl Objective for RlObjective {
         }
         // Trials that train alone, and groups of trials whose runs can share one learner.
         let mut alone: Vec<(Trial, Value)> = Vec::new();
-        let mut groups: Vec<Vec<(Trial, Vec<TrainConfig>)>> = Vec::new();
+        let mut groups: Vec<Vec<(Trial, Value, Vec<TrainConfig>)>> = Vec::new();
         for (mut trial, config) in batch {
             let prepared = config.and_then(|value| {
                 let runs = self.prepare(&value, &mut trial)?;
@@ -227,30 +227,31 @@ impl Objective for RlObjective {
                 alone.push((trial, value));
                 continue;
             }
-            let fits = |g: &Vec<(Trial, Vec<TrainConfig>)>| {
-                let all: Vec<TrainConfig> = g.iter().flat_map(|(_, r)| r.iter()).chain(&runs).cloned().collect();
+            let fits = |g: &Vec<(Trial, Value, Vec<TrainConfig>)>| {
+                let all: Vec<TrainConfig> = g.iter().flat_map(|(.., r)| r.iter()).chain(&runs).cloned().collect();
                 batchable(&all).is_ok()
             };
             match groups.iter_mut().find(|g| fits(g)) {
-                Some(g) => g.push((trial, runs)),
-                None => groups.push(vec![(trial, runs)]),
+                Some(g) => g.push((trial, value, runs)),
+                None => groups.push(vec![(trial, value, runs)]),
             }
         }
         let mut later = Vec::new();
         for group in groups {
-            if group.len() == 1 && group[0].1.len() == 1 {
-                // One run: the agent alone is the same run, on its fastest path.
-                let (trial, runs) = group.into_iter().next().expect("one trial");
-                alone.push((trial, runs[0].to_value()));
+            if group.len() == 1 && group[0].2.len() == 1 {
+                // One run: the agent alone is the same run, on its fastest path (from the
+                // trial's own config: `run` resolves its paths once).
+                let (trial, value, _) = group.into_iter().next().expect("one trial");
+                alone.push((trial, value));
                 continue;
             }
             if group[0].0.interrupted() {
-                for (trial, _) in group {
+                for (trial, ..) in group {
                     feed.tell(trial, Err(Interrupted.into()));
                 }
                 continue;
             }
-            let group = group.into_iter().map(|(t, runs)| (Held::Owned(Box::new(t)), runs)).collect();
+            let group = group.into_iter().map(|(t, _, runs)| (Held::Owned(Box::new(t)), runs)).collect();
             later.extend(self.train_together(group, feed).0);
         }
         for (mut trial, value) in alone {

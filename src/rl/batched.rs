@@ -121,8 +121,6 @@ struct Member {
     /// Its index among the runs: those given, then those [`RoundObserver::refill`] returned.
     index: usize,
     seed: u64,
-    /// The loop's step at which it joined (0, or a step at which another member left its slot).
-    start: u64,
     /// Its environment copies.
     envs: VecEnv,
     eval_env: Box<dyn Env>,
@@ -144,13 +142,12 @@ struct Member {
 
 impl Member {
     /// The member of run `index` with config `cfg`, joining at step `start`.
-    fn new(index: usize, cfg: &TrainConfig, start: u64) -> anyhow::Result<Self> {
+    fn new(index: usize, cfg: &TrainConfig) -> anyhow::Result<Self> {
         let copies = (0..cfg.env.num_envs).map(|_| cfg.env.make()).collect::<anyhow::Result<_>>()?;
         let envs = VecEnv::new(copies, cfg.seed);
         Ok(Member {
             index,
             seed: cfg.seed,
-            start,
             eval_obs: ObsBuf::new(&envs.observation_space()),
             envs,
             eval_env: cfg.env.make()?,
@@ -208,7 +205,7 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
     let n_copies = first.env.num_envs as usize;
     let mut members = Vec::with_capacity(cfgs.len());
     for (index, cfg) in cfgs.iter().enumerate() {
-        members.push(Member::new(index, cfg, 0)?);
+        members.push(Member::new(index, cfg)?);
     }
     let mut rngs: Vec<StdRng> = cfgs.iter().map(|c| StdRng::seed_from_u64(derive(c.seed, 1))).collect();
     let dqns: Vec<DqnConfig> = cfgs.iter().map(|c| dqn_of(c).clone()).collect();
@@ -224,28 +221,29 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
     let mut scratch = Scratch::new(members.len(), n_copies);
     let mut step = 0u64;
     while scratch.active.iter().any(|&a| a) {
-        // As the trainer does: the copies that reach the next evaluation or end of a member.
-        let boundary = members
-            .iter()
-            .zip(&scratch.active)
-            .filter(|(_, &a)| a)
-            .map(|(m, _)| m.start + next_boundary(step - m.start, steps, every))
-            .min()
-            .expect("a member is active");
-        let stepping = n_copies.min((boundary - step) as usize);
+        // As the trainer does, per member: the copies that reach its next evaluation or its end
+        // (members that joined later keep their own boundaries).
+        for ((limit, m), &active) in scratch.limit.iter_mut().zip(&members).zip(&scratch.active) {
+            *limit = if active { n_copies.min((next_boundary(m.steps, steps, every) - m.steps) as usize) } else { 0 };
+        }
+        let stepping = scratch.limit.iter().copied().max().unwrap_or(0);
         for (e, m) in scratch.epsilon.iter_mut().zip(&members) {
-            let local = step - m.start;
+            let local = m.steps;
             *e = m.exploration.epsilon(Progress { step: local, episode: m.episode, fraction: fraction(local) });
         }
         let k = members.len();
         for (c, chosen) in scratch.chosen.chunks_exact_mut(k).take(stepping).enumerate() {
-            learner.act(|i| members[i].envs.obs(c), &scratch.epsilon, &mut rngs, &scratch.active, chosen);
+            for (acting, &limit) in scratch.acting.iter_mut().zip(&scratch.limit) {
+                *acting = c < limit;
+            }
+            learner.act(|i| members[i].envs.obs(c), &scratch.epsilon, &mut rngs, &scratch.acting, chosen);
         }
         let mut failed = Vec::new();
         for c in 0..stepping {
             step += 1;
             for (i, m) in members.iter_mut().enumerate() {
-                if !scratch.active[i] {
+                scratch.acting[i] = scratch.active[i] && c < scratch.limit[i];
+                if !scratch.acting[i] {
                     continue;
                 }
                 let a = scratch.chosen[c * k + i];
@@ -253,13 +251,12 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
                     learner.push(i, c, obs, a, s.reward as f32, s.obs, s.terminated, s.truncated);
                     s.done()
                 });
-                m.steps = step - m.start;
+                m.steps += 1;
             }
             for (p, m) in scratch.progress.iter_mut().zip(&members) {
-                let local = step - m.start;
-                *p = Progress { step: local, episode: m.episode, fraction: fraction(local) };
+                *p = Progress { step: m.steps, episode: m.episode, fraction: fraction(m.steps) };
             }
-            let failed_now = learner.learn(&scratch.progress, &mut rngs);
+            let failed_now = learner.learn(&scratch.progress, &scratch.acting, &mut rngs);
             for &i in &failed_now {
                 scratch.active[i] = false;
                 members[i].halt = learner.halted(i).cloned();
@@ -271,15 +268,14 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
         }
         // Members at an evaluation of theirs (every `every` of their steps, and their end).
         for (i, m) in members.iter().enumerate() {
-            let local = step - m.start;
-            scratch.due[i] = scratch.active[i] && ((every > 0 && local % every == 0) || local == steps);
+            scratch.due[i] = scratch.active[i] && ((every > 0 && m.steps % every == 0) || m.steps == steps);
         }
         let round = scratch.due.iter().any(|&d| d);
         if round {
-            evaluate_round(&mut learner, &mut members, &mut scratch.active, &scratch.due, first, step, observer)?;
+            evaluate_round(&mut learner, &mut members, &mut scratch.active, &scratch.due, first, observer)?;
         }
         for (i, m) in members.iter_mut().enumerate() {
-            if scratch.active[i] && step - m.start == steps {
+            if scratch.active[i] && m.steps == steps {
                 // Its budget is run: it learns no more, and its slot is free.
                 scratch.active[i] = false;
                 learner.stop(i);
@@ -304,7 +300,7 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
                     .map_err(|e| anyhow::anyhow!("a refill run cannot join this learner: {e}"))?;
                 cfg.validate().map_err(InputError::new)?;
                 learner.replace(slot, dqn_of(cfg), cfg.seed)?;
-                members[slot] = Member::new(outcomes.len(), cfg, step)?;
+                members[slot] = Member::new(outcomes.len(), cfg)?;
                 rngs[slot] = StdRng::seed_from_u64(derive(cfg.seed, 1));
                 scratch.active[slot] = true;
                 outcomes.push(None);
@@ -336,6 +332,9 @@ struct Scratch {
     done: Vec<bool>,
     /// Members at an evaluation of theirs this step.
     due: Vec<bool>,
+    /// Copies each member steps in this vector step, and whether it steps the current one.
+    limit: Vec<usize>,
+    acting: Vec<bool>,
 }
 
 impl Scratch {
@@ -347,6 +346,8 @@ impl Scratch {
             progress: vec![Progress::default(); k],
             done: vec![false; k],
             due: vec![false; k],
+            limit: vec![0; k],
+            acting: vec![false; k],
         }
     }
 }
@@ -376,7 +377,6 @@ fn evaluate_round(
     active: &mut [bool],
     due: &[bool],
     cfg: &TrainConfig,
-    step: u64,
     observer: &mut dyn RoundObserver,
 ) -> anyhow::Result<()> {
     let k = members.len();
@@ -421,8 +421,7 @@ fn evaluate_round(
         .map(|&i| {
             let m = &members[i];
             let (mean, std) = mean_std(&m.eval_returns);
-            let eval =
-                Evaluation { step: step - m.start, episode: m.episode, mean, std, returns: m.eval_returns.clone() };
+            let eval = Evaluation { step: m.steps, episode: m.episode, mean, std, returns: m.eval_returns.clone() };
             (m.index, eval)
         })
         .collect();

@@ -104,6 +104,11 @@ fn munchausen_scalars(cfgs: &[DqnConfig], device: Device) -> Option<[Tensor; 3]>
     Some([column(|m| m.tau), column(|m| m.alpha), column(|m| m.clip)])
 }
 
+/// The frozen variables among an agent's initial ones, flat, on `device`.
+fn frozen_of(vars: &[(String, Vec<i64>, Tensor, bool)], device: Device) -> Vec<Tensor> {
+    vars.iter().filter(|v| v.3).map(|(_, _, t, _)| t.view([-1]).to_device(device)).collect()
+}
+
 /// An agent's initial variables as one flat row, in the layout order.
 fn flat_row(vars: &[(String, Vec<i64>, Tensor, bool)]) -> Tensor {
     Tensor::cat(&vars.iter().map(|(_, _, t, _)| t.view([-1])).collect::<Vec<_>>(), 0)
@@ -384,11 +389,14 @@ pub struct BatchedDqn {
     /// Munchausen's `tau`, `alpha` and `clip` of every member, `[K, 1, 1]` each (when the
     /// group uses Munchausen).
     munchausen: Option<[Tensor; 3]>,
-    /// Frozen pretrained variables (`pretrained.freeze`, the same for every member): offset
-    /// and length in a row, and their values. Their gradient is zeroed before clipping (the
-    /// agent's norm leaves them out) and their values are put back after each optimizer step
-    /// (weight decay would move them).
-    frozen: Vec<(i64, i64, Tensor)>,
+    /// Frozen pretrained variables (`pretrained.freeze`): offset and length in a row. Their
+    /// gradient is zeroed before clipping (the agent's norm leaves them out) and each member's
+    /// values (`frozen_values`) are put back after its optimizer steps (weight decay would move
+    /// them).
+    frozen: Vec<(i64, i64)>,
+    /// Each member's frozen values, as its agent starts with them (the file's, or its seed's
+    /// initialisation for a frozen variable the file lacks).
+    frozen_values: Vec<Vec<Tensor>>,
     /// The spaces and environment copies every member's weights and replay are built for.
     space: ObsSpace,
     actions: ActionSpace,
@@ -468,6 +476,7 @@ impl BatchedDqn {
         let mut layout: Layout = Vec::new();
         let mut rows = Vec::with_capacity(k);
         let mut frozen = Vec::new();
+        let mut frozen_values = Vec::with_capacity(k);
         for (cfg, &seed) in cfgs.iter().zip(seeds) {
             let vars = initial_parameters(cfg, space, actions, seed)?;
             if layout.is_empty() {
@@ -475,11 +484,12 @@ impl BatchedDqn {
                 for (name, shape, t, is_frozen) in &vars {
                     layout.push((name.clone(), shape.clone(), offset));
                     if *is_frozen {
-                        frozen.push((offset, t.numel() as i64, t.view([-1]).to_device(device)));
+                        frozen.push((offset, t.numel() as i64));
                     }
                     offset += t.numel() as i64;
                 }
             }
+            frozen_values.push(frozen_of(&vars, device));
             rows.push(flat_row(&vars));
         }
         let flat = Tensor::stack(&rows, 0).to_device(device);
@@ -497,6 +507,7 @@ impl BatchedDqn {
         Ok(BatchedDqn {
             munchausen: munchausen_scalars(cfgs, device),
             frozen,
+            frozen_values,
             space: space.clone(),
             actions,
             copies,
@@ -567,7 +578,9 @@ impl BatchedDqn {
             group_key(cfg) == group_key(&self.cfgs[i]),
             "members of one batched learner must share everything but scalar hyperparameters"
         );
-        let row = flat_row(&initial_parameters(cfg, &self.space, self.actions, seed)?).to_device(self.device);
+        let vars = initial_parameters(cfg, &self.space, self.actions, seed)?;
+        self.frozen_values[i] = frozen_of(&vars, self.device);
+        let row = flat_row(&vars).to_device(self.device);
         {
             let _guard = tch::no_grad_guard();
             let (params, grad) = &mut self.rows[i];
@@ -612,6 +625,7 @@ impl BatchedDqn {
             v.extend(keep.iter().map(|&i| old[i].take().expect("each member is kept once")));
         }
         pick(&mut self.cfgs, &keep);
+        pick(&mut self.frozen_values, &keep);
         pick(&mut self.optimizers, &keep);
         pick(&mut self.replays, &keep);
         pick(&mut self.lrs, &keep);
@@ -766,11 +780,11 @@ impl BatchedDqn {
         self.replays[i].push_stream(copy, obs, action, reward, next_obs, terminated, truncated);
     }
 
-    /// After every live member `i` stored its step `progress[i].step` (its own count: members
-    /// that joined later are behind): learning-rate schedules, a gradient phase of the members
-    /// due one (each sampling from `rngs[i]`) and each member's hard target copy. Returns the
-    /// members that failed in it.
-    pub fn learn(&mut self, progress: &[Progress], rngs: &mut [StdRng]) -> Vec<usize> {
+    /// After the members with `stored[i]` stored their step `progress[i].step` (each its own
+    /// count: members that joined later are behind): learning-rate schedules, a gradient phase
+    /// of the members due one (each sampling from `rngs[i]`) and each one's hard target copy.
+    /// Returns the members that failed in it.
+    pub fn learn(&mut self, progress: &[Progress], stored: &[bool], rngs: &mut [StdRng]) -> Vec<usize> {
         let (learning_starts, train_freq, gradient_steps) =
             (self.cfgs[0].learning_starts, self.cfgs[0].train_freq, self.cfgs[0].gradient_steps);
         for ((lr, cfg), &p) in self.lrs.iter_mut().zip(&self.cfgs).zip(progress) {
@@ -780,8 +794,11 @@ impl BatchedDqn {
         // As an agent alone, a member updates at its own gates once its own buffer can be
         // sampled; the others sit this phase out as stopped ones do.
         for (i, p) in progress.iter().enumerate().take(self.k) {
-            self.st.taking[i] =
-                self.live(i) && !self.replays[i].is_empty() && p.step >= learning_starts && p.step % train_freq == 0;
+            self.st.taking[i] = stored[i]
+                && self.live(i)
+                && !self.replays[i].is_empty()
+                && p.step >= learning_starts
+                && p.step % train_freq == 0;
         }
         if self.st.taking.iter().any(|&t| t) {
             for ((beta, c), p) in self.st.betas.iter_mut().zip(&self.cfgs).zip(progress) {
@@ -802,7 +819,7 @@ impl BatchedDqn {
             let _guard = tch::no_grad_guard();
             for (i, (cfg, p)) in self.cfgs.iter().zip(progress).enumerate() {
                 if let TargetSpec::Hard { every } = cfg.target {
-                    if p.step % every == 0 && self.halted[i].is_none() {
+                    if stored[i] && p.step % every == 0 && self.halted[i].is_none() {
                         target.flat.select(0, i as i64).copy_(&self.rows[i].0);
                     }
                 }
@@ -863,7 +880,7 @@ impl BatchedDqn {
             if !loss.is_finite() {
                 self.halted[i] = Some(Halt::Failed(format!(
                     "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                    self.updates + 1
+                    self.optimizers[i].steps() + 1
                 )));
                 grad[outs].fill(0.0);
                 failed.push(i);
@@ -959,7 +976,7 @@ impl BatchedDqn {
                 if !loss.is_finite() {
                     self.halted[i] = Some(Halt::Failed(format!(
                         "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                        self.updates + 1
+                        self.optimizers[i].steps() + 1
                     )));
                     self.st.grad_rows[rows].fill(0.0);
                     failed.push(i);
@@ -989,7 +1006,7 @@ impl BatchedDqn {
             let _ = self.st.grad_q.scatter_(2, &actions, &grad_rows);
             self.online.backward(&self.st.grad_q, &self.st.ones);
         }
-        for (offset, len, _) in &self.frozen {
+        for (offset, len) in &self.frozen {
             let _ = self.online.grad.narrow(1, *offset, *len).zero_();
         }
         if self.cfgs.iter().any(|c| c.max_grad_norm.is_some()) {
@@ -1007,7 +1024,7 @@ impl BatchedDqn {
                 if !norm.is_finite() {
                     self.halted[i] = Some(Halt::Failed(format!(
                         "training diverged: the gradient norm became {norm} at gradient step {}; lower lr or set reward_scale",
-                        self.updates + 1
+                        self.optimizers[i].steps() + 1
                     )));
                     failed.push(i);
                     continue;
@@ -1017,7 +1034,7 @@ impl BatchedDqn {
                 }
             }
             self.optimizers[i].step(params, grad, self.lrs[i]);
-            for (offset, len, value) in &self.frozen {
+            for ((offset, len), value) in self.frozen.iter().zip(&self.frozen_values[i]) {
                 params.narrow(0, *offset, *len).copy_(value);
             }
             if matches!(cfg.replay, ReplaySpec::Prioritized { .. }) {
