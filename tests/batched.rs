@@ -695,3 +695,64 @@ search_space:
     // Two trials start the learner; each pair after them takes the two freed slots 300 steps on.
     assert_eq!(joined, vec![(0, 0), (1, 0), (2, 300), (3, 300), (4, 600), (5, 600)], "{joined:?}");
 }
+
+#[test]
+fn a_batch_of_single_run_trials_resolves_a_relative_pretrained_path_once() {
+    // Two trials of different batch sizes asked together train alone, each from its own
+    // config; the pretrained path is relative to the study file's folder, and the study is
+    // run from its parent (a relative base), where resolving it twice would point nowhere.
+    let dir = tempfile::TempDir::new().unwrap();
+    let studies = dir.path().join("studies");
+    std::fs::create_dir(&studies).unwrap();
+    let mut source = variant("", 0, &[("agent.net", serde_json::json!({"type": "mlp", "hidden": [16]}))]);
+    source.budget.steps = Some(50);
+    train(&source, &mut ()).unwrap().agent.save(&studies.join("w.safetensors")).unwrap();
+    std::fs::write(
+        studies.join("s.yaml"),
+        "name: relative
+direction: maximize
+n_trials: 2
+sampler: {type: random}
+parallelism: {jobs: 1, batch: 2}
+objective:
+  type: rl
+  config:
+    env: {id: CartPole-v1}
+    budget: {steps: 300}
+    eval: {every: 150, episodes: 1}
+    agent:
+      type: dqn
+      net: {type: mlp, hidden: [16]}
+      learning_starts: 50
+      replay: {type: uniform, size: 1000}
+      pretrained: {path: w.safetensors}
+search_space:
+  agent.batch_size: {type: categorical, choices: [16, 32]}
+",
+    )
+    .unwrap();
+    let tune = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tune"))
+            .current_dir(dir.path())
+            .args(args)
+            .args(["--storage", "sqlite:///r.db"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Enqueued, so that the two trials asked together surely differ in shape.
+    for size in ["16", "32"] {
+        tune(&["enqueue", "studies/s.yaml", "--param", &format!("agent.batch_size={size}")]);
+    }
+    tune(&["run", "studies/s.yaml", "--plain"]);
+    let storage = tune::storage::open(&format!("sqlite:///{}", dir.path().join("r.db").display())).unwrap();
+    let id = storage.get_study_id_from_name("relative").unwrap().unwrap();
+    let trials = storage.get_all_trials(id, None).unwrap();
+    let sizes: std::collections::BTreeSet<String> =
+        trials.iter().map(|t| t.params["agent.batch_size"].to_string()).collect();
+    assert_eq!(sizes.len(), 2, "the enqueued trials have different batch sizes");
+    for t in &trials {
+        assert_eq!(t.state, tune::frozen::TrialState::Complete, "trial {}: {:?}", t.number, t.system_attrs);
+        assert_eq!(t.user_attrs.get("batch_members"), None, "trial {} trained alone", t.number);
+    }
+}
