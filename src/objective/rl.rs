@@ -640,13 +640,7 @@ impl RoundObserver for TrialRounds<'_, '_, '_> {
     fn finished(&mut self, member: usize, outcome: &crate::rl::batched::MemberOutcome) -> anyhow::Result<()> {
         let o = self.owners[member];
         let slot = &mut self.trials[o];
-        slot.outcomes.push(crate::rl::batched::MemberOutcome {
-            seed: outcome.seed,
-            steps: outcome.steps,
-            episodes: outcome.episodes,
-            evaluations: outcome.evaluations.clone(),
-            halt: outcome.halt.clone(),
-        });
+        slot.outcomes.push(outcome.clone());
         slot.remaining -= 1;
         if slot.remaining == 0 {
             let result = self.result(o);

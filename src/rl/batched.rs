@@ -48,7 +48,7 @@ pub trait RoundObserver {
 }
 
 /// How one member's run ended.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MemberOutcome {
     /// Its seed.
     pub seed: u64,
