@@ -13,7 +13,8 @@
 //! their own learning rates.
 //!
 //! Run: `cargo bench --bench batched` (add `-- --members 1,8` to choose `K`, `--batched-only`
-//! to skip the baseline when profiling). Without
+//! to skip the baseline when profiling, `--cnn` for the Nature CNN's gradient step alone:
+//! `-- --cnn --members 1,4,8`). Without
 //! `--bench` (as in `cargo test --all-targets`) it runs once, small, as a smoke test.
 
 #[path = "common/obs.rs"]
@@ -89,7 +90,22 @@ fn gradient_steps(k: usize, steps: u32) -> (f64, f64) {
         agent.observe(t, Progress { step, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
         obs = if s.done() { env.reset(None).to_owned_f32() } else { next };
     }
+    time_steps(&mut learner, &mut agent, k, steps)
+}
+
+/// Seconds per gradient step of `learner` (`k` members) and of `agent`, after one untimed step
+/// each (libtorch picks its convolution kernels on first use).
+fn time_steps(
+    learner: &mut tune::rl::agent::batched::BatchedDqn,
+    agent: &mut tune::rl::agent::DqnAgent,
+    k: usize,
+    steps: u32,
+) -> (f64, f64) {
+    use rand::SeedableRng;
     let mut rngs: Vec<_> = (0..k as u64).map(rand::rngs::StdRng::seed_from_u64).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(u64::MAX);
+    learner.gradient_step(&mut rngs);
+    agent.gradient_step(&mut rng).unwrap();
     let start = Instant::now();
     for _ in 0..steps {
         learner.gradient_step(&mut rngs);
@@ -100,6 +116,54 @@ fn gradient_steps(k: usize, steps: u32) -> (f64, f64) {
         agent.gradient_step(&mut rng).unwrap();
     }
     (batched, start.elapsed().as_secs_f64() / steps as f64)
+}
+
+/// Seconds per gradient step of `k` Nature CNN members (`configs/dqn_breakout.yaml`'s agent:
+/// batch 32, 4 stacked 84x84 frames, Adam, clipping) and of one agent, on buffers of 500
+/// transitions of random frames (the cost of a step does not depend on what the pixels show).
+fn cnn_gradient_steps(k: usize, steps: u32) -> (f64, f64) {
+    use rand::{Rng, SeedableRng};
+    use tune::rl::agent::batched::BatchedDqn;
+    use tune::rl::agent::{Agent, AgentConfig, DqnAgent, Progress, Transition};
+    use tune::rl::env::{ActionSpace, Obs, ObsSpace};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/dqn_breakout.yaml");
+    let mut v: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["device"] = json!("cpu");
+    v["agent"]["replay"] = json!({"type": "uniform", "size": 1000});
+    let AgentConfig::Dqn(d) = TrainConfig::from_value(&v).unwrap().agent else { unreachable!() };
+    let dqns: Vec<_> = (0..k)
+        .map(|m| tune::rl::agent::DqnConfig {
+            learning_starts: u64::MAX,
+            lr: 1e-4 * (1.0 + 0.05 * m as f64),
+            ..(*d).clone()
+        })
+        .collect();
+    let space = ObsSpace::Pixels { frames: 4, height: 84, width: 84, channels: 1 };
+    let actions = ActionSpace { n: 4 };
+    let seeds: Vec<u64> = (0..k as u64).collect();
+    let mut learner = BatchedDqn::new(&dqns, &seeds, &space, actions, tch::Device::Cpu, 1).unwrap();
+    let mut agent = DqnAgent::new(&dqns[0], &space, actions, tch::Device::Cpu, 0).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let frame = |rng: &mut rand::rngs::StdRng| (0..space.flat_dim()).map(|_| rng.random::<u8>()).collect::<Vec<_>>();
+    let mut obs = frame(&mut rng);
+    for step in 1..=500u64 {
+        let (a, next, done) = (rng.random_range(0..4), frame(&mut rng), rng.random::<f64>() < 0.01);
+        for i in 0..k {
+            learner.push(i, 0, Obs::U8(&obs), a, 0.0, Obs::U8(&next), done, false);
+        }
+        let t = Transition {
+            obs: Obs::U8(&obs),
+            action: a,
+            reward: 0.0,
+            next_obs: Obs::U8(&next),
+            terminated: done,
+            truncated: false,
+            env: 0,
+        };
+        agent.observe(t, Progress { step, episode: 0, fraction: 0.0 }, &mut rng).unwrap();
+        obs = next;
+    }
+    time_steps(&mut learner, &mut agent, k, steps)
 }
 
 fn main() {
@@ -120,6 +184,20 @@ fn main() {
             alone * 1e6,
             batched / alone
         );
+    }
+    if std::env::args().any(|a| a == "--cnn") {
+        println!("gradient step of K Nature CNN members (dqn_breakout: batch 32, 4x84x84 frames) against one agent's");
+        for &k in &members {
+            let (batched, alone) = cnn_gradient_steps(k, if bench { 20 } else { 1 });
+            println!(
+                "  K = {k:>4}: {:>8.1} ms ({:>6.1} ms per member), one agent {:>6.1} ms: {:.2}x one agent's time",
+                batched * 1e3,
+                batched * 1e3 / k as f64,
+                alone * 1e3,
+                batched / alone
+            );
+        }
+        return;
     }
     if std::env::args().any(|a| a == "--gradient-only") {
         return;

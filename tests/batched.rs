@@ -442,6 +442,54 @@ fn munchausen_members_with_their_own_alpha_tau_and_clip_make_the_updates_of_agen
     batched_matches_unbatched(&runs);
 }
 
+/// A Nature CNN run on Breakout, its frames shrunk to 36x36 (the smallest the convolutions
+/// take) and its episodes cut at 100 steps, so that the whole comparison takes seconds.
+#[cfg(feature = "atari")]
+fn breakout(seed: u64, set: &[(&str, Value)]) -> TrainConfig {
+    use serde_json::json;
+    let mut all = vec![
+        ("env", json!({"id": "ALE/Breakout-v5", "screen_size": 36, "max_episode_steps": 100})),
+        ("agent.net", json!({"type": "nature_cnn"})),
+        // Uniform replay: with PER, a float-level difference in a TD error can move a sampled
+        // index across a sum-tree boundary and the runs part ways.
+        ("agent.replay", json!({"type": "uniform", "size": 1000})),
+        ("eval", json!({"every": 100, "episodes": 1})),
+    ];
+    all.extend(set.iter().cloned());
+    variant("", seed, &all)
+}
+
+#[test]
+#[cfg(feature = "atari")]
+fn nature_cnn_members_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // On CPU each member's convolutions and dense layers run as the agent's own, through
+    // autograd (the GPU's grouped convolution is compared in the learner's unit tests): greedy
+    // actions, evaluations and updates are the agent's.
+    let plain: Vec<TrainConfig> = (0..3)
+        .map(|s| {
+            breakout(
+                110 + s,
+                &[("agent.lr", json!(0.0005 * (s + 1) as f64)), ("agent.gamma", json!(0.97 + 0.01 * s as f64))],
+            )
+        })
+        .collect();
+    batched_matches_unbatched(&plain);
+    let dueling: Vec<TrainConfig> = (0..2)
+        .map(|s| {
+            breakout(
+                120 + s,
+                &[
+                    ("agent.net", json!({"type": "nature_cnn", "dueling": true})),
+                    ("agent.double", json!(true)),
+                    ("agent.max_grad_norm", json!(1.0 + s as f64)),
+                ],
+            )
+        })
+        .collect();
+    batched_matches_unbatched(&dueling);
+}
+
 #[test]
 fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
     use serde_json::json;

@@ -12,6 +12,17 @@
 //! aggregation `V + A - mean A` is differentiated by hand too (`dV = sum_a dQ`,
 //! `dA = dQ - mean_a dQ`).
 //!
+//! The Nature CNN (Mnih et al. 2015) runs through libtorch's autograd instead ([`Graph`]), each
+//! variable of the members an autograd leaf over the `[K, P]` parameters, whose gradients are
+//! copied into the same `[K, P]` gradient, so everything after the backward pass (frozen
+//! variables, clipping, each member's optimizer) is shared. On a GPU the members' frames become
+//! the channel blocks of one image per row and each convolution is one grouped convolution
+//! (`groups = K`, member `j`'s filters the `j`-th block), the dense layers batched products:
+//! one launch per layer for all members. On CPU, where convolutions are compute-bound and
+//! libtorch's grouped convolution and large batched products are slower than one member's at a
+//! time (`cargo bench --bench batched -- --cnn`), each member runs the agent's own operations,
+//! so a member's updates are its agent's bit for bit.
+//!
 //! Per member: its replay buffer (prioritized replay keeps its own sum tree), its random
 //! streams (its sampling is the trainer's per-member stream, as for the agent), its exploration
 //! schedule and every scalar hyperparameter that does not change a tensor's shape or the loop's
@@ -22,7 +33,7 @@
 //! loop (network, batch size, n-step, replay type and size, learning starts, update schedule,
 //! double DQN, target type) is the group's ([`group_key`]).
 //!
-//! Heads: the expected head (plain or dueling), and C51 and QR-DQN on plain MLPs on CPU, whose
+//! Heads: the expected head (plain or dueling), and C51 and QR-DQN on CPU, whose
 //! target and loss run on each member's host rows through the agent's own [`HostHead`], so a
 //! member makes the agent's updates bit for bit.
 //!
@@ -73,13 +84,7 @@ pub fn group_key(cfg: &DqnConfig) -> Value {
 
 /// Why members with config `cfg` cannot train in a batched learner on observations of `space`
 /// (`None`: they can). What is refused here trains one agent per thread, as before.
-pub fn unsupported(cfg: &DqnConfig, space: &ObsSpace) -> Option<String> {
-    if matches!(space, ObsSpace::Pixels { .. }) {
-        return Some("pixel observations (the Nature CNN) are not batched yet".into());
-    }
-    if !matches!(cfg.net, None | Some(NetSpec::Mlp { .. })) {
-        return Some("only MLP networks are batched yet".into());
-    }
+pub fn unsupported(cfg: &DqnConfig, _space: &ObsSpace) -> Option<String> {
     match cfg.head {
         HeadSpec::Expected | HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {}
         HeadSpec::Iqn { .. } => return Some("head type iqn is not batched yet".into()),
@@ -131,24 +136,16 @@ type Layout = Vec<(String, Vec<i64>, i64)>;
 
 impl Linear {
     fn new(flat: &Tensor, grad: &Tensor, layout: &Layout, prefix: &str) -> anyhow::Result<Self> {
+        let (w, b) = (Slot::find(layout, &format!("{prefix}.weight"))?, Slot::find(layout, &format!("{prefix}.bias"))?);
         let k = flat.size()[0];
-        let find = |name: String| {
-            layout
-                .iter()
-                .find(|(n, ..)| *n == name)
-                .ok_or_else(|| anyhow::anyhow!("the network has no variable `{name}`"))
-        };
-        let (_, w_shape, w_off) = find(format!("{prefix}.weight"))?;
-        let (_, _, b_off) = find(format!("{prefix}.bias"))?;
-        let (out, inp) = (w_shape[0], w_shape[1]);
-        let view = |t: &Tensor, off: i64, shape: [i64; 3]| t.narrow(1, off, shape[1] * shape[2]).view(shape);
-        let weight = view(flat, *w_off, [k, out, inp]);
+        let bias = |t: &Tensor| b.of(t).view([k, 1, -1]);
+        let weight = w.of(flat);
         Ok(Linear {
             weight_t: weight.transpose(1, 2),
             weight,
-            bias: view(flat, *b_off, [k, 1, out]),
-            grad_weight: view(grad, *w_off, [k, out, inp]),
-            grad_bias: view(grad, *b_off, [k, 1, out]),
+            bias: bias(flat),
+            grad_weight: w.of(grad),
+            grad_bias: bias(grad),
         })
     }
 
@@ -164,10 +161,204 @@ impl Linear {
     }
 }
 
-/// An MLP (plain or dueling) of every member, over one `[K, P]` parameter tensor.
+/// The shape of a batched network: its layers' variable prefixes in a member's layout.
+#[derive(Clone, Debug)]
+struct Plan {
+    /// The convolutions (prefix, stride) of the Nature CNN, on pixels `[frames, height, width]`.
+    convs: Vec<(String, i64)>,
+    pixels: Option<[i64; 3]>,
+    /// Linear layers with a ReLU after each, on the body's features.
+    trunk: Vec<String>,
+    /// The output part: one stream, or the dueling value and advantage streams; ReLU between
+    /// a stream's layers.
+    streams: Vec<Vec<String>>,
+    /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
+    atoms: i64,
+}
+
+impl Plan {
+    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64) -> Self {
+        let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
+        let dueling = spec.dueling();
+        let (convs, pixels, trunk, stream_layers) = match (spec, space) {
+            (NetSpec::Mlp { hidden, .. }, _) if dueling => (vec![], None, names("trunk.", hidden.len()), 1),
+            (NetSpec::Mlp { hidden, .. }, _) => {
+                return Plan {
+                    convs: vec![],
+                    pixels: None,
+                    trunk: names("", hidden.len()),
+                    streams: vec![vec![hidden.len().to_string()]],
+                    atoms,
+                }
+            }
+            (NetSpec::NatureCnn { .. }, ObsSpace::Pixels { frames, height, width, .. }) => {
+                let prefix = if dueling { "trunk." } else { "" };
+                let convs = [("conv1", 4), ("conv2", 2), ("conv3", 1)].map(|(n, s)| (format!("{prefix}{n}"), s));
+                (convs.to_vec(), Some([*frames as i64, *height as i64, *width as i64]), vec![], 2)
+            }
+            (NetSpec::NatureCnn { .. }, _) => unreachable!("validated: the Nature CNN takes pixels"),
+        };
+        let streams = if dueling {
+            vec![names("value.", stream_layers), names("advantage.", stream_layers)]
+        } else {
+            vec![vec!["fc".into(), "q".into()]]
+        };
+        Plan { convs, pixels, trunk, streams, atoms }
+    }
+
+    /// Whether the hand-written passes cover this network (an MLP with single-layer streams);
+    /// anything else runs through libtorch's autograd.
+    fn fused(&self) -> bool {
+        self.convs.is_empty() && self.streams.iter().all(|s| s.len() == 1)
+    }
+}
+
+/// `V + A - mean_a A` (Wang et al. 2016, eq. 9), per atom when `atoms > 1` (as
+/// `dueling_aggregate_atoms`): value `[K, R, atoms]`, advantages `[K, R, |A| atoms]`.
+fn aggregate(value: &Tensor, advantage: &Tensor, atoms: i64) -> Tensor {
+    if atoms == 1 {
+        return value + advantage - advantage.mean_dim(-1, true, None);
+    }
+    let (k, r) = (advantage.size()[0], advantage.size()[1]);
+    let a = advantage.view([k, r, -1, atoms]);
+    (value.unsqueeze(2) + &a - a.mean_dim(2, true, None)).view([k, r, -1])
+}
+
+/// Where a variable sits in a member's row.
+#[derive(Clone, Debug)]
+struct Slot {
+    offset: i64,
+    shape: Vec<i64>,
+}
+
+impl Slot {
+    fn find(layout: &Layout, name: &str) -> anyhow::Result<Self> {
+        let (_, shape, offset) = layout
+            .iter()
+            .find(|(n, ..)| n == name)
+            .ok_or_else(|| anyhow::anyhow!("the network has no variable `{name}`"))?;
+        Ok(Slot { offset: *offset, shape: shape.clone() })
+    }
+
+    /// This variable of every member in `params` `[K, P]`: `[K, shape...]`.
+    fn of(&self, params: &Tensor) -> Tensor {
+        let k = params.size()[0];
+        let mut shape = vec![k];
+        shape.extend(&self.shape);
+        params.narrow(1, self.offset, self.shape.iter().product()).view(shape.as_slice())
+    }
+}
+
+/// The layers of a network that runs through libtorch's autograd (the Nature CNN): every
+/// member's convolutions as one grouped convolution (`groups = K`, member `j`'s channels and
+/// filters the `j`-th block), its linear layers as batched products.
+///
+/// Each variable of every member (`[K, shape...]`, a view of the `[K, P]` parameters) is its
+/// own autograd leaf, so the backward pass yields each variable's gradient at its own size; a
+/// single `[K, P]` leaf would make every view's backward scatter into a `[K, P]` buffer of
+/// zeros (27 ms of a 36 ms Nature CNN step, measured).
+struct Graph {
+    /// The variables the layers read, covering every member's whole row.
+    slots: Vec<Slot>,
+    /// Convolutions: weight and bias (indices into `slots`) and stride.
+    convs: Vec<(usize, usize, i64)>,
+    pixels: Option<[i64; 3]>,
+    trunk: Vec<(usize, usize)>,
+    streams: Vec<Vec<(usize, usize)>>,
+    atoms: i64,
+    /// Each member through its own operations (on CPU, where batching compute-bound
+    /// convolutions saves nothing and libtorch's grouped convolution and large batched
+    /// products are slower than one member's at a time), or all members as one grouped
+    /// convolution and batched products (on a GPU, where each launch costs).
+    per_member: bool,
+    /// The leaves and the outputs of the last forward pass that saved them.
+    saved: Option<(Vec<Tensor>, Tensor)>,
+}
+
+impl Graph {
+    fn new(layout: &Layout, plan: &Plan, per_member: bool) -> anyhow::Result<Self> {
+        let mut slots = Vec::new();
+        let mut dense = |prefix: &String| -> anyhow::Result<(usize, usize)> {
+            slots.push(Slot::find(layout, &format!("{prefix}.weight"))?);
+            slots.push(Slot::find(layout, &format!("{prefix}.bias"))?);
+            Ok((slots.len() - 2, slots.len() - 1))
+        };
+        let convs = plan
+            .convs
+            .iter()
+            .map(|(prefix, stride)| dense(prefix).map(|(w, b)| (w, b, *stride)))
+            .collect::<anyhow::Result<_>>()?;
+        let trunk = plan.trunk.iter().map(&mut dense).collect::<anyhow::Result<_>>()?;
+        let streams = plan
+            .streams
+            .iter()
+            .map(|s| s.iter().map(&mut dense).collect::<anyhow::Result<_>>())
+            .collect::<anyhow::Result<_>>()?;
+        let covered: i64 = slots.iter().map(|s| s.shape.iter().product::<i64>()).sum();
+        let row: i64 = layout.iter().map(|(_, shape, _)| shape.iter().product::<i64>()).sum();
+        anyhow::ensure!(covered == row, "the batched network reads {covered} of a member's {row} parameters");
+        Ok(Graph { slots, convs, pixels: plan.pixels, trunk, streams, atoms: plan.atoms, per_member, saved: None })
+    }
+
+    /// `h W^T + b` of every member: `[K, R, in] -> [K, R, out]`.
+    fn linear(vars: &[Tensor], (weight, bias): (usize, usize), h: &Tensor) -> Tensor {
+        if h.size()[0] == 1 {
+            // One member: the agent's own `addmm`, which libtorch differentiates without the
+            // transposed copies of a batched product's.
+            return h.select(0, 0).linear(&vars[weight].select(0, 0), Some(vars[bias].select(0, 0))).unsqueeze(0);
+        }
+        vars[bias].unsqueeze(1).baddbmm(h, &vars[weight].transpose(1, 2), 1.0, 1.0)
+    }
+
+    /// Outputs `[K, R, |A| atoms]` of observations `[K, R, D]` (pixels as bytes, scaled by
+    /// 1/255 as the agent's network scales them), `vars` being each slot's `[K, shape...]`.
+    fn outputs(&self, vars: &[Tensor], x: &Tensor) -> Tensor {
+        let (k, r) = (x.size()[0], x.size()[1]);
+        let mut h = match self.pixels {
+            Some([frames, height, width]) => {
+                // Member j's frames become channels j*frames.. of one image per row.
+                let mut img =
+                    x.view([k, r, frames, height, width]).transpose(0, 1).reshape([r, k * frames, height, width]);
+                img = img.to_kind(Kind::Float) / 255.0;
+                for &(weight, bias, stride) in &self.convs {
+                    let mut shape = vec![k * self.slots[weight].shape[0]];
+                    shape.extend(&self.slots[weight].shape[1..]);
+                    let w = vars[weight].reshape(shape.as_slice());
+                    let b = vars[bias].reshape([-1]);
+                    img = img.conv2d(&w, Some(&b), [stride, stride], [0, 0], [1, 1], k).relu();
+                }
+                // `[R, K C, h, w]` -> `[K, R, C h w]`, each member's features in the agent's order.
+                img.view([r, k, -1]).transpose(0, 1)
+            }
+            None => x.to_kind(Kind::Float),
+        };
+        for &layer in &self.trunk {
+            h = Self::linear(vars, layer, &h).relu();
+        }
+        let stream = |layers: &[(usize, usize)]| {
+            let mut z = h.shallow_clone();
+            for (j, &layer) in layers.iter().enumerate() {
+                z = Self::linear(vars, layer, &z);
+                if j + 1 < layers.len() {
+                    z = z.relu();
+                }
+            }
+            z
+        };
+        match self.streams.as_slice() {
+            [plain] => stream(plain),
+            [value, advantage] => aggregate(&stream(value), &stream(advantage), self.atoms),
+            _ => unreachable!("one stream, or value and advantage"),
+        }
+    }
+}
+
+/// A network of every member, over one `[K, P]` parameter tensor: an MLP with single-layer
+/// streams through the hand-written passes, anything else through autograd ([`Graph`]).
 struct Stack {
     flat: Tensor,
     grad: Tensor,
+    plan: Plan,
     trunk: Vec<Linear>,
     /// The output layer, or the value and advantage streams.
     out: Vec<Linear>,
@@ -177,26 +368,70 @@ struct Stack {
     /// The trunk layers' inputs and the features the output part read, from the last
     /// [`Stack::forward`] that saved them.
     saved: Vec<Tensor>,
+    graph: Option<Graph>,
 }
 
 impl Stack {
-    fn new(flat: Tensor, layout: &Layout, hidden: usize, dueling: bool, atoms: i64) -> anyhow::Result<Self> {
+    fn new(flat: Tensor, layout: &Layout, plan: &Plan) -> anyhow::Result<Self> {
         let grad = flat.zeros_like();
-        let prefix = if dueling { "trunk." } else { "" };
-        let trunk = (0..hidden)
-            .map(|i| Linear::new(&flat, &grad, layout, &format!("{prefix}{i}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let out = if dueling {
-            vec![Linear::new(&flat, &grad, layout, "value.0")?, Linear::new(&flat, &grad, layout, "advantage.0")?]
+        let (trunk, out, graph) = if plan.fused() {
+            let trunk =
+                plan.trunk.iter().map(|p| Linear::new(&flat, &grad, layout, p)).collect::<anyhow::Result<_>>()?;
+            let out =
+                plan.streams.iter().map(|s| Linear::new(&flat, &grad, layout, &s[0])).collect::<anyhow::Result<_>>()?;
+            (trunk, out, None)
         } else {
-            vec![Linear::new(&flat, &grad, layout, &hidden.to_string())?]
+            (Vec::new(), Vec::new(), Some(Graph::new(layout, plan, flat.device() == Device::Cpu)?))
         };
-        Ok(Stack { flat, grad, trunk, out, dueling, atoms, saved: Vec::with_capacity(hidden + 1) })
+        Ok(Stack {
+            flat,
+            grad,
+            trunk,
+            out,
+            dueling: plan.streams.len() == 2,
+            atoms: plan.atoms,
+            saved: Vec::with_capacity(plan.trunk.len() + 1),
+            graph,
+            plan: plan.clone(),
+        })
     }
 
     /// Q-values `[K, R, |A|]` of observations `[K, R, in]`, keeping what the backward pass
     /// needs when `save`.
     fn forward(&mut self, x: &Tensor, save: bool) -> Tensor {
+        if let Some(graph) = &mut self.graph {
+            let _guard = tch::no_grad_guard();
+            let vars: Vec<Tensor> = graph.slots.iter().map(|s| s.of(&self.flat)).collect();
+            // Leaves over the same storage (the autograd graph ends at them): each variable of
+            // all members, or of each member on its own.
+            let leaves: Vec<Tensor> = match (save, graph.per_member) {
+                (false, _) => Vec::new(),
+                (true, false) => vars.iter().map(|v| v.detach().set_requires_grad(true)).collect(),
+                (true, true) => (0..x.size()[0])
+                    .flat_map(|j| vars.iter().map(move |v| v.narrow(0, j, 1).detach().set_requires_grad(true)))
+                    .collect(),
+            };
+            let out = tch::with_grad(|| {
+                let vars = if save { &leaves } else { &vars };
+                if !graph.per_member {
+                    return graph.outputs(vars, x);
+                }
+                let n = graph.slots.len();
+                let one = |j: i64| -> Tensor {
+                    let own: Vec<Tensor> = if save {
+                        vars[j as usize * n..(j as usize + 1) * n].iter().map(|v| v.shallow_clone()).collect()
+                    } else {
+                        vars.iter().map(|v| v.narrow(0, j, 1)).collect()
+                    };
+                    graph.outputs(&own, &x.narrow(0, j, 1))
+                };
+                Tensor::cat(&(0..x.size()[0]).map(one).collect::<Vec<_>>(), 0)
+            });
+            if save {
+                graph.saved = Some((leaves, out.shallow_clone()));
+            }
+            return out.detach();
+        }
         let _guard = tch::no_grad_guard();
         if save {
             self.saved.clear();
@@ -210,16 +445,7 @@ impl Stack {
             h = z;
         }
         let q = if self.dueling {
-            let (value, advantage) = (self.out[0].forward(&h), self.out[1].forward(&h));
-            if self.atoms == 1 {
-                value + &advantage - advantage.mean_dim(-1, true, None)
-            } else {
-                // Per atom, as `dueling_aggregate_atoms`: value `[K, R, atoms]`, advantages
-                // `[K, R, |A| atoms]`.
-                let (k, r) = (advantage.size()[0], advantage.size()[1]);
-                let a = advantage.view([k, r, -1, self.atoms]);
-                (value.unsqueeze(2) + &a - a.mean_dim(2, true, None)).view([k, r, -1])
-            }
+            aggregate(&self.out[0].forward(&h), &self.out[1].forward(&h), self.atoms)
         } else {
             self.out[0].forward(&h)
         };
@@ -231,7 +457,22 @@ impl Stack {
 
     /// Writes every member's `dL/dtheta` into `grad`, given `dL/dQ` `[K, B, |A|]` for the last
     /// saved forward pass; `ones` is `[K, 1, B]`.
-    fn backward(&self, grad_q: &Tensor, ones: &Tensor) {
+    fn backward(&mut self, grad_q: &Tensor, ones: &Tensor) {
+        if let Some(graph) = &mut self.graph {
+            let (leaves, out) = graph.saved.take().expect("a saved forward pass");
+            // d/dtheta of sum(out * dL/dout) is the chain rule's vector-Jacobian product.
+            // (The callers run under `no_grad`; this product must join the graph.)
+            let surrogate = tch::with_grad(|| (out * grad_q).sum(Kind::Float));
+            let grads = Tensor::run_backward(&[surrogate], &leaves, false, false);
+            let _guard = tch::no_grad_guard();
+            let n = graph.slots.len();
+            for (j, g) in grads.iter().enumerate() {
+                let dst = graph.slots[j % n].of(&self.grad);
+                let mut dst = if graph.per_member { dst.narrow(0, (j / n) as i64, 1) } else { dst };
+                dst.copy_(g);
+            }
+            return;
+        }
         let _guard = tch::no_grad_guard();
         let features = self.saved.last().expect("a saved forward pass");
         let mut dh = if self.dueling {
@@ -262,6 +503,55 @@ impl Stack {
     }
 }
 
+/// Observation rows of the staging area: floats, or pixels kept as bytes up to the network (a
+/// quarter of the copy to a device).
+enum Rows {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
+impl Rows {
+    fn new(space: &ObsSpace, len: usize) -> Self {
+        match space {
+            ObsSpace::Pixels { .. } => Rows::U8(vec![0; len]),
+            _ => Rows::F32(vec![0.0; len]),
+        }
+    }
+
+    /// A CPU tensor over the rows.
+    ///
+    /// # Safety
+    /// As [`alias_mut`]: the rows outlive the tensor and are never resized.
+    unsafe fn alias(&mut self, shape: &[i64]) -> Tensor {
+        match self {
+            Rows::F32(v) => alias_mut(v, shape),
+            Rows::U8(v) => alias_mut(v, shape),
+        }
+    }
+
+    /// Copies a sampled batch's observations into rows `at..`.
+    fn put(&mut self, at: usize, batch: &ObsBatch) {
+        match (self, batch) {
+            (Rows::F32(dst), ObsBatch::F32(src)) => dst[at..at + src.len()].copy_from_slice(src),
+            (Rows::U8(dst), ObsBatch::U8(src)) => dst[at..at + src.len()].copy_from_slice(src),
+            _ => unreachable!("the replay stores the observations the staging area was built for"),
+        }
+    }
+
+    /// Writes one observation into `dim` rows from `at`.
+    fn put_obs(&mut self, at: usize, dim: usize, obs: Obs<'_>) {
+        match (self, obs) {
+            (Rows::F32(dst), Obs::Index(s)) => {
+                dst[at..at + dim].fill(0.0);
+                dst[at + s] = 1.0;
+            }
+            (Rows::F32(dst), Obs::F32(x)) => dst[at..at + dim].copy_from_slice(x),
+            (Rows::U8(dst), Obs::U8(x)) => dst[at..at + dim].copy_from_slice(x),
+            _ => unreachable!("the environment gives the observations the staging area was built for"),
+        }
+    }
+}
+
 /// Host buffers of `K` members' batches, actions and outputs, the CPU tensors that alias them
 /// and their device copies.
 struct Staging {
@@ -280,8 +570,8 @@ struct Staging {
     device_grad_rows: Option<Tensor>,
     device_act: Option<Tensor>,
     // The staging area, `[K, B, ...]` row-major.
-    obs: Vec<f32>,
-    next_obs: Vec<f32>,
+    obs: Rows,
+    next_obs: Rows,
     actions: Vec<i64>,
     returns: Vec<f32>,
     bootstrap: Vec<f32>,
@@ -291,7 +581,7 @@ struct Staging {
     td: Vec<f32>,
     grad_rows: Vec<f32>,
     /// Acting: one observation per member, `[K, 1, D]`, and the Q-values `[K, |A|]`.
-    act_obs: Vec<f32>,
+    act_obs: Rows,
     q_host: Vec<f32>,
     /// Each member's gradient norm.
     norms: Vec<f32>,
@@ -308,11 +598,12 @@ struct Staging {
 }
 
 impl Staging {
-    fn new(k: usize, b: usize, dim: usize, n: usize, atoms: usize, device: Device) -> Self {
-        let (obs, next_obs) = (vec![0f32; k * b * dim], vec![0f32; k * b * dim]);
+    fn new(k: usize, b: usize, space: &ObsSpace, n: usize, atoms: usize, device: Device) -> Self {
+        let dim = space.flat_dim();
+        let (mut obs, mut next_obs) = (Rows::new(space, k * b * dim), Rows::new(space, k * b * dim));
         let (actions, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
         let (mut td, grad_rows, mut act_obs, mut q_host) =
-            (vec![0f32; k * b], vec![0f32; k * b], vec![0f32; k * dim], vec![0f32; k * n]);
+            (vec![0f32; k * b], vec![0f32; k * b], Rows::new(space, k * dim), vec![0f32; k * n]);
         let mut norms = vec![0f32; k];
         let (ki, bi, di, ni) = (k as i64, b as i64, dim as i64, n as i64);
         // SAFETY: the aliased buffers live in the struct (their heap storage never moves: they
@@ -323,15 +614,15 @@ impl Staging {
             let col = [ki, bi, 1];
             (
                 [
-                    alias(&obs, &[ki, bi, di]),
-                    alias(&next_obs, &[ki, bi, di]),
+                    obs.alias(&[ki, bi, di]),
+                    next_obs.alias(&[ki, bi, di]),
                     alias(&actions, &col),
                     alias(&returns, &col),
                     alias(&bootstrap, &col),
                 ],
                 alias(&grad_rows, &col),
                 alias_mut(&mut td, &col),
-                alias_mut(&mut act_obs, &[ki, 1, di]),
+                act_obs.alias(&[ki, 1, di]),
                 alias_mut(&mut q_host, &[ki, 1, ni]),
                 alias_mut(&mut norms, &[ki]),
             )
@@ -468,10 +759,8 @@ impl BatchedDqn {
             atoms == 1 || device == Device::Cpu,
             "distributional heads train batched on CPU only (their loss runs on the host)"
         );
-        let (hidden, dueling) = match first.net.clone().unwrap_or_default() {
-            NetSpec::Mlp { hidden, dueling } => (hidden.len(), dueling),
-            NetSpec::NatureCnn { .. } => anyhow::bail!("the Nature CNN is not batched yet"),
-        };
+        let plan = Plan::new(&first.net_spec(space), space, atoms as i64);
+        let fused_mlp = plan.fused() && plan.streams.len() == 1;
         // Each member's initial weights, exactly as an agent with its seed makes them.
         let mut layout: Layout = Vec::new();
         let mut rows = Vec::with_capacity(k);
@@ -495,9 +784,9 @@ impl BatchedDqn {
         let flat = Tensor::stack(&rows, 0).to_device(device);
         let target = match first.target {
             TargetSpec::None => None,
-            _ => Some(Stack::new(flat.copy(), &layout, hidden, dueling, atoms as i64)?),
+            _ => Some(Stack::new(flat.copy(), &layout, &plan)?),
         };
-        let online = Stack::new(flat, &layout, hidden, dueling, atoms as i64)?;
+        let online = Stack::new(flat, &layout, &plan)?;
         let rows: Vec<(Tensor, Tensor)> =
             (0..k as i64).map(|i| (online.flat.select(0, i), online.grad.select(0, i))).collect();
         let optimizers = cfgs.iter().zip(&rows).map(|(c, (p, _))| FlatOptimizer::new(&c.optimizer, p)).collect();
@@ -518,8 +807,8 @@ impl BatchedDqn {
             n_actions: n,
             atoms,
             dist: HostHead::new(&first.head).map(|h| (h, Head::new(&first.head, device))),
-            host_act: (device == Device::Cpu && !dueling && atoms == 1)
-                .then(|| HostMlp::new(&layout, hidden + 1))
+            host_act: (device == Device::Cpu && fused_mlp && atoms == 1)
+                .then(|| HostMlp::new(&layout, plan.trunk.len() + 1))
                 .flatten(),
             layout,
             online,
@@ -528,7 +817,7 @@ impl BatchedDqn {
             optimizers,
             replays,
             sample,
-            st: Staging::new(k, b, dim, n, atoms, device),
+            st: Staging::new(k, b, space, n, atoms, device),
             lrs: cfgs.iter().map(|c| c.lr).collect(),
             halted: vec![None; k],
             loss_sum: vec![0.0; k],
@@ -610,10 +899,9 @@ impl BatchedDqn {
             return None;
         }
         let index = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
-        let (hidden, dueling, atoms) = (self.online.trunk.len(), self.online.dueling, self.online.atoms);
         let layout = &self.layout;
         let restack = |stack: &Stack| {
-            Stack::new(stack.flat.index_select(0, &index), layout, hidden, dueling, atoms)
+            Stack::new(stack.flat.index_select(0, &index), layout, &stack.plan)
                 .expect("the layout built these layers before")
         };
         let (online, target) = (restack(&self.online), self.target.as_ref().map(restack));
@@ -633,7 +921,7 @@ impl BatchedDqn {
         pick(&mut self.loss_sum, &keep);
         pick(&mut self.loss_count, &keep);
         self.k = k;
-        self.st = Staging::new(k, self.b, self.dim, self.n_actions, self.atoms, self.device);
+        self.st = Staging::new(k, self.b, &self.space, self.n_actions, self.atoms, self.device);
         self.munchausen = munchausen_scalars(&self.cfgs, self.device);
         Some(keep)
     }
@@ -711,18 +999,10 @@ impl BatchedDqn {
             return;
         }
         for i in (0..self.k).filter(|&i| act[i] && out[i] == usize::MAX) {
-            let row = &mut self.st.act_obs[i * self.dim..(i + 1) * self.dim];
-            match obs(i) {
-                Obs::Index(s) => {
-                    row.fill(0.0);
-                    row[s] = 1.0;
-                }
-                Obs::F32(x) => row.copy_from_slice(x),
-                Obs::U8(_) => unreachable!("pixel observations are refused by `unsupported`"),
-            }
+            self.st.act_obs.put_obs(i * self.dim, self.dim, obs(i));
         }
         let n = self.n_actions;
-        if let Some(host) = &mut self.host_act {
+        if let (Some(host), Rows::F32(act_obs)) = (&mut self.host_act, &self.st.act_obs) {
             let p = self.online.flat.size()[1] as usize;
             // SAFETY: the online parameters are a contiguous CPU f32 tensor of K P elements
             // that nothing writes while this reads them.
@@ -730,7 +1010,7 @@ impl BatchedDqn {
             for i in 0..self.k {
                 if act[i] && out[i] == usize::MAX {
                     let q = &mut self.st.q_host[i * n..(i + 1) * n];
-                    host.forward(&flat[i * p..(i + 1) * p], &self.st.act_obs[i * self.dim..(i + 1) * self.dim], q);
+                    host.forward(&flat[i * p..(i + 1) * p], &act_obs[i * self.dim..(i + 1) * self.dim], q);
                     out[i] = argmax(q);
                 }
             }
@@ -746,12 +1026,7 @@ impl BatchedDqn {
                 }
                 None => self.st.act_host.shallow_clone(),
             };
-            let out = self.online.forward(&input, false);
-            let q = match &self.dist {
-                // Q(s, a) from each member's distribution, as the agent's head computes it.
-                Some((_, head)) => head.q(&out.view([self.k as i64, -1]), n as i64).view([self.k as i64, 1, n as i64]),
-                None => out,
-            };
+            let q = self.q_values(&input);
             self.st.q_out.copy_(&q);
         }
         for i in 0..self.k {
@@ -759,6 +1034,19 @@ impl BatchedDqn {
                 continue;
             }
             out[i] = argmax(&self.st.q_host[i * n..(i + 1) * n]);
+        }
+    }
+
+    /// Every member's Q-values `[K, 1, |A|]` of its observation in `input` `[K, 1, D]`.
+    fn q_values(&mut self, input: &Tensor) -> Tensor {
+        let out = self.online.forward(input, false);
+        match &self.dist {
+            // Q(s, a) from each member's distribution, as the agent's head computes it.
+            Some((_, head)) => {
+                let (k, n) = (self.k as i64, self.n_actions as i64);
+                head.q(&out.view([k, -1]), n).view([k, 1, n])
+            }
+            None => out,
         }
     }
 
@@ -902,11 +1190,8 @@ impl BatchedDqn {
             }
             self.replays[i].sample(rng, self.st.betas[i], &mut self.sample);
             let s = &self.sample;
-            let (ObsBatch::F32(o), ObsBatch::F32(no)) = (&s.obs, &s.next_obs) else {
-                unreachable!("vector observations only")
-            };
-            self.st.obs[i * b * d..(i + 1) * b * d].copy_from_slice(o);
-            self.st.next_obs[i * b * d..(i + 1) * b * d].copy_from_slice(no);
+            self.st.obs.put(i * b * d, &s.obs);
+            self.st.next_obs.put(i * b * d, &s.next_obs);
             let rows = i * b..(i + 1) * b;
             self.st.actions[rows.clone()].copy_from_slice(&s.actions);
             self.st.returns[rows.clone()].copy_from_slice(&s.returns);
@@ -1047,5 +1332,109 @@ impl BatchedDqn {
         }
         self.updates += 1;
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::agent::{Agent, DqnAgent, Transition};
+    use rand::SeedableRng;
+
+    /// The largest difference between member `i`'s parameters and an agent's alone, after
+    /// `steps` gradient steps of both on the same transitions (random frames for pixels), each
+    /// member's config `yaml` with `lr` from `lrs`.
+    fn diff_after(yaml: &str, space: &ObsSpace, lrs: &[f64], steps: usize, grouped: bool) -> Vec<f64> {
+        let actions = ActionSpace { n: 4 };
+        let cfgs: Vec<DqnConfig> = lrs
+            .iter()
+            .map(|lr| {
+                let mut c: DqnConfig = serde_norway::from_str(yaml).unwrap();
+                c.lr = *lr;
+                c
+            })
+            .collect();
+        let seeds: Vec<u64> = (0..lrs.len() as u64).map(|s| 7 + s).collect();
+        let mut learner = BatchedDqn::new(&cfgs, &seeds, space, actions, Device::Cpu, 1).unwrap();
+        // The GPU's way (one grouped convolution and batched products for all members), here on
+        // the CPU.
+        for stack in std::iter::once(&mut learner.online).chain(learner.target.as_mut()) {
+            stack.graph.as_mut().expect("the Nature CNN runs through autograd").per_member = !grouped;
+        }
+        let mut agents: Vec<DqnAgent> =
+            cfgs.iter().zip(&seeds).map(|(c, &s)| DqnAgent::new(c, space, actions, Device::Cpu, s).unwrap()).collect();
+        let mut data = StdRng::seed_from_u64(1);
+        let dim = space.flat_dim();
+        for step in 0..64u64 {
+            let (o, n): (Vec<u8>, Vec<u8>) =
+                ((0..dim).map(|_| data.random()).collect(), (0..dim).map(|_| data.random()).collect());
+            let (a, r, done) = (data.random_range(0..4), data.random::<f32>(), data.random::<f64>() < 0.1);
+            for (i, agent) in agents.iter_mut().enumerate() {
+                learner.push(i, 0, Obs::U8(&o), a, r, Obs::U8(&n), done, false);
+                let t = Transition {
+                    obs: Obs::U8(&o),
+                    action: a,
+                    reward: r,
+                    next_obs: Obs::U8(&n),
+                    terminated: done,
+                    truncated: false,
+                    env: 0,
+                };
+                agent.observe(t, Progress { step: step + 1, episode: 0, fraction: 0.0 }, &mut data.clone()).unwrap();
+            }
+        }
+        let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
+        let mut alone = rngs.clone();
+        let start: Vec<Tensor> = (0..lrs.len()).map(|i| learner.parameters(i).copy()).collect();
+        for _ in 0..steps {
+            assert!(learner.gradient_step(&mut rngs).is_empty());
+            for (agent, rng) in agents.iter_mut().zip(&mut alone) {
+                agent.gradient_step(rng).unwrap();
+            }
+        }
+        // Acting: every member's Q-values of one observation each, from one forward pass, are the
+        // agent's to float tolerance, and its greedy action is their argmax.
+        let k = agents.len();
+        let obs: Vec<Vec<u8>> = (0..k).map(|_| (0..dim).map(|_| data.random()).collect()).collect();
+        let x = Tensor::from_slice(&obs.concat()).view([k as i64, 1, dim as i64]);
+        let q = tch::no_grad(|| learner.q_values(&x));
+        let mut greedy = vec![0; k];
+        learner.act(|i| Obs::U8(&obs[i]), &vec![0.0; k], &mut rngs, &vec![true; k], &mut greedy);
+        for (i, agent) in agents.iter_mut().enumerate() {
+            let mine = Vec::<f32>::try_from(q.get(i as i64).view([-1])).unwrap();
+            let theirs = agent.q_values(Obs::U8(&obs[i])).to_vec();
+            let gap = mine.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(gap < 1e-5, "member {i}: Q-values {mine:?} against the agent's {theirs:?}");
+            assert_eq!(greedy[i], argmax(&mine), "member {i}");
+        }
+        agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                assert!(learner.optimizer_steps(i) == steps as u64 && a.updates() == steps as u64);
+                let moved = (learner.parameters(i) - &start[i]).abs().max().double_value(&[]);
+                assert!(moved > 1e-5, "member {i} did not learn");
+                (learner.parameters(i) - a.parameters()).abs().max().double_value(&[])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nature_cnn_members_take_the_gradient_steps_of_agents_alone() {
+        let pixels = ObsSpace::Pixels { frames: 4, height: 36, width: 36, channels: 1 };
+        let nets = [
+            "net: {type: nature_cnn}",
+            "net: {type: nature_cnn, dueling: true}",
+            "net: {type: nature_cnn, dueling: true}, head: {type: qr, quantiles: 8}, double: true",
+        ];
+        for net in nets {
+            let yaml =
+                format!("{{{net}, replay: {{type: uniform, size: 100}}, batch_size: 8, learning_starts: 100000}}");
+            for (steps, grouped) in [(1, false), (20, false), (20, true)] {
+                let diffs = diff_after(&yaml, &pixels, &[1e-3, 3e-4], steps, grouped);
+                println!("{net}: after {steps} steps (grouped: {grouped}) {diffs:?}");
+                assert!(diffs.iter().all(|&d| d < 1e-5), "{net}: after {steps} steps the members differ by {diffs:?}");
+            }
+        }
     }
 }

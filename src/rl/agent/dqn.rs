@@ -416,7 +416,7 @@ impl DqnConfig {
         Ok(())
     }
 
-    fn net_spec(&self, space: &ObsSpace) -> NetSpec {
+    pub(super) fn net_spec(&self, space: &ObsSpace) -> NetSpec {
         self.net.clone().unwrap_or_else(|| NetSpec::default_for(space))
     }
 
