@@ -442,6 +442,42 @@ fn munchausen_members_with_their_own_alpha_tau_and_clip_make_the_updates_of_agen
     batched_matches_unbatched(&runs);
 }
 
+#[test]
+fn noisy_members_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // NoisyNets (Fortunato et al. 2018): each member draws its own noise from its own stream
+    // before each greedy action and each gradient step, as its agent; evaluations use the
+    // means. On CPU each member runs the agent's own operations: bit for bit.
+    let noisy = |seed: u64, sigma0: f64, set: &[(&str, Value)]| {
+        let mut v = variant("", seed, set).to_value();
+        v["agent"]["noisy"] = json!({ "sigma0": sigma0 });
+        v["agent"]["exploration"] = json!({"type": "constant", "epsilon": 0.0});
+        TrainConfig::from_value(&v).unwrap()
+    };
+    let plain: Vec<TrainConfig> = [(0.5, 0.001), (0.4, 0.002), (0.6, 0.0005)]
+        .iter()
+        .enumerate()
+        .map(|(s, &(sigma0, lr))| noisy(130 + s as u64, sigma0, &[("agent.lr", json!(lr))]))
+        .collect();
+    batched_matches_unbatched(&plain);
+    let c51 = json!({"type": "c51", "atoms": 11, "v_min": 0, "v_max": 100});
+    let dueling: Vec<TrainConfig> = (0..2)
+        .map(|s| {
+            noisy(
+                140 + s,
+                0.5,
+                &[
+                    ("agent.net", json!({"type": "mlp", "hidden": [32, 32], "dueling": true})),
+                    ("agent.head", c51.clone()),
+                    ("agent.loss", Value::Null),
+                    ("agent.double", json!(true)),
+                ],
+            )
+        })
+        .collect();
+    batched_matches_unbatched(&dueling);
+}
+
 /// A Nature CNN run on Breakout, its frames shrunk to 36x36 (the smallest the convolutions
 /// take) and its episodes cut at 100 steps, so that the whole comparison takes seconds.
 #[cfg(feature = "atari")]

@@ -236,7 +236,7 @@ pub fn train_batched(cfgs: &[TrainConfig], observer: &mut dyn RoundObserver) -> 
             for (acting, &limit) in scratch.acting.iter_mut().zip(&scratch.limit) {
                 *acting = c < limit;
             }
-            learner.act(|i| members[i].envs.obs(c), &scratch.epsilon, &mut rngs, &scratch.acting, chosen);
+            learner.act(|i| members[i].envs.obs(c), &scratch.epsilon, &mut rngs, &scratch.acting, chosen, true);
         }
         let mut failed = Vec::new();
         for c in 0..stepping {
@@ -393,7 +393,7 @@ fn evaluate_round(
     let epsilon = vec![eps; k];
     let mut chosen = vec![0usize; k];
     while running.iter().any(|&r| r) {
-        learner.act(|i| members[i].eval_obs.as_obs(), &epsilon, &mut rngs, &running, &mut chosen);
+        learner.act(|i| members[i].eval_obs.as_obs(), &epsilon, &mut rngs, &running, &mut chosen, false);
         for i in 0..k {
             if !running[i] {
                 continue;

@@ -21,7 +21,10 @@
 //! one launch per layer for all members. On CPU, where convolutions are compute-bound and
 //! libtorch's grouped convolution and large batched products are slower than one member's at a
 //! time (`cargo bench --bench batched -- --cnn`), each member runs the agent's own operations,
-//! so a member's updates are its agent's bit for bit.
+//! so a member's updates are its agent's bit for bit. Noisy layers (NoisyNets) take the same
+//! path: each member draws its factorised noise from its own stream, as its agent, before each
+//! greedy action and each gradient step (online network, then target), into one `[K, N]`
+//! tensor; evaluation acts with the means.
 //!
 //! Per member: its replay buffer (prioritized replay keeps its own sum tree), its random
 //! streams (its sampling is the trainer's per-member stream, as for the agent), its exploration
@@ -50,8 +53,8 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::dqn::{
-    alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, weighted_mean, DqnConfig,
-    ReplaySpec, TargetSpec,
+    alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, samples_rng,
+    weighted_mean, DqnConfig, ReplaySpec, TargetSpec,
 };
 use super::head::{Head, HeadSpec, HostBatch, HostHead};
 use super::host_mlp::HostMlp;
@@ -74,9 +77,12 @@ pub fn group_key(cfg: &DqnConfig) -> Value {
                 inner.retain(|k, _| k == keep || (section == "replay" && k == "size"));
             }
         }
-        // Munchausen's alpha, tau and clip are per member; whether it is on is the group's.
-        if let Some(m) = map.get_mut("munchausen") {
-            *m = Value::Bool(!m.is_null());
+        // Munchausen's alpha, tau and clip and the noisy layers' initial sigma are per member;
+        // whether each is on is the group's.
+        for key in ["munchausen", "noisy"] {
+            if let Some(m) = map.get_mut(key) {
+                *m = Value::Bool(!m.is_null());
+            }
         }
     }
     v
@@ -91,9 +97,6 @@ pub fn unsupported(cfg: &DqnConfig, _space: &ObsSpace) -> Option<String> {
     }
     if cfg.munchausen.is_some() && cfg.head != HeadSpec::Expected {
         return Some(format!("munchausen with head type {} is not batched yet", cfg.head.name()));
-    }
-    if cfg.noisy.is_some() {
-        return Some("noisy layers are not batched yet".into());
     }
     None
 }
@@ -174,10 +177,12 @@ struct Plan {
     streams: Vec<Vec<String>>,
     /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
     atoms: i64,
+    /// Every linear layer is a factorised noisy one (NoisyNets).
+    noisy: bool,
 }
 
 impl Plan {
-    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64) -> Self {
+    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64, noisy: bool) -> Self {
         let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
         let dueling = spec.dueling();
         let (convs, pixels, trunk, stream_layers) = match (spec, space) {
@@ -189,6 +194,7 @@ impl Plan {
                     trunk: names("", hidden.len()),
                     streams: vec![vec![hidden.len().to_string()]],
                     atoms,
+                    noisy,
                 }
             }
             (NetSpec::NatureCnn { .. }, ObsSpace::Pixels { frames, height, width, .. }) => {
@@ -203,13 +209,13 @@ impl Plan {
         } else {
             vec![vec!["fc".into(), "q".into()]]
         };
-        Plan { convs, pixels, trunk, streams, atoms }
+        Plan { convs, pixels, trunk, streams, atoms, noisy }
     }
 
     /// Whether the hand-written passes cover this network (an MLP with single-layer streams);
     /// anything else runs through libtorch's autograd.
     fn fused(&self) -> bool {
-        self.convs.is_empty() && self.streams.iter().all(|s| s.len() == 1)
+        self.convs.is_empty() && !self.noisy && self.streams.iter().all(|s| s.len() == 1)
     }
 }
 
@@ -249,6 +255,15 @@ impl Slot {
     }
 }
 
+/// A dense layer of a [`Graph`]: indices into its slots, and for a noisy layer its `sigma`s'
+/// and where `f(eps_in)` and `f(eps_out)` sit in a member's noise (offset, length each).
+struct Dense {
+    weight: usize,
+    bias: usize,
+    sigma: Option<(usize, usize)>,
+    noise: Option<[i64; 4]>,
+}
+
 /// The layers of a network that runs through libtorch's autograd (the Nature CNN): every
 /// member's convolutions as one grouped convolution (`groups = K`, member `j`'s channels and
 /// filters the `j`-th block), its linear layers as batched products.
@@ -263,8 +278,10 @@ struct Graph {
     /// Convolutions: weight and bias (indices into `slots`) and stride.
     convs: Vec<(usize, usize, i64)>,
     pixels: Option<[i64; 3]>,
-    trunk: Vec<(usize, usize)>,
-    streams: Vec<Vec<(usize, usize)>>,
+    trunk: Vec<Dense>,
+    streams: Vec<Vec<Dense>>,
+    /// Length of a member's noise vector (0 without noisy layers).
+    noise_len: i64,
     atoms: i64,
     /// Each member through its own operations (on CPU, where batching compute-bound
     /// convolutions saves nothing and libtorch's grouped convolution and large batched
@@ -278,26 +295,77 @@ struct Graph {
 impl Graph {
     fn new(layout: &Layout, plan: &Plan, per_member: bool) -> anyhow::Result<Self> {
         let mut slots = Vec::new();
-        let mut dense = |prefix: &String| -> anyhow::Result<(usize, usize)> {
-            slots.push(Slot::find(layout, &format!("{prefix}.weight"))?);
-            slots.push(Slot::find(layout, &format!("{prefix}.bias"))?);
+        let mut pair = |prefix: &str, w: &str, b: &str| -> anyhow::Result<(usize, usize)> {
+            slots.push(Slot::find(layout, &format!("{prefix}.{w}"))?);
+            slots.push(Slot::find(layout, &format!("{prefix}.{b}"))?);
             Ok((slots.len() - 2, slots.len() - 1))
         };
         let convs = plan
             .convs
             .iter()
-            .map(|(prefix, stride)| dense(prefix).map(|(w, b)| (w, b, *stride)))
+            .map(|(prefix, stride)| pair(prefix, "weight", "bias").map(|(w, b)| (w, b, *stride)))
             .collect::<anyhow::Result<_>>()?;
-        let trunk = plan.trunk.iter().map(&mut dense).collect::<anyhow::Result<_>>()?;
-        let streams = plan
+        // Noise variables, as the agent's `Noise` lays them out: by name, `f(eps_in)` and
+        // `f(eps_out)` of each layer.
+        let mut noise_names: Vec<(String, String, i64)> = Vec::new();
+        let mut dense = |prefix: &String| -> anyhow::Result<Dense> {
+            let (weight, bias) = pair(prefix, "weight", "bias")?;
+            let sigma = plan.noisy.then(|| pair(prefix, "weight_sigma", "bias_sigma")).transpose()?;
+            if plan.noisy {
+                let shape = Slot::find(layout, &format!("{prefix}.weight"))?.shape;
+                noise_names.push((format!("{prefix}.noise_in"), prefix.clone(), shape[1]));
+                noise_names.push((format!("{prefix}.noise_out"), prefix.clone(), shape[0]));
+            }
+            Ok(Dense { weight, bias, sigma, noise: None })
+        };
+        let mut trunk: Vec<Dense> = plan.trunk.iter().map(&mut dense).collect::<anyhow::Result<_>>()?;
+        let mut streams: Vec<Vec<Dense>> = plan
             .streams
             .iter()
             .map(|s| s.iter().map(&mut dense).collect::<anyhow::Result<_>>())
             .collect::<anyhow::Result<_>>()?;
+        noise_names.sort();
+        let mut offsets = std::collections::HashMap::new();
+        let mut noise_len = 0;
+        for (name, _, len) in &noise_names {
+            offsets.insert(name.clone(), (noise_len, *len));
+            noise_len += len;
+        }
+        let prefixes = plan.trunk.iter().chain(plan.streams.iter().flatten());
+        for (layer, prefix) in trunk.iter_mut().chain(streams.iter_mut().flatten()).zip(prefixes) {
+            if plan.noisy {
+                let (i, o) = (offsets[&format!("{prefix}.noise_in")], offsets[&format!("{prefix}.noise_out")]);
+                layer.noise = Some([i.0, i.1, o.0, o.1]);
+            }
+        }
         let covered: i64 = slots.iter().map(|s| s.shape.iter().product::<i64>()).sum();
         let row: i64 = layout.iter().map(|(_, shape, _)| shape.iter().product::<i64>()).sum();
         anyhow::ensure!(covered == row, "the batched network reads {covered} of a member's {row} parameters");
-        Ok(Graph { slots, convs, pixels: plan.pixels, trunk, streams, atoms: plan.atoms, per_member, saved: None })
+        Ok(Graph {
+            slots,
+            convs,
+            pixels: plan.pixels,
+            trunk,
+            streams,
+            noise_len,
+            atoms: plan.atoms,
+            per_member,
+            saved: None,
+        })
+    }
+
+    /// A dense layer of every member, `[K, R, in] -> [K, R, out]`; a noisy one with the noise in
+    /// `noise` (`[K, noise_len]`; `None`: its means), as the agent's `NoisyLinear` computes it:
+    /// `mu_w x + mu_b + f_out * (sigma_w (f_in * x) + sigma_b)`.
+    fn dense(vars: &[Tensor], layer: &Dense, h: &Tensor, noise: Option<&Tensor>) -> Tensor {
+        let mean = Self::linear(vars, (layer.weight, layer.bias), h);
+        let (Some(sigma), Some([i_off, i_len, o_off, o_len]), Some(noise)) = (layer.sigma, layer.noise, noise) else {
+            return mean;
+        };
+        let k = h.size()[0];
+        let f_in = noise.narrow(1, i_off, i_len).view([k, 1, i_len]);
+        let f_out = noise.narrow(1, o_off, o_len).view([k, 1, o_len]);
+        mean + Self::linear(vars, sigma, &(h * f_in)) * f_out
     }
 
     /// `h W^T + b` of every member: `[K, R, in] -> [K, R, out]`.
@@ -312,7 +380,7 @@ impl Graph {
 
     /// Outputs `[K, R, |A| atoms]` of observations `[K, R, D]` (pixels as bytes, scaled by
     /// 1/255 as the agent's network scales them), `vars` being each slot's `[K, shape...]`.
-    fn outputs(&self, vars: &[Tensor], x: &Tensor) -> Tensor {
+    fn outputs(&self, vars: &[Tensor], x: &Tensor, noise: Option<&Tensor>) -> Tensor {
         let (k, r) = (x.size()[0], x.size()[1]);
         let mut h = match self.pixels {
             Some([frames, height, width]) => {
@@ -332,13 +400,13 @@ impl Graph {
             }
             None => x.to_kind(Kind::Float),
         };
-        for &layer in &self.trunk {
-            h = Self::linear(vars, layer, &h).relu();
+        for layer in &self.trunk {
+            h = Self::dense(vars, layer, &h, noise).relu();
         }
-        let stream = |layers: &[(usize, usize)]| {
+        let stream = |layers: &[Dense]| {
             let mut z = h.shallow_clone();
-            for (j, &layer) in layers.iter().enumerate() {
-                z = Self::linear(vars, layer, &z);
+            for (j, layer) in layers.iter().enumerate() {
+                z = Self::dense(vars, layer, &z, noise);
                 if j + 1 < layers.len() {
                     z = z.relu();
                 }
@@ -369,6 +437,10 @@ struct Stack {
     /// [`Stack::forward`] that saved them.
     saved: Vec<Tensor>,
     graph: Option<Graph>,
+    /// Noisy layers: each member's noise `[K, N]` on the device, its host rows and their alias
+    /// (declared first), and whether forward passes use it (off: the means, as evaluation).
+    noise: Option<(Tensor, Tensor, Vec<f32>)>,
+    noise_on: bool,
 }
 
 impl Stack {
@@ -383,7 +455,17 @@ impl Stack {
         } else {
             (Vec::new(), Vec::new(), Some(Graph::new(layout, plan, flat.device() == Device::Cpu)?))
         };
+        let noise = graph.as_ref().filter(|g| g.noise_len > 0).map(|g| {
+            let (k, n) = (flat.size()[0], g.noise_len);
+            let mut host = vec![0f32; (k * n) as usize];
+            // SAFETY: `host` moves into the stack with the tensor, is never resized, and the
+            // tensor is declared before it.
+            let alias = unsafe { alias_mut(&mut host, &[k, n]) };
+            (Tensor::zeros([k, n], (Kind::Float, flat.device())), alias, host)
+        });
         Ok(Stack {
+            noise,
+            noise_on: false,
             flat,
             grad,
             trunk,
@@ -411,10 +493,11 @@ impl Stack {
                     .flat_map(|j| vars.iter().map(move |v| v.narrow(0, j, 1).detach().set_requires_grad(true)))
                     .collect(),
             };
+            let noise = self.noise.as_ref().filter(|_| self.noise_on).map(|(t, ..)| t);
             let out = tch::with_grad(|| {
                 let vars = if save { &leaves } else { &vars };
                 if !graph.per_member {
-                    return graph.outputs(vars, x);
+                    return graph.outputs(vars, x, noise);
                 }
                 let n = graph.slots.len();
                 let one = |j: i64| -> Tensor {
@@ -423,7 +506,7 @@ impl Stack {
                     } else {
                         vars.iter().map(|v| v.narrow(0, j, 1)).collect()
                     };
-                    graph.outputs(&own, &x.narrow(0, j, 1))
+                    graph.outputs(&own, &x.narrow(0, j, 1), noise.map(|t| t.narrow(0, j, 1)).as_ref())
                 };
                 Tensor::cat(&(0..x.size()[0]).map(one).collect::<Vec<_>>(), 0)
             });
@@ -453,6 +536,19 @@ impl Stack {
             self.saved.push(h);
         }
         q
+    }
+
+    /// Draws new noise for the members `draw[i]` from their `rngs[i]` (each member's row as the
+    /// agent's `Noise` draws it), copies every row to the device and turns the noise on.
+    fn draw_noise(&mut self, draw: &[bool], rngs: &mut [StdRng]) {
+        let Some((device, alias, host)) = &mut self.noise else { return };
+        let n = host.len() / draw.len();
+        for (i, rng) in rngs.iter_mut().enumerate().filter(|(i, _)| draw[*i]) {
+            crate::rl::net::draw_noise(rng, &mut host[i * n..(i + 1) * n]);
+        }
+        let _guard = tch::no_grad_guard();
+        device.copy_(alias);
+        self.noise_on = true;
     }
 
     /// Writes every member's `dL/dtheta` into `grad`, given `dL/dQ` `[K, B, |A|]` for the last
@@ -591,6 +687,8 @@ struct Staging {
     ones: Tensor,
     /// The members taking the current gradient phase: live, with something to sample.
     taking: Vec<bool>,
+    /// The members acting greedily this step.
+    greedy: Vec<bool>,
     /// Each member's PER importance exponent in the current gradient phase.
     betas: Vec<f64>,
     /// Host buffers behind `dist_t`: next, chooser, out, grad.
@@ -660,6 +758,7 @@ impl Staging {
             grad_q: Tensor::zeros([ki, bi, ni * atoms as i64], (Kind::Float, device)),
             ones: Tensor::ones([ki, 1, bi], (Kind::Float, device)),
             taking: vec![false; k],
+            greedy: vec![false; k],
             betas: vec![1.0; k],
         }
     }
@@ -710,6 +809,8 @@ pub struct BatchedDqn {
     rows: Vec<(Tensor, Tensor)>,
     optimizers: Vec<FlatOptimizer>,
     replays: Vec<Box<dyn Replay>>,
+    /// Each member's stream of noisy-layer noise, as its agent's.
+    samples_rngs: Vec<StdRng>,
     /// One member's sample, copied into the staging area.
     sample: Batch,
     /// The staging area of updates and actions, sized for the members.
@@ -759,7 +860,7 @@ impl BatchedDqn {
             atoms == 1 || device == Device::Cpu,
             "distributional heads train batched on CPU only (their loss runs on the host)"
         );
-        let plan = Plan::new(&first.net_spec(space), space, atoms as i64);
+        let plan = Plan::new(&first.net_spec(space), space, atoms as i64, first.noisy.is_some());
         let fused_mlp = plan.fused() && plan.streams.len() == 1;
         // Each member's initial weights, exactly as an agent with its seed makes them.
         let mut layout: Layout = Vec::new();
@@ -816,6 +917,7 @@ impl BatchedDqn {
             rows,
             optimizers,
             replays,
+            samples_rngs: seeds.iter().map(|&s| samples_rng(s)).collect(),
             sample,
             st: Staging::new(k, b, space, n, atoms, device),
             lrs: cfgs.iter().map(|c| c.lr).collect(),
@@ -881,6 +983,7 @@ impl BatchedDqn {
         }
         self.optimizers[i] = FlatOptimizer::new(&cfg.optimizer, &self.rows[i].0);
         self.replays[i] = build_replay(cfg, &self.space, self.copies);
+        self.samples_rngs[i] = samples_rng(seed);
         self.cfgs[i] = cfg.clone();
         self.lrs[i] = cfg.lr;
         self.munchausen = munchausen_scalars(&self.cfgs, self.device);
@@ -916,6 +1019,7 @@ impl BatchedDqn {
         pick(&mut self.frozen_values, &keep);
         pick(&mut self.optimizers, &keep);
         pick(&mut self.replays, &keep);
+        pick(&mut self.samples_rngs, &keep);
         pick(&mut self.lrs, &keep);
         pick(&mut self.halted, &keep);
         pick(&mut self.loss_sum, &keep);
@@ -976,7 +1080,9 @@ impl BatchedDqn {
 
     /// Picks an action for each member `i` with `act[i]`: random with probability
     /// `epsilon[i]` (from `rngs[i]`, drawn as [`super::DqnAgent`] draws it), greedy otherwise;
-    /// the greedy ones come from one forward pass for all members.
+    /// the greedy ones come from one forward pass for all members. Noisy layers draw fresh
+    /// noise for each greedy member when `training`, and act with their means otherwise (the
+    /// agent's `act` and `act_eval`).
     pub fn act<'o>(
         &mut self,
         obs: impl Fn(usize) -> Obs<'o>,
@@ -984,6 +1090,7 @@ impl BatchedDqn {
         rngs: &mut [StdRng],
         act: &[bool],
         out: &mut [usize],
+        training: bool,
     ) {
         let mut greedy = false;
         for i in (0..self.k).filter(|&i| act[i]) {
@@ -998,8 +1105,18 @@ impl BatchedDqn {
         if !greedy {
             return;
         }
-        for i in (0..self.k).filter(|&i| act[i] && out[i] == usize::MAX) {
-            self.st.act_obs.put_obs(i * self.dim, self.dim, obs(i));
+        for i in 0..self.k {
+            self.st.greedy[i] = act[i] && out[i] == usize::MAX;
+            if self.st.greedy[i] {
+                self.st.act_obs.put_obs(i * self.dim, self.dim, obs(i));
+            }
+        }
+        // Noisy layers: fresh noise for each greedy member, as its agent draws before a greedy
+        // action.
+        if training {
+            self.online.draw_noise(&self.st.greedy, &mut self.samples_rngs);
+        } else {
+            self.online.noise_on = false;
         }
         let n = self.n_actions;
         if let (Some(host), Rows::F32(act_obs)) = (&mut self.host_act, &self.st.act_obs) {
@@ -1201,6 +1318,12 @@ impl BatchedDqn {
                 *boot = disc * (1.0 - term);
             }
         }
+        // Noisy layers: each taking member's online noise, then its target network's, as its
+        // agent draws them for a gradient step.
+        self.online.draw_noise(&self.st.taking, &mut self.samples_rngs);
+        if let Some(target) = &mut self.target {
+            target.draw_noise(&self.st.taking, &mut self.samples_rngs);
+        }
         let _guard = tch::no_grad_guard();
         if let Some(dev) = &mut self.st.device_batch {
             for (dst, src) in dev.iter_mut().zip(&self.st.host) {
@@ -1393,19 +1516,21 @@ mod tests {
             }
         }
         // Acting: every member's Q-values of one observation each, from one forward pass, are the
-        // agent's to float tolerance, and its greedy action is their argmax.
+        // agent's to float tolerance (noisy layers with the last step's noise), and its greedy
+        // action (with fresh noise) the agent's.
         let k = agents.len();
         let obs: Vec<Vec<u8>> = (0..k).map(|_| (0..dim).map(|_| data.random()).collect()).collect();
         let x = Tensor::from_slice(&obs.concat()).view([k as i64, 1, dim as i64]);
         let q = tch::no_grad(|| learner.q_values(&x));
         let mut greedy = vec![0; k];
-        learner.act(|i| Obs::U8(&obs[i]), &vec![0.0; k], &mut rngs, &vec![true; k], &mut greedy);
-        for (i, agent) in agents.iter_mut().enumerate() {
+        learner.act(|i| Obs::U8(&obs[i]), &vec![0.0; k], &mut rngs, &vec![true; k], &mut greedy, true);
+        for ((i, agent), rng) in agents.iter_mut().enumerate().zip(&mut alone) {
             let mine = Vec::<f32>::try_from(q.get(i as i64).view([-1])).unwrap();
             let theirs = agent.q_values(Obs::U8(&obs[i])).to_vec();
             let gap = mine.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(gap < 1e-5, "member {i}: Q-values {mine:?} against the agent's {theirs:?}");
-            assert_eq!(greedy[i], argmax(&mine), "member {i}");
+            let scale = theirs.iter().fold(1f32, |m, q| m.max(q.abs()));
+            assert!(gap <= 1e-5 * scale, "member {i}: Q-values {mine:?} against the agent's {theirs:?}");
+            assert_eq!(greedy[i], agent.act(Obs::U8(&obs[i]), 0.0, rng), "member {i}");
         }
         agents
             .iter()
@@ -1420,12 +1545,14 @@ mod tests {
     }
 
     #[test]
-    fn nature_cnn_members_take_the_gradient_steps_of_agents_alone() {
+    fn nature_cnn_and_noisy_members_take_the_gradient_steps_of_agents_alone() {
         let pixels = ObsSpace::Pixels { frames: 4, height: 36, width: 36, channels: 1 };
         let nets = [
             "net: {type: nature_cnn}",
             "net: {type: nature_cnn, dueling: true}",
             "net: {type: nature_cnn, dueling: true}, head: {type: qr, quantiles: 8}, double: true",
+            "net: {type: nature_cnn}, noisy: {sigma0: 0.5}, double: true",
+            "net: {type: nature_cnn, dueling: true}, noisy: {sigma0: 0.4}, target: {type: none}",
         ];
         for net in nets {
             let yaml =
@@ -1433,7 +1560,13 @@ mod tests {
             for (steps, grouped) in [(1, false), (20, false), (20, true)] {
                 let diffs = diff_after(&yaml, &pixels, &[1e-3, 3e-4], steps, grouped);
                 println!("{net}: after {steps} steps (grouped: {grouped}) {diffs:?}");
-                assert!(diffs.iter().all(|&d| d < 1e-5), "{net}: after {steps} steps the members differ by {diffs:?}");
+                // Member by member (CPU) is the agent's own arithmetic: bit for bit. Grouped, the
+                // convolutions sum in another order: float tolerance.
+                let tolerance = if grouped { 1e-4 } else { 0.0 };
+                assert!(
+                    diffs.iter().all(|&d| d <= tolerance),
+                    "{net}: after {steps} steps the members differ by {diffs:?}"
+                );
             }
         }
     }

@@ -838,7 +838,11 @@ pub(super) unsafe fn alias_mut<T: tch::kind::Element>(data: &mut [T], shape: &[i
     Tensor::from_blob(data.as_mut_ptr() as *const u8, shape, &[], T::KIND, Device::Cpu)
 }
 
-/// The replay buffer of `cfg`.
+/// The stream of an agent seeded `seed` that draws its noisy layers' noise and IQN's fractions.
+pub(super) fn samples_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ 0x15_e5a4_91e5)
+}
+
 /// The replay buffer of `cfg`, fed by `copies` environment copies.
 pub(super) fn build_replay(cfg: &DqnConfig, space: &ObsSpace, copies: usize) -> Box<dyn Replay> {
     let (gamma, n) = (cfg.gamma as f32, cfg.n_step);
@@ -1031,7 +1035,7 @@ impl DqnAgent {
             fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(b, n, n_prime, k, device)),
             host: HostPath::new(cfg, actions.n, atoms, device),
             host_act,
-            samples_rng: StdRng::seed_from_u64(seed ^ 0x15_e5a4_91e5),
+            samples_rng: samples_rng(seed),
             optimizer,
             replay,
             batch,

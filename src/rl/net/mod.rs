@@ -12,7 +12,7 @@ mod noisy;
 pub use cnn::{nature_cnn, nature_cnn_head, nature_cnn_trunk};
 pub use dueling::{dueling_aggregate, dueling_aggregate_atoms, Dueling};
 pub use mlp::{mlp, mlp_trunk};
-pub use noisy::{is_noise, Layers, Linear, Noise, NoisyLinear};
+pub use noisy::{draw_noise, is_noise, Layers, Linear, Noise, NoisyLinear};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};

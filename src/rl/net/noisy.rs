@@ -130,6 +130,15 @@ impl Module for NoisyLinear {
     }
 }
 
+/// Fills `out` with factorised noise `f(eps) = sgn(eps) sqrt(|eps|)`, `eps` standard normal
+/// from `rng`, in order (as [`Noise::resample`] draws a network's noise, variables by name).
+pub fn draw_noise(rng: &mut StdRng, out: &mut [f32]) {
+    for x in out {
+        let e: f32 = rng.sample(StandardNormal);
+        *x = e.signum() * e.abs().sqrt();
+    }
+}
+
 /// The noise of one network's noisy layers, drawn on the host.
 pub struct Noise {
     /// Host tensor aliasing `host` (declared first: dropped before the buffer it reads).
@@ -170,10 +179,7 @@ impl Noise {
 
     /// Draws new `f(eps)` for every layer and turns the noise on.
     pub fn resample(&mut self, rng: &mut StdRng) {
-        for x in &mut self.host {
-            let e: f32 = rng.sample(StandardNormal);
-            *x = e.signum() * e.abs().sqrt();
-        }
+        draw_noise(rng, &mut self.host);
         let _guard = tch::no_grad_guard();
         self.flat.copy_(&self.src);
         self.switch.store(true, Ordering::Relaxed);
