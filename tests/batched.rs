@@ -478,6 +478,55 @@ fn noisy_members_make_the_updates_of_agents_alone() {
     batched_matches_unbatched(&dueling);
 }
 
+#[test]
+fn iqn_and_distributional_munchausen_members_make_the_updates_of_agents_alone() {
+    use serde_json::json;
+    // The agent's own target and loss maths on every member's rows at once: IQN with each
+    // member's fractions from its own stream, and Munchausen's soft target on C51 and QR-DQN
+    // with each member's alpha, tau and clip.
+    let with = |seed: u64, set: &[(&str, Value)], munchausen: Option<(f64, f64, f64)>| {
+        let mut v = variant("", seed, set).to_value();
+        if let Some((alpha, tau, clip)) = munchausen {
+            v["agent"]["munchausen"] = json!({"alpha": alpha, "tau": tau, "clip": clip});
+        }
+        TrainConfig::from_value(&v).unwrap()
+    };
+    let iqn = json!({"type": "iqn", "n_tau": 8, "n_tau_prime": 8, "k_policy": 8, "embedding": 16});
+    let runs: Vec<TrainConfig> = (0..3)
+        .map(|s| {
+            with(
+                150 + s,
+                &[
+                    ("agent.head", iqn.clone()),
+                    ("agent.loss", Value::Null),
+                    ("agent.lr", json!(0.001 * (s + 1) as f64)),
+                ],
+                None,
+            )
+        })
+        .collect();
+    batched_matches_unbatched(&runs);
+    let scalars = [(0.9, 0.03, -1.0), (0.5, 0.1, -0.5), (0.9, 0.01, -2.0)];
+    for head in [json!({"type": "c51", "atoms": 11, "v_min": 0, "v_max": 100}), json!({"type": "qr", "quantiles": 8})] {
+        let runs: Vec<TrainConfig> = scalars
+            .iter()
+            .enumerate()
+            .map(|(s, &m)| {
+                with(
+                    160 + s as u64,
+                    &[
+                        ("agent.head", head.clone()),
+                        ("agent.loss", Value::Null),
+                        ("agent.net", json!({"type": "mlp", "hidden": [32, 32], "dueling": true})),
+                    ],
+                    Some(m),
+                )
+            })
+            .collect();
+        batched_matches_unbatched(&runs);
+    }
+}
+
 /// A Nature CNN run on Breakout, its frames shrunk to 36x36 (the smallest the convolutions
 /// take) and its episodes cut at 100 steps, so that the whole comparison takes seconds.
 #[cfg(feature = "atari")]
@@ -542,8 +591,10 @@ fn configs_that_differ_in_shapes_or_gates_are_not_batched_together() {
         assert!(batchable(&[a.clone(), b]).is_err(), "{path}: {value}");
     }
     let iqn = variant("", 1, &[("agent.head", json!({"type": "iqn"})), ("agent.loss", Value::Null)]);
-    let err = batchable(&[iqn.clone(), iqn]).unwrap_err();
-    assert!(err.contains("iqn"), "{err}");
+    batchable(&[iqn.clone(), iqn]).unwrap();
+    let episodes = variant("", 1, &[("budget", json!({"episodes": 20}))]);
+    let err = batchable(&[episodes.clone(), episodes]).unwrap_err();
+    assert!(err.contains("budget in steps"), "{err}");
     let c51 = variant("", 1, &[("agent.head", json!({"type": "c51"})), ("agent.loss", Value::Null)]);
     assert!(batchable(&[a.clone(), c51]).is_err(), "heads of different widths do not share a learner");
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::agent::batched::{group_key, unsupported, BatchedDqn, Halt};
+use super::agent::batched::{group_key, BatchedDqn, Halt};
 use super::agent::{AgentConfig, DqnConfig, Exploration, Progress};
 use super::env::{Env, ObsBuf, VecEnv};
 use super::train::{derive, mean_std, next_boundary, parse_device, Control, Evaluation, TrainConfig};
@@ -81,14 +81,10 @@ pub struct BatchOutcome {
 /// scalars [`group_key`] leaves out.
 pub fn batchable(cfgs: &[TrainConfig]) -> Result<(), String> {
     let first = cfgs.first().ok_or("no runs to batch")?;
-    let space = first.env.make().map_err(|e| format!("env: {e}"))?.observation_space();
     for cfg in cfgs {
         let AgentConfig::Dqn(dqn) = &cfg.agent else {
             return Err("only `dqn` agents train batched".into());
         };
-        if let Some(why) = unsupported(dqn, &space) {
-            return Err(why);
-        }
         if cfg.budget.steps.is_none() {
             return Err("batched runs need a budget in steps".into());
         }

@@ -38,7 +38,11 @@
 //!
 //! Heads: the expected head (plain or dueling), and C51 and QR-DQN on CPU, whose
 //! target and loss run on each member's host rows through the agent's own [`HostHead`], so a
-//! member makes the agent's updates bit for bit.
+//! member makes the agent's updates bit for bit. IQN, and Munchausen with C51 or QR-DQN, take
+//! the agent's own tensor maths (its targets and `Head::per_row`) on the `K B` rows of all
+//! members at once ([`BatchedDqn::general_loss`]), row-wise operations whose every row is the
+//! agent's; IQN's fractions are each member's, drawn from its own stream as its agent draws
+//! them, and its fraction embedding runs in [`Graph`].
 //!
 //! An update samples every live member's batch into one `[K, B, ...]` staging area (one copy to
 //! the device), computes all members' TD errors in one pass, and on the host each member's
@@ -54,9 +58,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::dqn::{
     alias, alias_mut, build_replay, flush_denormals, host_loss, initial_parameters, per_beta, samples_rng,
-    weighted_mean, DqnConfig, ReplaySpec, TargetSpec,
+    weighted_mean, DqnConfig, Fractions, ReplaySpec, TargetSpec,
 };
-use super::head::{Head, HeadSpec, HostBatch, HostHead};
+use super::head::{Head, HostBatch, HostHead};
 use super::host_mlp::HostMlp;
 use super::optim::FlatOptimizer;
 use super::{argmax, LossKind, Progress};
@@ -86,19 +90,6 @@ pub fn group_key(cfg: &DqnConfig) -> Value {
         }
     }
     v
-}
-
-/// Why members with config `cfg` cannot train in a batched learner on observations of `space`
-/// (`None`: they can). What is refused here trains one agent per thread, as before.
-pub fn unsupported(cfg: &DqnConfig, _space: &ObsSpace) -> Option<String> {
-    match cfg.head {
-        HeadSpec::Expected | HeadSpec::C51 { .. } | HeadSpec::Qr { .. } => {}
-        HeadSpec::Iqn { .. } => return Some("head type iqn is not batched yet".into()),
-    }
-    if cfg.munchausen.is_some() && cfg.head != HeadSpec::Expected {
-        return Some(format!("munchausen with head type {} is not batched yet", cfg.head.name()));
-    }
-    None
 }
 
 /// Munchausen's `tau`, `alpha` and `clip` of each member as `[K, 1, 1]` tensors on `device`,
@@ -179,10 +170,12 @@ struct Plan {
     atoms: i64,
     /// Every linear layer is a factorised noisy one (NoisyNets).
     noisy: bool,
+    /// IQN's fraction embedding: its cosines (`None` for the other heads).
+    embedding: Option<i64>,
 }
 
 impl Plan {
-    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64, noisy: bool) -> Self {
+    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64, noisy: bool, embedding: Option<i64>) -> Self {
         let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
         let dueling = spec.dueling();
         let (convs, pixels, trunk, stream_layers) = match (spec, space) {
@@ -195,6 +188,7 @@ impl Plan {
                     streams: vec![vec![hidden.len().to_string()]],
                     atoms,
                     noisy,
+                    embedding,
                 }
             }
             (NetSpec::NatureCnn { .. }, ObsSpace::Pixels { frames, height, width, .. }) => {
@@ -209,13 +203,13 @@ impl Plan {
         } else {
             vec![vec!["fc".into(), "q".into()]]
         };
-        Plan { convs, pixels, trunk, streams, atoms, noisy }
+        Plan { convs, pixels, trunk, streams, atoms, noisy, embedding }
     }
 
     /// Whether the hand-written passes cover this network (an MLP with single-layer streams);
     /// anything else runs through libtorch's autograd.
     fn fused(&self) -> bool {
-        self.convs.is_empty() && !self.noisy && self.streams.iter().all(|s| s.len() == 1)
+        self.convs.is_empty() && !self.noisy && self.embedding.is_none() && self.streams.iter().all(|s| s.len() == 1)
     }
 }
 
@@ -282,6 +276,8 @@ struct Graph {
     streams: Vec<Vec<Dense>>,
     /// Length of a member's noise vector (0 without noisy layers).
     noise_len: i64,
+    /// IQN's fraction embedding and its frequencies `pi i`, `i = 0..n`.
+    embedding: Option<(Dense, Tensor)>,
     atoms: i64,
     /// Each member through its own operations (on CPU, where batching compute-bound
     /// convolutions saves nothing and libtorch's grouped convolution and large batched
@@ -293,7 +289,7 @@ struct Graph {
 }
 
 impl Graph {
-    fn new(layout: &Layout, plan: &Plan, per_member: bool) -> anyhow::Result<Self> {
+    fn new(layout: &Layout, plan: &Plan, per_member: bool, device: Device) -> anyhow::Result<Self> {
         let mut slots = Vec::new();
         let mut pair = |prefix: &str, w: &str, b: &str| -> anyhow::Result<(usize, usize)> {
             slots.push(Slot::find(layout, &format!("{prefix}.{w}"))?);
@@ -319,11 +315,21 @@ impl Graph {
             Ok(Dense { weight, bias, sigma, noise: None })
         };
         let mut trunk: Vec<Dense> = plan.trunk.iter().map(&mut dense).collect::<anyhow::Result<_>>()?;
+
         let mut streams: Vec<Vec<Dense>> = plan
             .streams
             .iter()
             .map(|s| s.iter().map(&mut dense).collect::<anyhow::Result<_>>())
             .collect::<anyhow::Result<_>>()?;
+        // The agent's `TauEmbedding`: a plain linear layer on `cos(pi i tau)`.
+        let embedding = match plan.embedding {
+            Some(n) => {
+                let (weight, bias) = pair("tau_embedding", "weight", "bias")?;
+                let freqs = Tensor::arange(n, (Kind::Float, device)) * std::f64::consts::PI;
+                Some((Dense { weight, bias, sigma: None, noise: None }, freqs))
+            }
+            None => None,
+        };
         noise_names.sort();
         let mut offsets = std::collections::HashMap::new();
         let mut noise_len = 0;
@@ -348,6 +354,7 @@ impl Graph {
             trunk,
             streams,
             noise_len,
+            embedding,
             atoms: plan.atoms,
             per_member,
             saved: None,
@@ -380,7 +387,7 @@ impl Graph {
 
     /// Outputs `[K, R, |A| atoms]` of observations `[K, R, D]` (pixels as bytes, scaled by
     /// 1/255 as the agent's network scales them), `vars` being each slot's `[K, shape...]`.
-    fn outputs(&self, vars: &[Tensor], x: &Tensor, noise: Option<&Tensor>) -> Tensor {
+    fn outputs(&self, vars: &[Tensor], x: &Tensor, noise: Option<&Tensor>, taus: Option<&Tensor>) -> Tensor {
         let (k, r) = (x.size()[0], x.size()[1]);
         let mut h = match self.pixels {
             Some([frames, height, width]) => {
@@ -403,6 +410,19 @@ impl Graph {
         for layer in &self.trunk {
             h = Self::dense(vars, layer, &h, noise).relu();
         }
+        // IQN (Dabney et al. 2018, eq. 4): the features times `phi(tau)` of each of the `M`
+        // fractions of a row, `[K, R, M]`, as the agent's `forward_taus`: rows become `R M`.
+        let fractions = match (&self.embedding, taus) {
+            (Some((embedding, freqs)), Some(taus)) => {
+                let (k, r, m) = (taus.size()[0], taus.size()[1], taus.size()[2]);
+                // (`reshape`: the products follow their inputs' strides, which may be a view's.)
+                let cos = (taus.unsqueeze(-1) * freqs).cos().reshape([k, r * m, -1]);
+                let phi = Self::dense(vars, embedding, &cos, None).relu().reshape([k, r, m, -1]);
+                h = (h.unsqueeze(2) * phi).reshape([k, r * m, -1]);
+                Some(m)
+            }
+            _ => None,
+        };
         let stream = |layers: &[Dense]| {
             let mut z = h.shallow_clone();
             for (j, layer) in layers.iter().enumerate() {
@@ -413,10 +433,18 @@ impl Graph {
             }
             z
         };
-        match self.streams.as_slice() {
+        let out = match self.streams.as_slice() {
             [plain] => stream(plain),
             [value, advantage] => aggregate(&stream(value), &stream(advantage), self.atoms),
             _ => unreachable!("one stream, or value and advantage"),
+        };
+        match fractions {
+            // `[K, R M, |A|]` -> `[K, R, |A| M]`, action-major as a distributional head's.
+            Some(m) => {
+                let (k, r) = (x.size()[0], x.size()[1]);
+                out.reshape([k, r, m, -1]).permute([0, 1, 3, 2]).reshape([k, r, -1])
+            }
+            None => out,
         }
     }
 }
@@ -453,7 +481,7 @@ impl Stack {
                 plan.streams.iter().map(|s| Linear::new(&flat, &grad, layout, &s[0])).collect::<anyhow::Result<_>>()?;
             (trunk, out, None)
         } else {
-            (Vec::new(), Vec::new(), Some(Graph::new(layout, plan, flat.device() == Device::Cpu)?))
+            (Vec::new(), Vec::new(), Some(Graph::new(layout, plan, flat.device() == Device::Cpu, flat.device())?))
         };
         let noise = graph.as_ref().filter(|g| g.noise_len > 0).map(|g| {
             let (k, n) = (flat.size()[0], g.noise_len);
@@ -481,6 +509,11 @@ impl Stack {
     /// Q-values `[K, R, |A|]` of observations `[K, R, in]`, keeping what the backward pass
     /// needs when `save`.
     fn forward(&mut self, x: &Tensor, save: bool) -> Tensor {
+        self.forward_taus(x, None, save)
+    }
+
+    /// [`Stack::forward`], IQN's outputs `[K, R, |A| M]` at the fractions `taus` `[K, R, M]`.
+    fn forward_taus(&mut self, x: &Tensor, taus: Option<&Tensor>, save: bool) -> Tensor {
         if let Some(graph) = &mut self.graph {
             let _guard = tch::no_grad_guard();
             let vars: Vec<Tensor> = graph.slots.iter().map(|s| s.of(&self.flat)).collect();
@@ -497,7 +530,7 @@ impl Stack {
             let out = tch::with_grad(|| {
                 let vars = if save { &leaves } else { &vars };
                 if !graph.per_member {
-                    return graph.outputs(vars, x, noise);
+                    return graph.outputs(vars, x, noise, taus);
                 }
                 let n = graph.slots.len();
                 let one = |j: i64| -> Tensor {
@@ -506,7 +539,8 @@ impl Stack {
                     } else {
                         vars.iter().map(|v| v.narrow(0, j, 1)).collect()
                     };
-                    graph.outputs(&own, &x.narrow(0, j, 1), noise.map(|t| t.narrow(0, j, 1)).as_ref())
+                    let member = |t: Option<&Tensor>| t.map(|t| t.narrow(0, j, 1));
+                    graph.outputs(&own, &x.narrow(0, j, 1), member(noise).as_ref(), member(taus).as_ref())
                 };
                 Tensor::cat(&(0..x.size()[0]).map(one).collect::<Vec<_>>(), 0)
             });
@@ -655,14 +689,15 @@ struct Staging {
     /// and their gradient, `[K, B, |A| atoms]` host tensors over `dist` (declared first).
     dist_t: Option<[Tensor; 4]>,
     // Host tensors aliasing the staging buffers below (declared first: dropped before them).
-    host: [Tensor; 5],
+    host: [Tensor; 6],
     grad_rows_host: Tensor,
     td_host: Tensor,
     act_host: Tensor,
     q_out: Tensor,
     norms_host: Tensor,
-    /// Device copies of `host` (`obs, next_obs, actions, returns, bootstrap`), when not on CPU.
-    device_batch: Option<[Tensor; 5]>,
+    /// Device copies of `host` (`obs, next_obs, actions, returns, bootstrap, weights`), when not
+    /// on CPU.
+    device_batch: Option<[Tensor; 6]>,
     device_grad_rows: Option<Tensor>,
     device_act: Option<Tensor>,
     // The staging area, `[K, B, ...]` row-major.
@@ -703,6 +738,7 @@ impl Staging {
         let (mut td, grad_rows, mut act_obs, mut q_host) =
             (vec![0f32; k * b], vec![0f32; k * b], Rows::new(space, k * dim), vec![0f32; k * n]);
         let mut norms = vec![0f32; k];
+        let weights = vec![1f32; k * b];
         let (ki, bi, di, ni) = (k as i64, b as i64, dim as i64, n as i64);
         // SAFETY: the aliased buffers live in the struct (their heap storage never moves: they
         // are refilled in place and never resized) and the tensors, declared before them, are
@@ -717,6 +753,7 @@ impl Staging {
                     alias(&actions, &col),
                     alias(&returns, &col),
                     alias(&bootstrap, &col),
+                    alias(&weights, &col),
                 ],
                 alias(&grad_rows, &col),
                 alias_mut(&mut td, &col),
@@ -748,7 +785,7 @@ impl Staging {
             actions,
             returns,
             bootstrap,
-            weights: vec![1f32; k * b],
+            weights,
             indices: vec![0; k * b],
             td,
             grad_rows,
@@ -762,6 +799,21 @@ impl Staging {
             betas: vec![1.0; k],
         }
     }
+}
+
+/// Adds a member's `loss` to its running mean (`sum`, `count`), or halts it as diverged when the
+/// loss is not finite (`steps`: its optimizer steps so far); returns whether it was finite.
+fn record_loss(loss: f64, steps: u64, halted: &mut Option<Halt>, sum: &mut f64, count: &mut u64) -> bool {
+    if !loss.is_finite() {
+        *halted = Some(Halt::Failed(format!(
+            "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
+            steps + 1
+        )));
+        return false;
+    }
+    *sum += loss;
+    *count += 1;
+    true
 }
 
 /// A member's reason to have stopped learning.
@@ -798,8 +850,15 @@ pub struct BatchedDqn {
     n_actions: usize,
     /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
     atoms: usize,
-    /// The distributional head: its target and loss on host rows (CPU), its Q-values.
-    dist: Option<(HostHead, Head)>,
+    /// The head's maths on tensors (its Q-values; targets and losses on the general path).
+    head: Head,
+    /// C51 and QR-DQN: their target and loss on host rows (CPU), as the agent's host path.
+    host_head: Option<HostHead>,
+    /// IQN, and Munchausen with a distributional head: the agent's own tensor maths on every
+    /// member's rows at once ([`BatchedDqn::general_loss`]).
+    general: bool,
+    /// IQN's fractions of every member.
+    fractions: Option<Fractions>,
     layout: Layout,
     /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
     host_act: Option<HostMlp>,
@@ -846,9 +905,6 @@ impl BatchedDqn {
         let first = &cfgs[0];
         for cfg in cfgs {
             cfg.validate(space).map_err(crate::error::InputError::new)?;
-            if let Some(why) = unsupported(cfg, space) {
-                anyhow::bail!("cannot train these members batched: {why}");
-            }
             anyhow::ensure!(
                 group_key(cfg) == group_key(first),
                 "members of one batched learner must share everything but scalar hyperparameters"
@@ -860,7 +916,11 @@ impl BatchedDqn {
             atoms == 1 || device == Device::Cpu,
             "distributional heads train batched on CPU only (their loss runs on the host)"
         );
-        let plan = Plan::new(&first.net_spec(space), space, atoms as i64, first.noisy.is_some());
+        let embedding = first.head.iqn_samples().map(|(.., n)| n as i64);
+        let general = embedding.is_some() || (first.munchausen.is_some() && atoms > 1);
+        // IQN's network has one output per action and fraction.
+        let net_atoms = if embedding.is_some() { 1 } else { atoms as i64 };
+        let plan = Plan::new(&first.net_spec(space), space, net_atoms, first.noisy.is_some(), embedding);
         let fused_mlp = plan.fused() && plan.streams.len() == 1;
         // Each member's initial weights, exactly as an agent with its seed makes them.
         let mut layout: Layout = Vec::new();
@@ -907,7 +967,13 @@ impl BatchedDqn {
             dim,
             n_actions: n,
             atoms,
-            dist: HostHead::new(&first.head).map(|h| (h, Head::new(&first.head, device))),
+            head: Head::new(&first.head, device),
+            host_head: HostHead::new(&first.head).filter(|_| !general),
+            general,
+            fractions: first
+                .head
+                .iqn_samples()
+                .map(|(n, n_prime, kp, _)| Fractions::new(k, [b, n, n_prime, kp], device)),
             host_act: (device == Device::Cpu && fused_mlp && atoms == 1)
                 .then(|| HostMlp::new(&layout, plan.trunk.len() + 1))
                 .flatten(),
@@ -962,9 +1028,6 @@ impl BatchedDqn {
     pub fn replace(&mut self, i: usize, cfg: &DqnConfig, seed: u64) -> anyhow::Result<()> {
         anyhow::ensure!(self.halted[i].is_some(), "member {i} still learns: only a halted member's slot is given away");
         cfg.validate(&self.space).map_err(crate::error::InputError::new)?;
-        if let Some(why) = unsupported(cfg, &self.space) {
-            anyhow::bail!("cannot train this member batched: {why}");
-        }
         anyhow::ensure!(
             group_key(cfg) == group_key(&self.cfgs[i]),
             "members of one batched learner must share everything but scalar hyperparameters"
@@ -1026,6 +1089,9 @@ impl BatchedDqn {
         pick(&mut self.loss_count, &keep);
         self.k = k;
         self.st = Staging::new(k, self.b, &self.space, self.n_actions, self.atoms, self.device);
+        if let Some(f) = &mut self.fractions {
+            *f = Fractions::new(k, f.sizes, self.device);
+        }
         self.munchausen = munchausen_scalars(&self.cfgs, self.device);
         Some(keep)
     }
@@ -1118,6 +1184,10 @@ impl BatchedDqn {
         } else {
             self.online.noise_on = false;
         }
+        // IQN: `K` fresh fractions for each greedy member, as its agent values actions.
+        if let Some(f) = &mut self.fractions {
+            f.draw_act(&self.st.greedy, &mut self.samples_rngs);
+        }
         let n = self.n_actions;
         if let (Some(host), Rows::F32(act_obs)) = (&mut self.host_act, &self.st.act_obs) {
             let p = self.online.flat.size()[1] as usize;
@@ -1156,15 +1226,14 @@ impl BatchedDqn {
 
     /// Every member's Q-values `[K, 1, |A|]` of its observation in `input` `[K, 1, D]`.
     fn q_values(&mut self, input: &Tensor) -> Tensor {
-        let out = self.online.forward(input, false);
-        match &self.dist {
-            // Q(s, a) from each member's distribution, as the agent's head computes it.
-            Some((_, head)) => {
-                let (k, n) = (self.k as i64, self.n_actions as i64);
-                head.q(&out.view([k, -1]), n).view([k, 1, n])
-            }
-            None => out,
+        let taus = self.fractions.as_ref().map(|f| f.act.view([self.k as i64, 1, -1]));
+        let out = self.online.forward_taus(input, taus.as_ref(), false);
+        if matches!(self.head, Head::Expected) {
+            return out;
         }
+        // Q(s, a) from each member's distribution, as the agent's head computes it.
+        let (k, n) = (self.k as i64, self.n_actions as i64);
+        self.head.q(&out.view([k, -1]), n).view([k, 1, n])
     }
 
     /// Stores member `i`'s transition from its environment copy `copy` (its reward scaled by
@@ -1261,7 +1330,7 @@ impl BatchedDqn {
         }
         out_t.copy_(&self.online.forward(obs, true));
         let grad_t = grad_t.shallow_clone();
-        let (head, _) = self.dist.as_mut().expect("checked by the caller");
+        let head = self.host_head.as_mut().expect("checked by the caller");
         let [next, chooser, out, grad] = &mut self.st.dist;
         for i in 0..self.k {
             let (rows, outs) = (i * b..(i + 1) * b, i * b * width..(i + 1) * b * width);
@@ -1282,19 +1351,95 @@ impl BatchedDqn {
             };
             head.loss(&batch, self.n_actions, &mut self.st.td[rows.clone()], &mut grad[outs.clone()]);
             let loss = weighted_mean(&self.st.td[rows], weights);
-            if !loss.is_finite() {
-                self.halted[i] = Some(Halt::Failed(format!(
-                    "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                    self.optimizers[i].steps() + 1
-                )));
+            let steps = self.optimizers[i].steps();
+            if !record_loss(loss, steps, &mut self.halted[i], &mut self.loss_sum[i], &mut self.loss_count[i]) {
                 grad[outs].fill(0.0);
                 failed.push(i);
                 continue;
             }
-            self.loss_sum[i] += loss;
-            self.loss_count[i] += 1;
         }
         self.online.backward(&grad_t, &self.st.ones);
+    }
+
+    /// The general path (IQN, Munchausen with a distributional head): the agent's own target and
+    /// loss maths (`DqnAgent::targets` and `Head::per_row`) on the `K B` rows of all members at
+    /// once, each member's Munchausen scalars as per-row columns; each member's loss on the host
+    /// and its output gradient back-propagated for all. `batch` is `obs, next_obs, actions,
+    /// returns, bootstrap, weights`.
+    fn general_loss(&mut self, batch: [&Tensor; 6], failed: &mut Vec<usize>) {
+        let [obs, next_obs, actions, returns, bootstrap, weights] = batch;
+        let (k, b, n) = (self.k as i64, self.b as i64, self.n_actions as i64);
+        let rows = |t: &Tensor| t.reshape([k * b, -1]);
+        // Each member's fractions, `[K, B, .]`.
+        let [online_taus, target_taus, policy_taus] = match &self.fractions {
+            Some(f) => [&f.online, &f.target, &f.policy].map(|t| Some(t.view([k, b, -1]))),
+            None => [None, None, None],
+        };
+        let head = &self.head;
+        let iqn = self.fractions.is_some();
+        let (actions_r, returns_r, bootstrap_r) = (rows(actions), rows(returns), rows(bootstrap));
+        let bootstrap_net = match &mut self.target {
+            Some(t) => t,
+            None => &mut self.online,
+        };
+        let next_out = rows(&bootstrap_net.forward_taus(next_obs, target_taus.as_ref(), false));
+        // The policy's values Q(x, a) by a network: IQN's at K fractions of their own, the mean
+        // of the outputs otherwise.
+        let policy_q =
+            |net: &mut Stack, x: &Tensor| head.q(&rows(&net.forward_taus(x, policy_taus.as_ref(), false)), n);
+        let next_q = if iqn { policy_q(bootstrap_net, next_obs) } else { head.q(&next_out, n) };
+        let mut target = if let Some([tau, alpha, clip]) = &self.munchausen {
+            // As the agent: log pi = log_softmax(q' / tau) of the bootstrap network.
+            let per_row = |t: &Tensor| rows(&t.expand([k, b, 1], false));
+            let (tau, alpha, clip) = (per_row(tau), per_row(alpha), per_row(clip));
+            let log_pi = |q: &Tensor| (q / &tau).log_softmax(-1, Kind::Float);
+            let log_pi_s = log_pi(&policy_q(bootstrap_net, obs)).gather(1, &actions_r, false);
+            let bonus = (log_pi_s * &tau).maximum(&clip).clamp_max(0.0) * alpha;
+            let log_pi_next = log_pi(&next_q);
+            let shift = (&log_pi_next * tau.neg()).unsqueeze(-1);
+            let next = next_out.view([k * b, n, -1]);
+            head.target(&next, Some((&log_pi_next.exp(), &shift)), &(&returns_r + bonus), &bootstrap_r)
+        } else {
+            // The outputs of a* = argmax_a Q(s', a), by the bootstrap network or (double) the
+            // online one.
+            let q = if self.cfgs[0].double { policy_q(&mut self.online, next_obs) } else { next_q };
+            let next = next_out.view([k * b, n, -1]);
+            let width = next.size()[2];
+            let a_star = q.argmax(1, true).unsqueeze(-1).expand([k * b, 1, width], false);
+            head.target(&next.gather(1, &a_star, false), None, &returns_r, &bootstrap_r)
+        };
+        target.taus = online_taus.as_ref().map(rows);
+        let out = self.online.forward_taus(obs, online_taus.as_ref(), true);
+        let width = out.size()[2] / n;
+        let columns = &actions_r * width + Tensor::arange(width, (Kind::Int64, out.device())).view([1, width]);
+        let chosen = rows(&out).gather(1, &columns, false);
+        let (per_row, grad) = head.per_row(&chosen, &target);
+        let mut grad = grad.expect("distributional heads give their output gradient");
+        self.st.td_host.copy_(&per_row.view([k, b, 1]));
+        for i in 0..self.k {
+            if !self.st.taking[i] {
+                continue;
+            }
+            let rows = i * self.b..(i + 1) * self.b;
+            let prioritized = matches!(self.cfgs[i].replay, ReplaySpec::Prioritized { .. });
+            let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
+            let loss = weighted_mean(&self.st.td[rows], weights);
+            let steps = self.optimizers[i].steps();
+            if !record_loss(loss, steps, &mut self.halted[i], &mut self.loss_sum[i], &mut self.loss_count[i]) {
+                failed.push(i);
+                continue;
+            }
+        }
+        if matches!(self.cfgs[0].replay, ReplaySpec::Prioritized { .. }) {
+            let _ = grad.g_mul_(&rows(weights));
+        }
+        let _ = grad.g_mul_scalar_(1.0 / b as f64);
+        let _ = self.st.grad_q.zero_();
+        let _ = self.st.grad_q.view([k * b, -1]).scatter_(1, &columns, &grad);
+        for i in (0..self.k).filter(|&i| !self.st.taking[i] || self.halted[i].is_some()) {
+            let _ = self.st.grad_q.select(0, i as i64).zero_();
+        }
+        self.online.backward(&self.st.grad_q, &self.st.ones);
     }
 
     /// One gradient step of every member in `st.taking`; returns those that failed in it.
@@ -1324,16 +1469,21 @@ impl BatchedDqn {
         if let Some(target) = &mut self.target {
             target.draw_noise(&self.st.taking, &mut self.samples_rngs);
         }
+        if let Some(f) = &mut self.fractions {
+            f.draw(&self.st.taking, &mut self.samples_rngs);
+        }
         let _guard = tch::no_grad_guard();
         if let Some(dev) = &mut self.st.device_batch {
             for (dst, src) in dev.iter_mut().zip(&self.st.host) {
                 dst.copy_(src);
             }
         }
-        let [obs, next_obs, actions, returns, bootstrap] =
+        let [obs, next_obs, actions, returns, bootstrap, weights] =
             self.st.device_batch.as_ref().unwrap_or(&self.st.host).each_ref().map(|t| t.shallow_clone());
         let mut failed = Vec::new();
-        if self.dist.is_some() {
+        if self.general {
+            self.general_loss([&obs, &next_obs, &actions, &returns, &bootstrap, &weights], &mut failed);
+        } else if self.host_head.is_some() {
             self.distributional_loss(&obs, &next_obs, &mut failed);
         } else {
             // y = G + gamma^m (1 - terminated) Q'(s', a*), a* by the target network or (double) the
@@ -1381,17 +1531,12 @@ impl BatchedDqn {
                 let weights = prioritized.then_some(&self.st.weights[rows.clone()]);
                 let kind = cfg.loss.unwrap_or_default();
                 let loss = host_loss(kind, &self.st.td[rows.clone()], weights);
-                if !loss.is_finite() {
-                    self.halted[i] = Some(Halt::Failed(format!(
-                        "training diverged: the loss became {loss} at gradient step {}; lower lr, set max_grad_norm or reward_scale",
-                        self.optimizers[i].steps() + 1
-                    )));
+                let steps = self.optimizers[i].steps();
+                if !record_loss(loss, steps, &mut self.halted[i], &mut self.loss_sum[i], &mut self.loss_count[i]) {
                     self.st.grad_rows[rows].fill(0.0);
                     failed.push(i);
                     continue;
                 }
-                self.loss_sum[i] += loss;
-                self.loss_count[i] += 1;
                 for (j, (g, &delta)) in
                     self.st.grad_rows[rows.clone()].iter_mut().zip(&self.st.td[rows.clone()]).enumerate()
                 {
@@ -1488,9 +1633,11 @@ mod tests {
             cfgs.iter().zip(&seeds).map(|(c, &s)| DqnAgent::new(c, space, actions, Device::Cpu, s).unwrap()).collect();
         let mut data = StdRng::seed_from_u64(1);
         let dim = space.flat_dim();
+        // One trajectory of random frames: each observation is the previous next one, but after
+        // an episode's end.
+        let mut o: Vec<u8> = (0..dim).map(|_| data.random()).collect();
         for step in 0..64u64 {
-            let (o, n): (Vec<u8>, Vec<u8>) =
-                ((0..dim).map(|_| data.random()).collect(), (0..dim).map(|_| data.random()).collect());
+            let n: Vec<u8> = (0..dim).map(|_| data.random()).collect();
             let (a, r, done) = (data.random_range(0..4), data.random::<f32>(), data.random::<f64>() < 0.1);
             for (i, agent) in agents.iter_mut().enumerate() {
                 learner.push(i, 0, Obs::U8(&o), a, r, Obs::U8(&n), done, false);
@@ -1505,6 +1652,7 @@ mod tests {
                 };
                 agent.observe(t, Progress { step: step + 1, episode: 0, fraction: 0.0 }, &mut data.clone()).unwrap();
             }
+            o = if done { (0..dim).map(|_| data.random()).collect() } else { n };
         }
         let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
         let mut alone = rngs.clone();
@@ -1525,11 +1673,14 @@ mod tests {
         let mut greedy = vec![0; k];
         learner.act(|i| Obs::U8(&obs[i]), &vec![0.0; k], &mut rngs, &vec![true; k], &mut greedy, true);
         for ((i, agent), rng) in agents.iter_mut().enumerate().zip(&mut alone) {
-            let mine = Vec::<f32>::try_from(q.get(i as i64).view([-1])).unwrap();
-            let theirs = agent.q_values(Obs::U8(&obs[i])).to_vec();
-            let gap = mine.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let scale = theirs.iter().fold(1f32, |m, q| m.max(q.abs()));
-            assert!(gap <= 1e-5 * scale, "member {i}: Q-values {mine:?} against the agent's {theirs:?}");
+            // (IQN values actions at fresh fractions each time: only its actions are compared.)
+            if learner.fractions.is_none() {
+                let mine = Vec::<f32>::try_from(q.get(i as i64).view([-1])).unwrap();
+                let theirs = agent.q_values(Obs::U8(&obs[i])).to_vec();
+                let gap = mine.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let scale = theirs.iter().fold(1f32, |m, q| m.max(q.abs()));
+                assert!(gap <= 1e-5 * scale, "member {i}: Q-values {mine:?} against the agent's {theirs:?}");
+            }
             assert_eq!(greedy[i], agent.act(Obs::U8(&obs[i]), 0.0, rng), "member {i}");
         }
         agents
@@ -1545,7 +1696,7 @@ mod tests {
     }
 
     #[test]
-    fn nature_cnn_and_noisy_members_take_the_gradient_steps_of_agents_alone() {
+    fn pixel_members_of_every_network_and_head_take_the_gradient_steps_of_agents_alone() {
         let pixels = ObsSpace::Pixels { frames: 4, height: 36, width: 36, channels: 1 };
         let nets = [
             "net: {type: nature_cnn}",
@@ -1553,6 +1704,8 @@ mod tests {
             "net: {type: nature_cnn, dueling: true}, head: {type: qr, quantiles: 8}, double: true",
             "net: {type: nature_cnn}, noisy: {sigma0: 0.5}, double: true",
             "net: {type: nature_cnn, dueling: true}, noisy: {sigma0: 0.4}, target: {type: none}",
+            "net: {type: nature_cnn}, head: {type: iqn, n_tau: 8, n_tau_prime: 6, k_policy: 4, embedding: 16}",
+            "net: {type: nature_cnn, dueling: true}, head: {type: c51, atoms: 11, v_min: 0, v_max: 10}, munchausen: {}",
         ];
         for net in nets {
             let yaml =

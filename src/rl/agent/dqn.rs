@@ -683,51 +683,68 @@ impl FusedMlp {
     }
 }
 
-/// IQN's sampled fractions `tau ~ U(0, 1)`: per update, `N` per row for the online outputs,
-/// `N'` for the target and `K` for the policy (valuing `s'`, and `s` for Munchausen), drawn on
-/// the host into one buffer and copied to the device in one operation; `K` more for each action.
-struct Fractions {
+/// IQN's sampled fractions `tau ~ U(0, 1)` of `M` members (an agent is one; the batched
+/// learner has one per member): per update `N` per row for the online outputs, `N'` for the
+/// target and `K` for the policy (valuing `s'`, and `s` for Munchausen), and `K` for each
+/// greedy action. Each member draws from its own stream, in that order, into one host buffer
+/// laid out part by part (every member's online fractions, then every member's target ones,
+/// then the policy's), copied to the device in one operation.
+pub(super) struct Fractions {
     /// Host tensors aliasing `host` and `act_host` (declared first: dropped before them).
     src: Tensor,
     act_src: Tensor,
     host: Vec<f32>,
     act_host: Vec<f32>,
     all: Tensor,
-    /// Views of `all`: `[B, N]`, `[B, N']`, `[B, K]`.
-    online: Tensor,
-    target: Tensor,
-    policy: Tensor,
-    /// `[1, K]` for acting.
-    act: Tensor,
+    /// Views of `all`: `[M B, N]`, `[M B, N']`, `[M B, K]`, member-major.
+    pub(super) online: Tensor,
+    pub(super) target: Tensor,
+    pub(super) policy: Tensor,
+    /// `[M, K]` for acting.
+    pub(super) act: Tensor,
+    /// The batch size and `N`, `N'`, `K`.
+    pub(super) sizes: [usize; 4],
 }
 
 impl Fractions {
-    fn new(batch: usize, n: usize, n_prime: usize, k: usize, device: Device) -> Self {
-        let host = vec![0f32; batch * (n + n_prime + k)];
-        let act_host = vec![0f32; k];
+    pub(super) fn new(members: usize, sizes: [usize; 4], device: Device) -> Self {
+        let [batch, n, n_prime, k] = sizes;
+        let host = vec![0f32; members * batch * (n + n_prime + k)];
+        let act_host = vec![0f32; members * k];
+        let (m, b) = (members as i64, batch as i64);
+        let [n, n_prime, k] = [n, n_prime, k].map(|x| x as i64);
         // SAFETY: the buffers live in the struct, are never resized and outlive the aliases.
-        let (src, act_src) = unsafe { (alias(&host, &[host.len() as i64]), alias(&act_host, &[1, k as i64])) };
+        let (src, act_src) = unsafe { (alias(&host, &[host.len() as i64]), alias(&act_host, &[m, k])) };
         let all = Tensor::zeros([host.len() as i64], (Kind::Float, device));
-        let b = batch as i64;
-        let (n, n_prime, k) = (n as i64, n_prime as i64, k as i64);
-        let online = all.narrow(0, 0, b * n).view([b, n]);
-        let target = all.narrow(0, b * n, b * n_prime).view([b, n_prime]);
-        let policy = all.narrow(0, b * (n + n_prime), b * k).view([b, k]);
-        let act = Tensor::zeros([1, k], (Kind::Float, device));
-        Fractions { src, act_src, host, act_host, all, online, target, policy, act }
+        let online = all.narrow(0, 0, m * b * n).view([m * b, n]);
+        let target = all.narrow(0, m * b * n, m * b * n_prime).view([m * b, n_prime]);
+        let policy = all.narrow(0, m * b * (n + n_prime), m * b * k).view([m * b, k]);
+        let act = Tensor::zeros([m, k], (Kind::Float, device));
+        Fractions { src, act_src, host, act_host, all, online, target, policy, act, sizes }
     }
 
-    fn draw(&mut self, rng: &mut StdRng) {
-        self.host.iter_mut().for_each(|t| *t = rng.random());
+    /// New update fractions for the members `draw[i]`, each from its `rngs[i]`.
+    pub(super) fn draw(&mut self, draw: &[bool], rngs: &mut [StdRng]) {
+        let [b, n, n_prime, k] = self.sizes;
+        let members = draw.len();
+        let parts = [(0, b * n), (members * b * n, b * n_prime), (members * b * (n + n_prime), b * k)];
+        for (i, rng) in rngs.iter_mut().enumerate().filter(|(i, _)| draw[*i]) {
+            for (start, len) in parts {
+                self.host[start + i * len..start + (i + 1) * len].iter_mut().for_each(|t| *t = rng.random());
+            }
+        }
         let _guard = tch::no_grad_guard();
         self.all.copy_(&self.src);
     }
 
-    fn draw_act(&mut self, rng: &mut StdRng) -> &Tensor {
-        self.act_host.iter_mut().for_each(|t| *t = rng.random());
+    /// New acting fractions for the members `draw[i]`, each from its `rngs[i]`.
+    pub(super) fn draw_act(&mut self, draw: &[bool], rngs: &mut [StdRng]) {
+        let k = self.sizes[3];
+        for (i, rng) in rngs.iter_mut().enumerate().filter(|(i, _)| draw[*i]) {
+            self.act_host[i * k..(i + 1) * k].iter_mut().for_each(|t| *t = rng.random());
+        }
         let _guard = tch::no_grad_guard();
         self.act.copy_(&self.act_src);
-        &self.act
     }
 }
 
@@ -1032,7 +1049,7 @@ impl DqnAgent {
             atom_offsets: Tensor::arange(atoms, (Kind::Int64, device)).view([1, atoms]),
             online,
             target,
-            fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(b, n, n_prime, k, device)),
+            fractions: cfg.head.iqn_samples().map(|(n, n_prime, k, _)| Fractions::new(1, [b, n, n_prime, k], device)),
             host: HostPath::new(cfg, actions.n, atoms, device),
             host_act,
             samples_rng: samples_rng(seed),
@@ -1085,7 +1102,7 @@ impl DqnAgent {
             }
         }
         if let Some(f) = &mut self.fractions {
-            f.draw(&mut self.samples_rng);
+            f.draw(&[true], std::slice::from_mut(&mut self.samples_rng));
         }
     }
 
@@ -1116,7 +1133,10 @@ impl DqnAgent {
             }
             None => &self.act_host,
         };
-        let taus = self.fractions.as_mut().map(|f| f.draw_act(&mut self.samples_rng));
+        let taus = self.fractions.as_mut().map(|f| {
+            f.draw_act(&[true], std::slice::from_mut(&mut self.samples_rng));
+            &f.act
+        });
         let q = self.head.q(&self.online.out(input, taus), self.n_actions as i64);
         q.copy_data(&mut self.q_host, self.n_actions);
         &self.q_host
