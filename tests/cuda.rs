@@ -5,8 +5,8 @@
 //! - members trained batched on the GPU make the updates their runs make alone on the GPU, and
 //!   stay close to the CPU's (float tolerance: cuBLAS sums in another order);
 //! - acting copies the observations of all members to the device once per step, whatever K;
-//! - C51 and QR-DQN heads, whose batched loss runs on the host, are refused on the GPU with the
-//!   reason (they train one agent per thread there).
+//! - C51, QR-DQN and IQN members on the GPU (the agent's tensor maths on all members' rows)
+//!   make the updates their runs make alone on the GPU.
 
 use serde_json::{json, Value};
 use tch::Tensor;
@@ -105,17 +105,30 @@ fn acting_copies_all_members_observations_to_the_gpu_once_per_step() {
 }
 
 #[test]
-fn host_side_distributional_heads_are_not_batched_on_the_gpu() {
-    if !cuda_or_skip("host_side_distributional_heads_are_not_batched_on_the_gpu") {
+fn distributional_members_on_the_gpu_make_the_updates_of_agents_alone_on_the_gpu() {
+    if !cuda_or_skip("distributional_members_on_the_gpu_make_the_updates_of_agents_alone_on_the_gpu") {
         return;
     }
-    let runs: Vec<TrainConfig> = (0..2)
-        .map(|s| {
-            let mut v = run(s, 0.001, "cuda").to_value();
-            v["agent"]["head"] = json!({"type": "c51", "atoms": 51, "v_min": 0.0, "v_max": 100.0});
-            TrainConfig::from_value(&v).unwrap()
-        })
-        .collect();
-    let why = batchable(&runs).unwrap_err();
-    assert!(why.contains("trains batched on CPU only"), "{why}");
+    for head in [
+        json!({"type": "c51", "atoms": 51, "v_min": 0.0, "v_max": 100.0}),
+        json!({"type": "qr", "quantiles": 32}),
+        json!({"type": "iqn", "n_tau": 16, "n_tau_prime": 16, "k_policy": 16, "embedding": 32}),
+    ] {
+        let runs: Vec<TrainConfig> = (0..3)
+            .map(|s| {
+                let mut v = run(s, 0.001 * (s + 1) as f64, "cuda").to_value();
+                v["agent"]["head"] = head.clone();
+                v["agent"]["replay"] = json!({"type": "uniform", "size": 1000});
+                TrainConfig::from_value(&v).unwrap()
+            })
+            .collect();
+        batchable(&runs).unwrap();
+        let outcome = train_batched(&runs, &mut Continue).unwrap();
+        for (i, cfg) in runs.iter().enumerate() {
+            let alone = train(cfg, &mut ()).unwrap().agent.learner_state().unwrap();
+            let diff = max_abs_diff(outcome.learner.parameters(i), alone.get("online").unwrap());
+            println!("{}: member {i}: max abs difference {diff:e} from its run alone on the GPU", head["type"]);
+            assert!(diff <= 1e-3, "{}: member {i}: parameters differ by {diff}", head["type"]);
+        }
+    }
 }

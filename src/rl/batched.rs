@@ -91,12 +91,6 @@ pub fn batchable(cfgs: &[TrainConfig]) -> Result<(), String> {
         if !cfg.schedule.is_empty() {
             return Err("runs with a `schedule:` are not batched yet".into());
         }
-        if dqn.head.is_distributional() && cfg.device != "cpu" {
-            return Err(format!(
-                "head type {} trains batched on CPU only (its loss runs on the host)",
-                dqn.head.name()
-            ));
-        }
         let same = |a: &TrainConfig| {
             (a.env == first.env)
                 && (a.budget == first.budget)

@@ -38,7 +38,8 @@
 //!
 //! Heads: the expected head (plain or dueling), and C51 and QR-DQN on CPU, whose
 //! target and loss run on each member's host rows through the agent's own [`HostHead`], so a
-//! member makes the agent's updates bit for bit. IQN, and Munchausen with C51 or QR-DQN, take
+//! member makes the agent's updates bit for bit. IQN, Munchausen with C51 or QR-DQN, and C51
+//! and QR-DQN on a GPU take
 //! the agent's own tensor maths (its targets and `Head::per_row`) on the `K B` rows of all
 //! members at once ([`BatchedDqn::general_loss`]), row-wise operations whose every row is the
 //! agent's; IQN's fractions are each member's, drawn from its own stream as its agent draws
@@ -912,12 +913,10 @@ impl BatchedDqn {
         }
         let (k, b, dim, n) = (cfgs.len(), first.batch_size, space.flat_dim(), actions.n);
         let atoms = Head::new(&first.head, Device::Cpu).width() as usize;
-        anyhow::ensure!(
-            atoms == 1 || device == Device::Cpu,
-            "distributional heads train batched on CPU only (their loss runs on the host)"
-        );
         let embedding = first.head.iqn_samples().map(|(.., n)| n as i64);
-        let general = embedding.is_some() || (first.munchausen.is_some() && atoms > 1);
+        // C51 and QR-DQN take the agent's host path on CPU, and its tensor maths (the general
+        // path) on a GPU, as the agent does.
+        let general = embedding.is_some() || (atoms > 1 && (first.munchausen.is_some() || device != Device::Cpu));
         // IQN's network has one output per action and fraction.
         let net_atoms = if embedding.is_some() { 1 } else { atoms as i64 };
         let plan = Plan::new(&first.net_spec(space), space, net_atoms, first.noisy.is_some(), embedding);
@@ -1612,7 +1611,7 @@ mod tests {
     /// The largest difference between member `i`'s parameters and an agent's alone, after
     /// `steps` gradient steps of both on the same transitions (random frames for pixels), each
     /// member's config `yaml` with `lr` from `lrs`.
-    fn diff_after(yaml: &str, space: &ObsSpace, lrs: &[f64], steps: usize, grouped: bool) -> Vec<f64> {
+    fn diff_after(yaml: &str, space: &ObsSpace, lrs: &[f64], steps: usize, gpu_way: bool) -> Vec<f64> {
         let actions = ActionSpace { n: 4 };
         let cfgs: Vec<DqnConfig> = lrs
             .iter()
@@ -1624,10 +1623,13 @@ mod tests {
             .collect();
         let seeds: Vec<u64> = (0..lrs.len() as u64).map(|s| 7 + s).collect();
         let mut learner = BatchedDqn::new(&cfgs, &seeds, space, actions, Device::Cpu, 1).unwrap();
-        // The GPU's way (one grouped convolution and batched products for all members), here on
-        // the CPU.
+        // The GPU's way, here on the CPU: one grouped convolution and batched products for all
+        // members, and C51's and QR-DQN's loss by the tensor maths rather than on the host.
         for stack in std::iter::once(&mut learner.online).chain(learner.target.as_mut()) {
-            stack.graph.as_mut().expect("the Nature CNN runs through autograd").per_member = !grouped;
+            stack.graph.as_mut().expect("the Nature CNN runs through autograd").per_member = !gpu_way;
+        }
+        if gpu_way && learner.atoms > 1 {
+            (learner.general, learner.host_head) = (true, None);
         }
         let mut agents: Vec<DqnAgent> =
             cfgs.iter().zip(&seeds).map(|(c, &s)| DqnAgent::new(c, space, actions, Device::Cpu, s).unwrap()).collect();
@@ -1702,6 +1704,7 @@ mod tests {
             "net: {type: nature_cnn}",
             "net: {type: nature_cnn, dueling: true}",
             "net: {type: nature_cnn, dueling: true}, head: {type: qr, quantiles: 8}, double: true",
+            "net: {type: nature_cnn}, head: {type: c51, atoms: 11, v_min: -5, v_max: 5}",
             "net: {type: nature_cnn}, noisy: {sigma0: 0.5}, double: true",
             "net: {type: nature_cnn, dueling: true}, noisy: {sigma0: 0.4}, target: {type: none}",
             "net: {type: nature_cnn}, head: {type: iqn, n_tau: 8, n_tau_prime: 6, k_policy: 4, embedding: 16}",
@@ -1710,12 +1713,12 @@ mod tests {
         for net in nets {
             let yaml =
                 format!("{{{net}, replay: {{type: uniform, size: 100}}, batch_size: 8, learning_starts: 100000}}");
-            for (steps, grouped) in [(1, false), (20, false), (20, true)] {
-                let diffs = diff_after(&yaml, &pixels, &[1e-3, 3e-4], steps, grouped);
-                println!("{net}: after {steps} steps (grouped: {grouped}) {diffs:?}");
-                // Member by member (CPU) is the agent's own arithmetic: bit for bit. Grouped, the
-                // convolutions sum in another order: float tolerance.
-                let tolerance = if grouped { 1e-4 } else { 0.0 };
+            for (steps, gpu_way) in [(1, false), (20, false), (20, true)] {
+                let diffs = diff_after(&yaml, &pixels, &[1e-3, 3e-4], steps, gpu_way);
+                println!("{net}: after {steps} steps (the GPU's way: {gpu_way}) {diffs:?}");
+                // Member by member (CPU) is the agent's own arithmetic: bit for bit. The GPU's
+                // way sums convolutions in another order: float tolerance.
+                let tolerance = if gpu_way { 1e-4 } else { 0.0 };
                 assert!(
                     diffs.iter().all(|&d| d <= tolerance),
                     "{net}: after {steps} steps the members differ by {diffs:?}"
