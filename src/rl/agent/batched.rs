@@ -66,7 +66,7 @@ use super::host_mlp::HostMlp;
 use super::optim::FlatOptimizer;
 use super::{argmax, LossKind, Progress};
 use crate::rl::env::{ActionSpace, Obs, ObsSpace};
-use crate::rl::net::NetSpec;
+use crate::rl::net::{NetError, NetSpec};
 use crate::rl::replay::{Batch, ObsBatch, Replay, ReplayStorage};
 
 /// What members of one batched learner must share: everything in the config but the scalars
@@ -176,13 +176,19 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(spec: &NetSpec, space: &ObsSpace, atoms: i64, noisy: bool, embedding: Option<i64>) -> Self {
+    fn new(
+        spec: &NetSpec,
+        space: &ObsSpace,
+        atoms: i64,
+        noisy: bool,
+        embedding: Option<i64>,
+    ) -> Result<Self, crate::error::InputError> {
         let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
         let dueling = spec.dueling();
         let (convs, pixels, trunk, stream_layers) = match (spec, space) {
             (NetSpec::Mlp { hidden, .. }, _) if dueling => (vec![], None, names("trunk.", hidden.len()), 1),
             (NetSpec::Mlp { hidden, .. }, _) => {
-                return Plan {
+                return Ok(Plan {
                     convs: vec![],
                     pixels: None,
                     trunk: names("", hidden.len()),
@@ -190,21 +196,23 @@ impl Plan {
                     atoms,
                     noisy,
                     embedding,
-                }
+                })
             }
             (NetSpec::NatureCnn { .. }, ObsSpace::Pixels { frames, height, width, .. }) => {
                 let prefix = if dueling { "trunk." } else { "" };
                 let convs = [("conv1", 4), ("conv2", 2), ("conv3", 1)].map(|(n, s)| (format!("{prefix}{n}"), s));
                 (convs.to_vec(), Some([*frames as i64, *height as i64, *width as i64]), vec![], 2)
             }
-            (NetSpec::NatureCnn { .. }, _) => unreachable!("validated: the Nature CNN takes pixels"),
+            (NetSpec::NatureCnn { .. }, _) => {
+                return Err(crate::error::InputError::new(NetError::CnnOnVector(space.shape()).to_string()))
+            }
         };
         let streams = if dueling {
             vec![names("value.", stream_layers), names("advantage.", stream_layers)]
         } else {
             vec![vec!["fc".into(), "q".into()]]
         };
-        Plan { convs, pixels, trunk, streams, atoms, noisy, embedding }
+        Ok(Plan { convs, pixels, trunk, streams, atoms, noisy, embedding })
     }
 
     /// Whether the hand-written passes cover this network (an MLP with single-layer streams);
@@ -277,6 +285,8 @@ struct Graph {
     streams: Vec<Vec<Dense>>,
     /// Length of a member's noise vector (0 without noisy layers).
     noise_len: i64,
+    /// The agent's noise variables (name, length), in the noise vector's order.
+    noise_vars: Vec<(String, i64)>,
     /// IQN's fraction embedding and its frequencies `pi i`, `i = 0..n`.
     embedding: Option<(Dense, Tensor)>,
     atoms: i64,
@@ -355,6 +365,7 @@ impl Graph {
             trunk,
             streams,
             noise_len,
+            noise_vars: noise_names.into_iter().map(|(name, _, len)| (name, len)).collect(),
             embedding,
             atoms: plan.atoms,
             per_member,
@@ -732,7 +743,8 @@ struct Staging {
 }
 
 impl Staging {
-    fn new(k: usize, b: usize, space: &ObsSpace, n: usize, atoms: usize, device: Device) -> Self {
+    /// `host_head`: the head's loss runs on the host (C51, QR-DQN on CPU), which needs `dist`.
+    fn new(k: usize, b: usize, space: &ObsSpace, n: usize, atoms: usize, host_head: bool, device: Device) -> Self {
         let dim = space.flat_dim();
         let (mut obs, mut next_obs) = (Rows::new(space, k * b * dim), Rows::new(space, k * b * dim));
         let (actions, returns, bootstrap) = (vec![0i64; k * b], vec![0f32; k * b], vec![0f32; k * b]);
@@ -764,11 +776,11 @@ impl Staging {
             )
         };
         let on_device = device != Device::Cpu;
-        let width = if atoms > 1 { k * b * n * atoms } else { 0 };
+        let width = if host_head { k * b * n * atoms } else { 0 };
         let mut dist = [vec![0f32; width], vec![0f32; width], vec![0f32; width], vec![0f32; width]];
         let shape = [ki, bi, ni * atoms as i64];
         // SAFETY: as above; libtorch writes the first three only through these tensors.
-        let dist_t = (atoms > 1).then(|| unsafe { dist.each_mut().map(|v| alias_mut(v, &shape)) });
+        let dist_t = host_head.then(|| unsafe { dist.each_mut().map(|v| alias_mut(v, &shape)) });
         Staging {
             dist_t,
             dist,
@@ -919,7 +931,7 @@ impl BatchedDqn {
         let general = embedding.is_some() || (atoms > 1 && (first.munchausen.is_some() || device != Device::Cpu));
         // IQN's network has one output per action and fraction.
         let net_atoms = if embedding.is_some() { 1 } else { atoms as i64 };
-        let plan = Plan::new(&first.net_spec(space), space, net_atoms, first.noisy.is_some(), embedding);
+        let plan = Plan::new(&first.net_spec(space), space, net_atoms, first.noisy.is_some(), embedding)?;
         let fused_mlp = plan.fused() && plan.streams.len() == 1;
         // Each member's initial weights, exactly as an agent with its seed makes them.
         let mut layout: Layout = Vec::new();
@@ -984,7 +996,7 @@ impl BatchedDqn {
             replays,
             samples_rngs: seeds.iter().map(|&s| samples_rng(s)).collect(),
             sample,
-            st: Staging::new(k, b, space, n, atoms, device),
+            st: Staging::new(k, b, space, n, atoms, atoms > 1 && !general, device),
             lrs: cfgs.iter().map(|c| c.lr).collect(),
             halted: vec![None; k],
             loss_sum: vec![0.0; k],
@@ -1087,7 +1099,8 @@ impl BatchedDqn {
         pick(&mut self.loss_sum, &keep);
         pick(&mut self.loss_count, &keep);
         self.k = k;
-        self.st = Staging::new(k, self.b, &self.space, self.n_actions, self.atoms, self.device);
+        let host_head = self.host_head.is_some();
+        self.st = Staging::new(k, self.b, &self.space, self.n_actions, self.atoms, host_head, self.device);
         if let Some(f) = &mut self.fractions {
             *f = Fractions::new(k, f.sizes, self.device);
         }
@@ -1132,13 +1145,17 @@ impl BatchedDqn {
     /// agent's variable names), so `tune eval` and `pretrained:` read them.
     pub fn save(&self, i: usize, path: &std::path::Path) -> anyhow::Result<()> {
         let row = self.rows[i].0.to_device(Device::Cpu);
-        let named: Vec<(String, Tensor)> = self
+        let mut named: Vec<(String, Tensor)> = self
             .layout
             .iter()
             .map(|(name, shape, off)| {
                 (name.clone(), row.narrow(0, *off, shape.iter().product()).view(shape.as_slice()))
             })
             .collect();
+        // Noisy layers: the agent's file holds its (untrained) noise variables too, and its
+        // loader wants every variable.
+        let noise = self.online.graph.as_ref().map_or(&[][..], |g| &g.noise_vars[..]);
+        named.extend(noise.iter().map(|(name, len)| (name.clone(), Tensor::zeros([*len], (Kind::Float, Device::Cpu)))));
         Tensor::write_safetensors(&named, path)
             .map_err(|e| anyhow::anyhow!("cannot write weights to {}: {e}", path.display()))
     }
@@ -1695,6 +1712,29 @@ mod tests {
                 (learner.parameters(i) - a.parameters()).abs().max().double_value(&[])
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cnn_on_vectors_is_an_input_error_and_noisy_members_save_files_agents_load() {
+        let vector = ObsSpace::Box { low: vec![0.0; 4], high: vec![1.0; 4] };
+        let cnn: DqnConfig = serde_norway::from_str("{net: {type: nature_cnn}}").unwrap();
+        let err =
+            BatchedDqn::new(&[cnn.clone(), cnn], &[0, 1], &vector, ActionSpace { n: 2 }, Device::Cpu, 1).unwrap_err();
+        assert!(err.downcast_ref::<crate::error::InputError>().is_some(), "{err}");
+        assert!(err.to_string().contains("needs pixel observations"), "{err}");
+        let dir = tempfile::TempDir::new().unwrap();
+        for yaml in ["{noisy: {sigma0: 0.5}}", "{noisy: {}, net: {type: mlp, dueling: true}, head: {type: iqn}}"] {
+            let cfg: DqnConfig = serde_norway::from_str(yaml).unwrap();
+            let learner =
+                BatchedDqn::new(&[cfg.clone(), cfg.clone()], &[3, 4], &vector, ActionSpace { n: 2 }, Device::Cpu, 1)
+                    .unwrap();
+            let path = dir.path().join("member.safetensors");
+            learner.save(1, &path).unwrap();
+            let mut agent = DqnAgent::new(&cfg, &vector, ActionSpace { n: 2 }, Device::Cpu, 0).unwrap();
+            agent.load(&path).unwrap();
+            assert_eq!(agent.parameters().size(), learner.parameters(1).size());
+            assert_eq!((agent.parameters() - learner.parameters(1)).abs().max().double_value(&[]), 0.0, "{yaml}");
+        }
     }
 
     #[test]
