@@ -180,8 +180,13 @@ fn standardise_clips_infinities_and_survives_equal_values() {
     assert_eq!(standardise(&[2.0, 2.0]), vec![0.0, 0.0]);
 }
 
+/// Three workers on one GP study: every trial completes and the study finds the optimum. (That
+/// a proposal avoids a running trial's point is `a_running_trial_pushes_the_proposal_elsewhere`:
+/// here two workers may sample at the same moment, before either's point is stored, and then
+/// neither sees the other's, as in Optuna; an earlier check that no two proposals coincide
+/// failed 6 times in 40 runs for that reason.)
 #[test]
-fn parallel_workers_take_running_trials_into_account() {
+fn parallel_workers_complete_a_gp_study_and_find_the_optimum() {
     use crate::executor::{run_study, RunOptions};
     let sampler = Arc::new(GpSampler::new(GpConfig { n_startup_trials: 5, ..GpConfig::default() }, 4));
     let study = Study::in_memory("parallel", Direction::Maximize, sampler).unwrap();
@@ -196,12 +201,6 @@ fn parallel_workers_take_running_trials_into_account() {
     .unwrap();
     let trials = study.trials().unwrap();
     assert_eq!(trials.iter().filter(|t| t.state == TrialState::Complete).count(), 24);
-    // No two proposals after the start-up trials are the same point.
-    let mut points: Vec<(i64, i64)> =
-        trials.iter().skip(5).map(|t| ((t.params["x"] * 1e9) as i64, t.params["n"] as i64)).collect();
-    points.sort();
-    points.dedup();
-    assert_eq!(points.len(), 19);
     let best = study.best_trial().unwrap().unwrap().value.unwrap();
     assert!(best > -0.02, "best {best}");
 }
