@@ -470,9 +470,6 @@ struct Stack {
     trunk: Vec<Linear>,
     /// The output layer, or the value and advantage streams.
     out: Vec<Linear>,
-    dueling: bool,
-    /// Outputs per action (atoms or quantiles of a distributional head; 1 otherwise).
-    atoms: i64,
     /// The trunk layers' inputs and the features the output part read, from the last
     /// [`Stack::forward`] that saved them.
     saved: Vec<Tensor>,
@@ -510,8 +507,6 @@ impl Stack {
             grad,
             trunk,
             out,
-            dueling: plan.streams.len() == 2,
-            atoms: plan.atoms,
             saved: Vec::with_capacity(plan.trunk.len() + 1),
             graph,
             plan: plan.clone(),
@@ -573,8 +568,8 @@ impl Stack {
             }
             h = z;
         }
-        let q = if self.dueling {
-            aggregate(&self.out[0].forward(&h), &self.out[1].forward(&h), self.atoms)
+        let q = if self.out.len() == 2 {
+            aggregate(&self.out[0].forward(&h), &self.out[1].forward(&h), self.plan.atoms)
         } else {
             self.out[0].forward(&h)
         };
@@ -617,13 +612,14 @@ impl Stack {
         }
         let _guard = tch::no_grad_guard();
         let features = self.saved.last().expect("a saved forward pass");
-        let mut dh = if self.dueling {
-            let (d_value, d_advantage) = if self.atoms == 1 {
+        let atoms = self.plan.atoms;
+        let mut dh = if self.out.len() == 2 {
+            let (d_value, d_advantage) = if atoms == 1 {
                 (grad_q.sum_dim_intlist(-1, true, Kind::Float), grad_q - grad_q.mean_dim(-1, true, None))
             } else {
                 // Per atom: dV = sum_a dQ, dA = dQ - mean_a dQ.
                 let (k, r) = (grad_q.size()[0], grad_q.size()[1]);
-                let g = grad_q.view([k, r, -1, self.atoms]);
+                let g = grad_q.view([k, r, -1, atoms]);
                 (g.sum_dim_intlist(2, false, Kind::Float), (&g - g.mean_dim(2, true, None)).view([k, r, -1]))
             };
             self.out[0].gradients(&d_value, features, ones);
@@ -872,6 +868,9 @@ pub struct BatchedDqn {
     general: bool,
     /// IQN's fractions of every member.
     fractions: Option<Fractions>,
+    /// `[0, 1, ..., atoms - 1]` as a `[1, atoms]` int64 row: action `a`'s outputs are
+    /// `a atoms + this` (the general path's gather).
+    outputs_per_action: Tensor,
     layout: Layout,
     /// Acting on the host (CPU, plain MLP), as [`super::DqnAgent`] acts.
     host_act: Option<HostMlp>,
@@ -981,6 +980,7 @@ impl BatchedDqn {
             head: Head::new(&first.head, device),
             host_head: HostHead::new(&first.head).filter(|_| !general),
             general,
+            outputs_per_action: Tensor::arange(atoms as i64, (Kind::Int64, device)).view([1, atoms as i64]),
             fractions: first
                 .head
                 .iqn_samples()
@@ -1427,7 +1427,8 @@ impl BatchedDqn {
         target.taus = online_taus.as_ref().map(rows);
         let out = self.online.forward_taus(obs, online_taus.as_ref(), true);
         let width = out.size()[2] / n;
-        let columns = &actions_r * width + Tensor::arange(width, (Kind::Int64, out.device())).view([1, width]);
+        debug_assert_eq!(width, self.outputs_per_action.size()[1]);
+        let columns = &actions_r * width + &self.outputs_per_action;
         let chosen = rows(&out).gather(1, &columns, false);
         let (per_row, grad) = head.per_row(&chosen, &target);
         let mut grad = grad.expect("distributional heads give their output gradient");
